@@ -1,0 +1,52 @@
+"""keras_resnet_v2: the residual networks of He et al., "Identity Mappings in Deep
+Residual Networks" (ECCV 2016), as Keras 3 functional models.
+
+Example:
+    >>> import keras_resnet_v2
+    >>> model = keras_resnet_v2.ResNet1001()   # CIFAR pre-activation ResNet-1001
+    >>> model = keras_resnet_v2.ResNet(110, unit="original", shortcut="exclusive_gating")
+
+Uses `keras` and `keras.ops` only, so the builders run under the TensorFlow, JAX and
+PyTorch backends.
+"""
+
+from keras_resnet_v2.layers import ConstantScale, GatedSum
+from keras_resnet_v2.resnet import (
+    BLOCKS,
+    FAMILIES,
+    IMAGENET_DEPTHS,
+    POOLINGS,
+    SHORTCUT_NAMES,
+    STRIDE_IN,
+    UNITS,
+    ResNet,
+    ResNet18,
+    ResNet20,
+    ResNet32,
+    ResNet34,
+    ResNet44,
+    ResNet50,
+    ResNet56,
+    ResNet101,
+    ResNet110,
+    ResNet152,
+    ResNet164,
+    ResNet200,
+    ResNet1001,
+    ResNet1202,
+    ensure_recursion_limit,
+)
+from keras_resnet_v2.variants import SHORTCUTS, UNIT_SPECS
+
+__version__ = "0.1.0"
+
+# Saved ResNet-1202s load with `keras.models.load_model` once this package is imported.
+ensure_recursion_limit()
+
+__all__ = [
+    "BLOCKS", "FAMILIES", "IMAGENET_DEPTHS", "POOLINGS", "SHORTCUTS", "SHORTCUT_NAMES",
+    "STRIDE_IN", "UNITS", "UNIT_SPECS", "ConstantScale", "GatedSum", "ResNet",
+    "ResNet18", "ResNet20", "ResNet32", "ResNet34", "ResNet44", "ResNet50", "ResNet56",
+    "ResNet101", "ResNet110", "ResNet152", "ResNet164", "ResNet200", "ResNet1001",
+    "ResNet1202", "__version__",
+]

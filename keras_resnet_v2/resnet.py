@@ -1,0 +1,575 @@
+"""ResNet builders: He et al., "Identity Mappings in Deep Residual Networks" (ECCV 2016).
+
+One builder, `ResNet`, composes a family (CIFAR or ImageNet layout), a depth (a line
+of data), a residual-unit variant (Fig. 4) and a shortcut variant (Fig. 2). The
+named constructors (`ResNet1001`, `ResNet50`, ...) are thin wrappers over it.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import sys
+import zipfile
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence, Union
+
+import keras
+
+from keras_resnet_v2.variants import (
+    SHORTCUTS,
+    UNIT_SPECS,
+    ShortcutInputs,
+    UnitSpec,
+    kernel_initializer,
+    resolve_shortcut_options,
+)
+
+UNITS: tuple[str, ...] = tuple(UNIT_SPECS)
+SHORTCUT_NAMES: tuple[str, ...] = tuple(SHORTCUTS)
+FAMILIES: tuple[str, ...] = ("cifar", "imagenet")
+BLOCKS: tuple[str, ...] = ("basic", "bottleneck")
+STRIDE_IN: tuple[str, ...] = ("first", "last")
+POOLINGS: tuple[Optional[str], ...] = (None, "avg", "max")
+
+# BatchNorm as in the authors' Torch code: momentum 0.1 there is 0.9 here, eps 1e-5.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+# Keras walks a functional graph recursively, one level per layer along a path, both
+# when it builds a model and when it loads one. ResNet-1202 is deeper than Python's
+# default limit of 1,000 frames, so the package raises the limit (it never lowers it).
+DEEP_GRAPH_RECURSION_LIMIT = 10_000
+
+
+def ensure_recursion_limit(limit: int = DEEP_GRAPH_RECURSION_LIMIT) -> None:
+    """Raises Python's recursion limit to at least `limit` (called at import)."""
+    if sys.getrecursionlimit() < limit:
+        sys.setrecursionlimit(limit)
+
+
+# ------------------------------------------------------------------- depth tables
+
+
+@dataclass(frozen=True)
+class Family:
+    """The fixed parts of a network layout (FACTS.md "CIFAR/ImageNet architecture")."""
+
+    widths: tuple[int, ...]  # basic-unit width per stage; bottleneck inner width
+    stem_kernel: int
+    stem_stride: int
+    stem_pool: bool  # 3x3/2 max pool after the stem
+    bottleneck_stride_conv: int  # which conv of a bottleneck carries the stride
+    input_shape: tuple[int, int, int]
+    classes: int
+
+    @property
+    def total_stride(self) -> int:
+        return self.stem_stride * (2 if self.stem_pool else 1) * 2 ** (len(self.widths) - 1)
+
+
+FAMILY_SPECS: dict[str, Family] = {
+    # 3x3 stem, 16 filters; stages at 32/16/8. The authors' CIFAR code puts the
+    # stride of a bottleneck on its first 1x1 conv (index 0).
+    "cifar": Family((16, 32, 64), 3, 1, False, 0, (32, 32, 3), 10),
+    # 7x7/2 stem + 3x3/2 max pool; fb.resnet.torch puts the stride on the 3x3 (index 1).
+    "imagenet": Family((64, 128, 256, 512), 7, 2, True, 1, (224, 224, 3), 1000),
+}
+
+# ImageNet: units per stage (paper / FACTS.md). A new depth is one line.
+IMAGENET_DEPTHS: dict[int, tuple[str, tuple[int, ...]]] = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+    200: ("bottleneck", (3, 24, 36, 3)),
+}
+
+# CIFAR: depth = 6n + 2 (basic, 2 convs a unit) or 9n + 2 (bottleneck, 3 convs);
+# n units in each of the 3 stages. The paper's own choice where both forms fit.
+CIFAR_LAYERS_PER_UNIT = {"basic": 2, "bottleneck": 3}
+CIFAR_DEPTH_FORMS = {"basic": "6n+2", "bottleneck": "9n+2"}
+CIFAR_PAPER_BLOCKS: dict[int, str] = {
+    20: "basic", 32: "basic", 44: "basic", 56: "basic", 110: "basic", 1202: "basic",
+    164: "bottleneck", 1001: "bottleneck",
+}
+
+
+def cifar_units_per_stage(depth: int, block: str) -> Optional[int]:
+    """n for a CIFAR depth of `block` units, or None if `depth` is not of that form."""
+    per_unit = 3 * CIFAR_LAYERS_PER_UNIT[block]
+    n, rest = divmod(depth - 2, per_unit)
+    return n if rest == 0 and n >= 1 else None
+
+
+def _nearest_cifar_depths(depth: int, block: str) -> tuple[int, ...]:
+    per_unit = 3 * CIFAR_LAYERS_PER_UNIT[block]
+    below = (depth - 2) // per_unit * per_unit + 2
+    return tuple(d for d in (below, below + per_unit) if d >= per_unit + 2)
+
+
+# -------------------------------------------------------------------- validation
+
+
+@dataclass(frozen=True)
+class Config:
+    """A checked, complete description of one network."""
+
+    depth: int
+    family: str
+    block: str
+    units_per_stage: tuple[int, ...]
+    unit: str
+    shortcut: str
+    shortcut_options: dict
+    stride_in: str
+    input_shape: tuple
+    classes: int
+    dtype: Any
+
+
+def _choices(values: Sequence) -> str:
+    return ", ".join(repr(v) for v in values)
+
+
+def _check_choice(arg: str, value, allowed: Sequence) -> None:
+    if value not in allowed:
+        raise ValueError(f"`{arg}` must be one of {_choices(allowed)}. Received: {arg}={value!r}")
+
+
+def _resolve_depth(depth, family, block) -> tuple[str, str, tuple[int, ...]]:
+    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+        raise ValueError(f"`depth` must be a positive integer. Received: depth={depth!r}")
+    _check_choice("family", family, (None,) + FAMILIES)
+    _check_choice("block", block, (None,) + BLOCKS)
+    if family is None:  # the named depth sets of the two families do not overlap
+        family = "imagenet" if depth in IMAGENET_DEPTHS else "cifar"
+
+    if family == "imagenet":
+        if depth not in IMAGENET_DEPTHS:
+            raise ValueError(
+                f"`depth` for family='imagenet' must be one of {_choices(sorted(IMAGENET_DEPTHS))}. "
+                f"Received: depth={depth!r}"
+            )
+        table_block, units = IMAGENET_DEPTHS[depth]
+        if block not in (None, table_block):
+            raise ValueError(
+                f"ImageNet ResNet-{depth} uses {table_block!r} units. Received: block={block!r}"
+            )
+        return family, table_block, units
+
+    candidates = [block] if block else [CIFAR_PAPER_BLOCKS.get(depth, "basic"), "basic", "bottleneck"]
+    for candidate in candidates:
+        n = cifar_units_per_stage(depth, candidate)
+        if n:
+            return family, candidate, (n,) * len(FAMILY_SPECS["cifar"].widths)
+    forms = [
+        f"{b} units need {CIFAR_DEPTH_FORMS[b]} "
+        f"(nearest: {' or '.join(map(str, _nearest_cifar_depths(depth, b)))})"
+        for b in ([block] if block else BLOCKS)
+    ]
+    raise ValueError(
+        f"`depth` {depth} is not a CIFAR ResNet depth: {'; '.join(forms)}. "
+        f"ImageNet depths are {_choices(sorted(IMAGENET_DEPTHS))}. Received: depth={depth!r}"
+    )
+
+
+def _resolve_input_shape(input_shape, input_tensor, family: Family) -> tuple:
+    if input_tensor is not None:
+        if not keras.backend.is_keras_tensor(input_tensor):
+            raise ValueError(
+                "`input_tensor` must be a Keras tensor such as `keras.Input(shape=(32, 32, 3))`. "
+                f"Received: input_tensor={input_tensor!r}"
+            )
+        tensor_shape = tuple(input_tensor.shape[1:])
+        if input_shape is not None and tuple(input_shape) != tensor_shape:
+            raise ValueError(
+                f"`input_shape` {tuple(input_shape)} does not match the shape of `input_tensor` "
+                f"{tensor_shape}. Pass one of them. Received: input_shape={input_shape!r}"
+            )
+        input_shape = tensor_shape
+    if input_shape is None:
+        return family.input_shape
+    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else None
+    if shape is None or len(shape) != 3 or not all(
+        d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= 1) for d in shape
+    ):
+        raise ValueError(
+            "`input_shape` must be (height, width, channels) with positive integers "
+            f"(height and width may be None). Received: input_shape={input_shape!r}"
+        )
+    if shape[2] is None:
+        raise ValueError(f"The channel count in `input_shape` must be known. Received: input_shape={input_shape!r}")
+    small = [d for d in shape[:2] if d is not None and d < family.total_stride]
+    if small:
+        raise ValueError(
+            f"`input_shape` is too small: this family downsamples by {family.total_stride}, so height "
+            f"and width must be at least {family.total_stride}. Received: input_shape={input_shape!r}"
+        )
+    return shape
+
+
+def _resolve_dtype(dtype):
+    if dtype is None:
+        return keras.config.dtype_policy()
+    try:
+        return keras.dtype_policies.get(dtype)
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            "`dtype` must be None, a dtype name such as 'float32' or a dtype policy such as "
+            f"'mixed_float16'. Received: dtype={dtype!r}"
+        ) from error
+
+
+def _check_weights_path(weights) -> None:
+    if weights is None:
+        return
+    if not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(
+            "`weights` must be None or the path of a `.keras` or `.weights.h5` file. "
+            f"Received: weights={weights!r}"
+        )
+    path = os.fspath(weights)
+    if not (path.endswith(".keras") or path.endswith(".weights.h5")):
+        raise ValueError(
+            "`weights` must be None or the path of a `.keras` or `.weights.h5` file "
+            f"(pretrained downloads are not offered). Received: weights={weights!r}"
+        )
+    if not os.path.isfile(path):
+        raise ValueError(f"`weights` file does not exist. Received: weights={weights!r}")
+
+
+def resolve_config(
+    depth, *, unit, shortcut, family, block, stride_in, input_shape, input_tensor,
+    include_top, pooling, classes, classifier_activation, weights, dtype, name, variant_options,
+) -> Config:
+    """Checks every argument of `ResNet` before any layer is built."""
+    family, block, units = _resolve_depth(depth, family, block)
+    _check_choice("unit", unit, UNITS)
+    _check_choice("shortcut", shortcut, SHORTCUT_NAMES)
+    options = resolve_shortcut_options(shortcut, variant_options)
+    _check_choice("stride_in", stride_in, STRIDE_IN)
+    if not isinstance(include_top, bool):
+        raise ValueError(f"`include_top` must be True or False. Received: include_top={include_top!r}")
+    _check_choice("pooling", pooling, POOLINGS)
+    if include_top and pooling is not None:
+        raise ValueError(
+            "`pooling` applies only when include_top=False (the classifier head always "
+            f"average-pools). Received: pooling={pooling!r} with include_top=True"
+        )
+    if classes is None:
+        classes = FAMILY_SPECS[family].classes
+    if include_top:
+        if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
+            raise ValueError(f"`classes` must be an integer >= 1. Received: classes={classes!r}")
+        try:
+            keras.activations.get(classifier_activation)
+        except (ValueError, TypeError) as error:
+            raise ValueError(
+                "`classifier_activation` must be None, a Keras activation name or a callable. "
+                f"Received: classifier_activation={classifier_activation!r}"
+            ) from error
+    if keras.config.image_data_format() != "channels_last":
+        raise ValueError(
+            "keras_resnet_v2 builds channels_last models. Received: "
+            f"keras.config.image_data_format()={keras.config.image_data_format()!r}"
+        )
+    _check_weights_path(weights)
+    if name is not None and not (isinstance(name, str) and name):
+        raise ValueError(f"`name` must be a non-empty string or None. Received: name={name!r}")
+    return Config(
+        depth=depth, family=family, block=block, units_per_stage=units, unit=unit,
+        shortcut=shortcut, shortcut_options=options, stride_in=stride_in,
+        input_shape=_resolve_input_shape(input_shape, input_tensor, FAMILY_SPECS[family]),
+        classes=classes, dtype=_resolve_dtype(dtype),
+    )
+
+
+# ---------------------------------------------------------------- the network
+
+
+class _Ops:
+    """Layer factory: one dtype policy, deterministic names, the paper's conv and BN."""
+
+    def __init__(self, dtype):
+        self.kw = {"dtype": dtype}
+
+    def conv(self, x, filters: int, kernel: int, stride: int, name: str):
+        return keras.layers.Conv2D(
+            filters, kernel, strides=stride, padding="same", use_bias=False,
+            kernel_initializer=kernel_initializer(), name=name, **self.kw,
+        )(x)
+
+    def bn(self, x, name: str):
+        return keras.layers.BatchNormalization(
+            momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name, **self.kw
+        )(x)
+
+    def relu(self, x, name: str):
+        return keras.layers.ReLU(name=name, **self.kw)(x)
+
+    def apply(self, x, ops: Sequence[str], name: str):
+        """Runs a sequence of "bn"/"relu" operations, naming each `{name}_{op}`."""
+        for op in ops:
+            x = getattr(self, op)(x, f"{name}_{op}")
+        return x
+
+
+def _residual_branch(ops: _Ops, x, filters: int, stride: int, block: str,
+                     stride_conv: int, spec: UnitSpec, name: str):
+    """F(x): the convolutions of one unit with BN-ReLU between them (Fig. 4)."""
+    if block == "basic":
+        layout = [(filters, 3), (filters, 3)]
+    else:  # bottleneck: 1x1 reduce, 3x3, 1x1 expand to 4x
+        layout = [(filters, 1), (filters, 3), (4 * filters, 1)]
+    for i, (width, kernel) in enumerate(layout, start=1):
+        x = ops.conv(x, width, kernel, stride if i - 1 == stride_conv else 1, f"{name}_conv{i}")
+        x = ops.apply(x, ("bn", "relu") if i < len(layout) else spec.post, f"{name}_{i}")
+    return x
+
+
+def residual_unit(ops: _Ops, x, filters: int, stride: int, cfg: Config, name: str):
+    """One unit: x_{l+1} = f(h(x_l) + F(x_l)) with the variant's f, h and F."""
+    spec, shortcut = UNIT_SPECS[cfg.unit], SHORTCUTS[cfg.shortcut]
+    family = FAMILY_SPECS[cfg.family]
+    out_filters = filters * (4 if cfg.block == "bottleneck" else 1)
+
+    activated = ops.apply(x, spec.preact, f"{name}_preact")
+    residual = _residual_branch(ops, activated, filters, stride, cfg.block,
+                                family.bottleneck_stride_conv, spec, name)
+
+    h = x
+    if shortcut.always_project or x.shape[-1] != out_filters:
+        # Projection (paper Sec. 3.1 / Appendix): 1x1 conv with the stride, reading the
+        # pre-activated input in pre-activation units.
+        h = ops.conv(activated, out_filters, 1, stride, f"{name}_shortcut_conv")
+        if spec.projection_bn:
+            h = ops.bn(h, f"{name}_shortcut_bn")
+    elif stride > 1:  # stride_in="last": same width, half the size: subsample.
+        h = keras.layers.MaxPooling2D(1, strides=stride, name=f"{name}_shortcut_pool", **ops.kw)(x)
+
+    y = shortcut.combine(
+        ShortcutInputs(h, residual, activated, out_filters, stride, name),
+        cfg.shortcut_options, ops.kw,
+    )
+    return ops.apply(y, spec.after_add, f"{name}_out")
+
+
+def _unit_stride(stage: int, unit: int, units: int, cfg: Config) -> int:
+    """Stride 2 in the first unit of stages 2.. (paper), or the last unit of stages ..S-1."""
+    stages = len(cfg.units_per_stage)
+    if cfg.stride_in == "first":
+        return 2 if stage > 1 and unit == 1 else 1
+    return 2 if stage < stages and unit == units else 1
+
+
+def build_features(ops: _Ops, x, cfg: Config):
+    """Stem, stages of residual units, and the head's BN-ReLU (no pooling)."""
+    family, spec = FAMILY_SPECS[cfg.family], UNIT_SPECS[cfg.unit]
+    x = ops.conv(x, family.widths[0], family.stem_kernel, family.stem_stride, "stem_conv")
+    x = ops.apply(x, spec.stem, "stem")
+    if family.stem_pool:
+        x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool", **ops.kw)(x)
+    for stage, (width, units) in enumerate(zip(family.widths, cfg.units_per_stage), start=1):
+        for unit in range(1, units + 1):
+            stride = _unit_stride(stage, unit, units, cfg)
+            x = residual_unit(ops, x, width, stride, cfg, f"stage{stage}_unit{unit}")
+    return ops.apply(x, spec.head, "post")
+
+
+# ---------------------------------------------------------------- weights
+
+
+def _weight_shapes_in_file(path: str) -> list[tuple]:
+    import h5py  # a Keras dependency
+
+    def shapes(handle) -> list[tuple]:
+        found: list[tuple] = []
+        layers = handle.get("layers")
+        if layers is not None:
+            layers.visititems(
+                lambda _, obj: found.append(tuple(obj.shape)) if isinstance(obj, h5py.Dataset) else None
+            )
+        return found
+
+    try:
+        if path.endswith(".keras"):
+            with zipfile.ZipFile(path) as archive:
+                data = archive.read("model.weights.h5")
+            with h5py.File(io.BytesIO(data), "r") as handle:
+                return shapes(handle)
+        with h5py.File(path, "r") as handle:
+            return shapes(handle)
+    except (OSError, KeyError, zipfile.BadZipFile) as error:
+        raise ValueError(
+            f"`weights` is not a readable Keras weights file ({error}). Received: weights={path!r}"
+        ) from error
+
+
+def _load_weights(model: keras.Model, path: str) -> None:
+    path = os.fspath(path)
+    expected = sorted(tuple(w.shape) for w in model.weights)
+    found = sorted(_weight_shapes_in_file(path))
+    if found != expected:
+        raise ValueError(
+            f"`weights` file does not fit this architecture: it holds {len(found)} arrays "
+            f"({sum(math.prod(s) for s in found):,} values), the model has {len(expected)} "
+            f"({sum(math.prod(s) for s in expected):,} values). Build the architecture it was "
+            "saved from (same depth, unit, shortcut, classes and include_top). "
+            f"Received: weights={path!r}"
+        )
+    try:
+        model.load_weights(path)
+    except ValueError as error:
+        raise ValueError(
+            f"`weights` file does not fit this architecture ({error}). Received: weights={path!r}"
+        ) from error
+
+
+# ---------------------------------------------------------------- public API
+
+
+def _default_name(depth: int, unit: str) -> str:
+    base = f"resnet{depth}_{unit}"
+    uid = keras.backend.get_uid(base)
+    return base if uid == 1 else f"{base}_{uid - 1}"
+
+
+def ResNet(
+    depth: int,
+    *,
+    unit: str = "full_preact",
+    shortcut: str = "identity",
+    family: Optional[str] = None,
+    block: Optional[str] = None,
+    stride_in: str = "first",
+    include_top: bool = True,
+    input_shape: Optional[Sequence[Optional[int]]] = None,
+    input_tensor: Any = None,
+    pooling: Optional[str] = None,
+    classes: Optional[int] = None,
+    classifier_activation: Union[str, Callable, None] = "softmax",
+    weights: Union[str, os.PathLike, None] = None,
+    dtype: Any = None,
+    name: Optional[str] = None,
+    **variant_options: Any,
+) -> keras.Model:
+    """Builds a residual network of He et al. (2016) as an uncompiled functional model.
+
+    Args:
+        depth: weighted layers. CIFAR: 6n+2 (basic units) or 9n+2 (bottleneck units),
+            e.g. 20, 56, 110, 164, 1001, 1202. ImageNet: 18, 34, 50, 101, 152, 200.
+        unit: residual-unit variant of Fig. 4, one of `UNITS`: "original",
+            "bn_after_addition", "relu_before_addition", "relu_only_preact",
+            "full_preact" (default).
+        shortcut: shortcut variant of Fig. 2, one of `SHORTCUT_NAMES`: "identity"
+            (default), "constant_scaling", "exclusive_gating",
+            "shortcut_only_gating", "conv1x1", "dropout".
+        family: "cifar" or "imagenet"; None means "imagenet" for the ImageNet depths
+            above and "cifar" otherwise.
+        block: CIFAR only: "basic" or "bottleneck" where a depth fits both forms
+            (default: the paper's choice, bottleneck for 164 and 1001, else basic).
+        stride_in: "first" (paper, fb.resnet.torch): the first unit of stages 2.. has
+            stride 2 and the projection; "last" (keras.applications, TF-slim): the
+            last unit of stages ..S-1 has stride 2 and subsamples its shortcut.
+        include_top: end in global average pooling and a dense classifier.
+        input_shape: (height, width, channels); default (32, 32, 3) for CIFAR,
+            (224, 224, 3) for ImageNet. Height and width may be None.
+        input_tensor: a Keras tensor to build on instead of a new `keras.Input`.
+        pooling: with include_top=False: None (4D features), "avg" or "max".
+        classes: classifier width; default 10 (CIFAR) or 1000 (ImageNet).
+        classifier_activation: activation of the classifier, or None for logits.
+            The classifier computes in float32 under mixed precision.
+        weights: None, or a `.keras` / `.weights.h5` file saved from this architecture.
+        dtype: dtype or dtype policy for every layer; None follows the global policy.
+        name: model name; default `resnet{depth}_{unit}`, made unique in the session.
+        **variant_options: options of the chosen shortcut: `shortcut_scale` (0.5) and
+            `scale_residual` (True) for "constant_scaling"; `gate_bias` (-6.0) for the
+            gating shortcuts; `dropout_rate` (0.5) for "dropout".
+
+    Returns:
+        An uncompiled `keras.Model`.
+
+    Raises:
+        ValueError: an argument is invalid; raised before any layer is built, naming
+            the argument, the received value and what is allowed.
+
+    Example:
+        >>> model = ResNet(110, unit="original", shortcut="exclusive_gating", gate_bias=-6.0)
+        >>> model.output_shape
+        (None, 10)
+    """
+    cfg = resolve_config(
+        depth, unit=unit, shortcut=shortcut, family=family, block=block,
+        stride_in=stride_in, input_shape=input_shape, input_tensor=input_tensor,
+        include_top=include_top, pooling=pooling, classes=classes,
+        classifier_activation=classifier_activation, weights=weights, dtype=dtype,
+        name=name, variant_options=variant_options,
+    )
+
+    # About ten layers a unit; a few frames of Keras' graph walk per layer.
+    ensure_recursion_limit(max(DEEP_GRAPH_RECURSION_LIMIT, 40 * sum(cfg.units_per_stage)))
+    ops = _Ops(cfg.dtype)
+    if input_tensor is None:
+        inputs = keras.Input(shape=cfg.input_shape, name="input")
+        x = inputs
+    else:
+        inputs = keras.utils.get_source_inputs(input_tensor)
+        x = input_tensor
+    x = build_features(ops, x, cfg)
+    if include_top:
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool", **ops.kw)(x)
+        # Logits and softmax in the policy's variable dtype: float32 under mixed precision.
+        x = keras.layers.Dense(
+            cfg.classes, activation=classifier_activation, name="predictions",
+            dtype=cfg.dtype.variable_dtype,
+        )(x)
+    elif pooling == "avg":
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool", **ops.kw)(x)
+    elif pooling == "max":
+        x = keras.layers.GlobalMaxPooling2D(name="max_pool", **ops.kw)(x)
+
+    model = keras.Model(inputs, x, name=name or _default_name(cfg.depth, cfg.unit))
+    if weights is not None:
+        _load_weights(model, weights)
+    return model
+
+
+def _named(depth: int, family: str, paper: str) -> Callable[..., keras.Model]:
+    def constructor(**kwargs: Any) -> keras.Model:
+        if "depth" in kwargs:
+            raise ValueError(
+                f"ResNet{depth} fixes depth={depth}; call `ResNet(depth, ...)` for another "
+                f"depth. Received: depth={kwargs['depth']!r}"
+            )
+        kwargs.setdefault("family", family)
+        return ResNet(depth, **kwargs)
+
+    constructor.__name__ = constructor.__qualname__ = f"ResNet{depth}"
+    constructor.__doc__ = (
+        f"{'CIFAR' if family == 'cifar' else 'ImageNet'} ResNet-{depth} ({paper}).\n\n"
+        "Takes the keyword arguments of `ResNet` (unit, shortcut, include_top, input_shape,\n"
+        "input_tensor, pooling, classes, classifier_activation, weights, dtype, name and the\n"
+        "shortcut options) and returns an uncompiled `keras.Model`.\n\n"
+        f"Example:\n    >>> model = ResNet{depth}()\n"
+    )
+    return constructor
+
+
+# CIFAR basic (6n+2), CIFAR bottleneck (9n+2), ImageNet.
+ResNet20 = _named(20, "cifar", "basic, n=3")
+ResNet32 = _named(32, "cifar", "basic, n=5")
+ResNet44 = _named(44, "cifar", "basic, n=7")
+ResNet56 = _named(56, "cifar", "basic, n=9")
+ResNet110 = _named(110, "cifar", "basic, n=18; Tables 1-3")
+ResNet1202 = _named(1202, "cifar", "basic, n=200; 19.4M parameters")
+ResNet164 = _named(164, "cifar", "bottleneck, n=18; Tables 2-3")
+ResNet1001 = _named(1001, "cifar", "bottleneck, n=111; Table 3, 10.2M parameters")
+ResNet18 = _named(18, "imagenet", "basic [2, 2, 2, 2]")
+ResNet34 = _named(34, "imagenet", "basic [3, 4, 6, 3]")
+ResNet50 = _named(50, "imagenet", "bottleneck [3, 4, 6, 3]")
+ResNet101 = _named(101, "imagenet", "bottleneck [3, 4, 23, 3]")
+ResNet152 = _named(152, "imagenet", "bottleneck [3, 8, 36, 3]")
+ResNet200 = _named(200, "imagenet", "bottleneck [3, 24, 36, 3]")
