@@ -325,7 +325,7 @@ def _residual_branch(ops: _Ops, x, filters: int, stride: int, block: str,
     else:  # bottleneck: 1x1 reduce, 3x3, 1x1 expand to 4x
         layout = [(filters, 1), (filters, 3), (4 * filters, 1)]
     for i, (width, kernel) in enumerate(layout, start=1):
-        x = ops.conv(x, width, kernel, stride if i - 1 == stride_conv else 1, f"{name}_conv{i}")
+        x = ops.conv(x, width, kernel, stride if i - 1 == stride_conv else 1, f"{name}_{i}_conv")
         x = ops.apply(x, ("bn", "relu") if i < len(layout) else spec.post, f"{name}_{i}")
     return x
 

@@ -1,0 +1,44 @@
+"""Shared fixtures. Tests run on the TensorFlow backend on CPU unless a test says otherwise."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+KINDS = {"Conv2D": "conv", "BatchNormalization": "bn", "ReLU": "relu", "Add": "add"}
+
+
+def producer(tensor):
+    """The layer that produced a Keras tensor in a functional graph."""
+    return tensor._keras_history.operation
+
+
+def branch_order(model: keras.Model, unit: str) -> list[str]:
+    """Layer kinds of one unit's residual branch, in forward order, read off the graph.
+
+    Walks back from the unit's last layer; at the addition it follows the residual
+    input (the second one), and stops at the first layer of another unit or the stem.
+    """
+    last = [layer for layer in model.layers if layer.name.startswith(unit + "_")][-1]
+    order, layer = [], last
+    while layer.name.startswith(unit + "_"):
+        order.append(KINDS.get(type(layer).__name__, type(layer).__name__))
+        inputs = layer.input if isinstance(layer.input, list) else [layer.input]
+        layer = producer(inputs[1] if len(inputs) > 1 else inputs[0])
+    return order[::-1]
+
+
+def trainable_count(model: keras.Model) -> int:
+    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+@pytest.fixture
+def images():
+    def make(shape=(2, 32, 32, 3), seed=0):
+        return np.random.default_rng(seed).uniform(0, 255, shape).astype("float32") / 255.0
+
+    return make
