@@ -372,7 +372,7 @@ def build_features(ops: _Ops, x, cfg: Config):
     x = ops.apply(x, spec.stem, "stem")
     if family.stem_pool:
         x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool", **ops.kw)(x)
-    for stage, (width, units) in enumerate(zip(family.widths, cfg.units_per_stage), start=1):
+    for stage, (width, units) in enumerate(zip(family.widths, cfg.units_per_stage, strict=True), start=1):
         for unit in range(1, units + 1):
             stride = _unit_stride(stage, unit, units, cfg)
             x = residual_unit(ops, x, width, stride, cfg, f"stage{stage}_unit{unit}")

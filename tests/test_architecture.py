@@ -5,9 +5,9 @@ path of Eqn. 4, the CIFAR and ImageNet layouts, names and dtypes. Figures cited 
 import keras
 import numpy as np
 import pytest
-from conftest import branch_order, producer, trainable_count
 
 import keras_resnet_v2 as krv2
+from conftest import branch_order, producer, trainable_count
 
 # Paper, Table 3 and Sec. 4: ResNet-110 1.7M, ResNet-164 1.7M, ResNet-1202 19.4M.
 # (ResNet-1001's 10.2M is checked in test_deep.py with the other ResNet-1001 tests.)
@@ -81,7 +81,7 @@ def test_cifar_layout(depth, stages, shape):
     assert (stem.filters, stem.kernel_size, stem.strides) == (16, (3, 3), (1, 1))
     assert producer(model.get_layer("stage1_unit1_preact_bn").input) is stem
     # Spatial size 32/16/8; the head ends in an extra BN-ReLU after the last addition.
-    for stage, size in zip((1, 2, 3), (32, 16, 8)):
+    for stage, size in zip((1, 2, 3), (32, 16, 8), strict=True):
         assert model.get_layer(f"stage{stage}_unit{stages}_add").output.shape[1] == size
     assert f"stage3_unit{stages + 1}_add" not in [layer.name for layer in model.layers]
     assert producer(model.get_layer("post_bn").input).name == f"stage3_unit{stages}_add"

@@ -1,0 +1,23 @@
+"""`python -m keras_resnet_v2` describes a network, and reports bad input clearly."""
+
+import subprocess
+import sys
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "keras_resnet_v2", *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_cli_describes_a_network():
+    result = _run("110", "--unit", "original", "--shortcut", "shortcut_only_gating")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resnet110_original:" in result.stdout
+    assert "stage1=18, stage2=18, stage3=18" in result.stdout
+    assert "finite: True" in result.stdout and "output (2, 10)" in result.stdout
+
+
+def test_cli_reports_a_bad_depth():
+    result = _run("165")
+    assert result.returncode == 2
+    assert "164 or 173" in result.stdout and "Received: depth=165" in result.stdout
