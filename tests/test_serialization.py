@@ -41,14 +41,15 @@ def test_safe_mode_keras_round_trip_is_exact(kwargs, tmp_path, images):
     assert [type(layer) for layer in loaded.layers] == [type(layer) for layer in model.layers]
 
 
+@pytest.mark.parametrize("shortcut", ["exclusive_gating", "dropout"])
 @pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
-def test_weights_argument_loads_a_saved_architecture(suffix, tmp_path, images):
-    model = krv2.ResNet20(shortcut="exclusive_gating")
+def test_weights_argument_loads_a_saved_architecture(suffix, shortcut, tmp_path, images):
+    model = krv2.ResNet20(shortcut=shortcut)
     _perturb_batchnorm(model, seed=3)
     path = str(tmp_path / f"r20{suffix}")
     model.save_weights(path) if suffix == ".weights.h5" else model.save(path)
-    rebuilt = krv2.ResNet20(shortcut="exclusive_gating", weights=path)
+    rebuilt = krv2.ResNet20(shortcut=shortcut, weights=path)
     x = images()
     np.testing.assert_array_equal(np.asarray(rebuilt(x)), np.asarray(model(x)))
-    fresh = krv2.ResNet20(shortcut="exclusive_gating")
+    fresh = krv2.ResNet20(shortcut=shortcut)
     assert not np.allclose(np.asarray(fresh(x)), np.asarray(model(x)))
