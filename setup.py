@@ -23,19 +23,24 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["keras_resnet_v2", "keras_resnet_v2.*"]),
+    packages=find_packages(include=["keras_resnet_v2", "keras_resnet_v2.*", "export", "export.*"]),
     install_requires=[
         "keras>=3.8",
         "tensorflow>=2.18",
         "numpy",
         "h5py",
+        "tf2onnx>=1.16",
+        "onnxruntime>=1.17",
     ],
     extras_require={
         # JAX runs the builders under KERAS_BACKEND=jax in the tests.
         "test": ["pytest>=8", "ruff", "jax[cpu]"],
         "and-cuda": ["tensorflow[and-cuda]>=2.18"],
     },
-    entry_points={"console_scripts": ["keras-resnet-v2=keras_resnet_v2.__main__:main"]},
+    entry_points={"console_scripts": [
+        "keras-resnet-v2=keras_resnet_v2.__main__:main",
+        "resnet-v2-export=export.__main__:main",
+    ]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

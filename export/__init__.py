@@ -1,0 +1,19 @@
+"""Export a trained keras_resnet_v2 model for serving, and prove the export right.
+
+- `export_savedmodel(model, base_dir)`: a versioned SavedModel for TF Serving, written
+  atomically, with `serving_default` (float pixels), `serve_uint8` and `serve_image_bytes`.
+- `export_onnx(model, path)`: an ONNX file (tf2onnx) with a dynamic batch axis.
+- `verify(model, savedmodel_dir=..., onnx_path=...)`: the same batch through all of them.
+
+Example:
+    >>> import keras_resnet_v2, export
+    >>> model = keras_resnet_v2.ResNet20()
+    >>> path = export.export_savedmodel(model, "/tmp/serving/resnet20")   # .../1
+    >>> report = export.verify(model, savedmodel_dir=path)
+"""
+
+from export.onnx import export_onnx
+from export.savedmodel import export_savedmodel, float32_copy
+from export.verify import VerificationError, verify
+
+__all__ = ["VerificationError", "export_onnx", "export_savedmodel", "float32_copy", "verify"]

@@ -1,0 +1,86 @@
+"""`resnet-v2-export MODEL --savedmodel BASE_DIR [--version N] [--overwrite] [--onnx FILE] [--opset K]`
+and `resnet-v2-export verify MODEL [--savedmodel VERSION_DIR] [--onnx FILE]`.
+
+MODEL is a `.keras` file or a directory holding `model.keras` (a training run directory).
+Every export is verified against the Keras model and a `verification.json` report is written
+beside it (`BASE_DIR/<version>.verification.json`, `FILE.verification.json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Optional, Sequence
+
+
+def _load(path: str):
+    candidate = os.path.join(path, "model.keras") if os.path.isdir(path) else path
+    if not (os.path.isfile(candidate) and candidate.endswith(".keras")):
+        raise ValueError(f"MODEL must be a .keras file or a directory holding model.keras. Received: {path!r}")
+    import keras
+
+    import keras_resnet_v2  # noqa: F401  (registers the package's layers)
+
+    try:
+        return keras.models.load_model(candidate, safe_mode=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise ValueError(
+            f"MODEL {candidate!r} is not a loadable Keras model ({type(error).__name__}: {error})"
+        ) from error
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="resnet-v2-export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", help="a .keras file or a directory holding model.keras")
+    parser.add_argument("--savedmodel", metavar="BASE_DIR", help="SavedModel base directory (TF Serving)")
+    parser.add_argument("--version", type=int, help="version number (default: next free)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    parser.add_argument("--onnx", metavar="FILE", help="ONNX file to write")
+    parser.add_argument("--opset", type=int, help="ONNX opset (default 17)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verify_only = bool(argv) and argv[0] == "verify"
+    args = _parser().parse_args(argv[1:] if verify_only else argv)
+    if not args.savedmodel and not args.onnx:
+        print("error: give --savedmodel, --onnx or both", file=sys.stderr)
+        return 2
+    import export
+
+    try:
+        model = _load(args.model)
+        timings = {}
+        savedmodel_dir, onnx_path = args.savedmodel, args.onnx
+        if not verify_only:
+            if args.savedmodel:
+                start = time.perf_counter()
+                savedmodel_dir = export.export_savedmodel(model, args.savedmodel, args.version, args.overwrite)
+                timings["savedmodel_s"] = round(time.perf_counter() - start, 2)
+                print(f"SavedModel: {savedmodel_dir} ({timings['savedmodel_s']} s)")
+            if args.onnx:
+                start = time.perf_counter()
+                onnx_path = export.export_onnx(model, args.onnx, args.opset)
+                timings["onnx_s"] = round(time.perf_counter() - start, 2)
+                print(f"ONNX: {onnx_path} ({timings['onnx_s']} s)")
+        report_path = (f"{savedmodel_dir.rstrip(os.sep)}.verification.json" if savedmodel_dir
+                       else f"{onnx_path}.verification.json")
+        report = export.verify(model, savedmodel_dir=savedmodel_dir, onnx_path=onnx_path, report_path=None)
+        report.update(timings)
+        with open(report_path, "w") as handle:
+            json.dump(report, handle, indent=2)
+        print(json.dumps(report, indent=2))
+        print(f"verification passed; report: {report_path}")
+    except (ValueError, FileExistsError, export.VerificationError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

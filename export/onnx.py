@@ -1,0 +1,51 @@
+"""ONNX export through tf2onnx: float32, named input and outputs, dynamic batch axis."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Optional
+
+import keras
+import tensorflow as tf
+
+from export.savedmodel import _check_classifier, _probabilities, float32_copy
+
+DEFAULT_OPSET = 17
+
+
+def export_onnx(model: keras.Model, path: str, opset: Optional[int] = None) -> str:
+    """Writes `model` as ONNX to `path` (atomically) and returns the path.
+
+    Input `images` [batch, H, W, C] float32 pixels 0-255; outputs `probabilities`
+    [batch, classes] float32 and `classes` [batch] int64.
+    """
+    import tf2onnx
+
+    _check_classifier(model)
+    opset = DEFAULT_OPSET if opset is None else opset
+    if not isinstance(opset, int) or isinstance(opset, bool) or not 13 <= opset <= 18:
+        raise ValueError(f"`opset` must be an integer from 13 to 18. Received: opset={opset!r}")
+    path = os.path.abspath(os.fspath(path))
+    if not path.endswith(".onnx"):
+        raise ValueError(f"The ONNX file name must end in .onnx. Received: path={path!r}")
+    serving_model = float32_copy(model)
+    probabilities = _probabilities(serving_model)
+    spec = (tf.TensorSpec([None, *serving_model.input_shape[1:]], tf.float32, name="images"),)
+
+    @tf.function(input_signature=spec)
+    def serve(images):
+        p = tf.cast(probabilities(images), tf.float32)
+        return {"probabilities": p, "classes": tf.argmax(p, axis=-1, output_type=tf.int64)}
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=os.path.dirname(path))
+    os.close(handle)
+    try:
+        tf2onnx.convert.from_function(serve, input_signature=spec, opset=opset, output_path=tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path

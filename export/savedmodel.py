@@ -1,0 +1,155 @@
+"""SavedModel for TF Serving: `BASE_DIR/<version>/saved_model.pb`, written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from typing import Optional, Sequence
+
+import keras
+import tensorflow as tf
+
+import keras_resnet_v2
+
+
+def _check_classifier(model) -> None:
+    if not isinstance(model, keras.Model) or len(model.outputs) != 1 or len(model.output_shape) != 2:
+        raise ValueError(
+            "Export needs a classifier: a keras.Model with one output of shape (batch, classes) "
+            f"(build it with include_top=True). Received: model={getattr(model, 'name', model)!r} "
+            f"with output shape {getattr(model, 'output_shape', None)}"
+        )
+    shape = model.input_shape
+    if len(shape) != 4 or None in shape[1:]:
+        raise ValueError(
+            "Export needs a fixed input size (height, width, channels) to serve encoded images. "
+            f"Received: input shape {shape}"
+        )
+
+
+def float32_copy(model: keras.Model) -> keras.Model:
+    """The same network with every layer in float32 (weights copied); `model` if already so."""
+    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+        return model
+    config = model.get_config()
+
+    def to_float32(node):
+        if isinstance(node, dict):
+            if node.get("class_name") == "DTypePolicy":
+                return {**node, "config": {**node["config"], "name": "float32"}}
+            return {key: to_float32(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [to_float32(value) for value in node]
+        return node
+
+    copy = model.__class__.from_config(to_float32(config))
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _probabilities(model: keras.Model):
+    last = model.layers[-1]
+    softmax_inside = getattr(last, "activation", None) is keras.activations.softmax
+    return lambda images: (model(images, training=False) if softmax_inside
+                           else tf.nn.softmax(model(images, training=False)))
+
+
+def _serving_archive(model: keras.Model) -> keras.export.ExportArchive:
+    """Keras' ExportArchive (it tracks the variables the way TF Serving's loader restores
+    them) with three signatures, each returning `probabilities` (float32) and `classes` (int64)."""
+    height, width, channels = model.input_shape[1:]
+    probabilities = _probabilities(model)
+
+    def outputs(images):
+        p = tf.cast(probabilities(images), tf.float32)
+        return {"probabilities": p, "classes": tf.argmax(p, axis=-1, output_type=tf.int64)}
+
+    def decode(data):
+        image = tf.io.decode_image(data, channels=channels, expand_animations=False)
+        image = tf.image.resize(tf.cast(image, tf.float32), (height, width))
+        return tf.ensure_shape(image, (height, width, channels))
+
+    shape = [None, height, width, channels]
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", outputs,
+                         input_signature=[tf.TensorSpec(shape, tf.float32, name="images")])
+    archive.add_endpoint("serve_uint8", lambda images: outputs(tf.cast(images, tf.float32)),
+                         input_signature=[tf.TensorSpec(shape, tf.uint8, name="images")])
+    archive.add_endpoint(
+        "serve_image_bytes",
+        lambda image_bytes: outputs(tf.map_fn(decode, image_bytes, fn_output_signature=tf.float32)),
+        input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    return archive
+
+
+def _next_version(base_dir: str) -> int:
+    versions = [int(n) for n in os.listdir(base_dir) if re.fullmatch(r"\d+", n)] if os.path.isdir(base_dir) else []
+    return max(versions, default=0) + 1
+
+
+def metadata(model: keras.Model) -> dict:
+    return {
+        "model_name": model.name,
+        "input_shape": list(model.input_shape[1:]),
+        "input": "RGB pixel values 0-255; any normalization is inside the model",
+        "classes": int(model.output_shape[-1]),
+        "layers": len(model.layers),
+        "parameters": int(model.count_params()),
+        "keras_resnet_v2": keras_resnet_v2.__version__,
+        "keras": keras.__version__,
+        "tensorflow": tf.__version__,
+    }
+
+
+def export_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] = None,
+                      overwrite: bool = False, labels: Optional[Sequence[str]] = None,
+                      keep_mixed_precision: bool = False) -> str:
+    """Writes `base_dir/<version>` for TF Serving and returns its path.
+
+    `version` defaults to one more than the highest existing version. The export is
+    written into a temporary sibling and renamed into place at the end, so TF Serving
+    never sees a half-written version and a failure leaves nothing behind. An existing
+    version is replaced only with `overwrite=True`. Mixed-precision models are exported
+    in float32 unless `keep_mixed_precision=True`.
+    """
+    _check_classifier(model)
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
+        raise ValueError(f"`version` must be a positive integer or None. Received: version={version!r}")
+    if labels is not None and len(labels) != model.output_shape[-1]:
+        raise ValueError(
+            f"`labels` must name each of the {model.output_shape[-1]} classes. Received: {len(labels)} labels"
+        )
+    base_dir = os.path.abspath(os.fspath(base_dir))
+    os.makedirs(base_dir, exist_ok=True)
+    version = _next_version(base_dir) if version is None else version
+    final = os.path.join(base_dir, str(version))
+    if os.path.exists(final) and not overwrite:
+        raise FileExistsError(f"Version {version} already exists at {final}; pass overwrite=True to replace it")
+
+    serving_model = model if keep_mixed_precision else float32_copy(model)
+    archive = _serving_archive(serving_model)
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base_dir)
+    try:
+        archive.write_out(tmp, verbose=False)
+        assets = os.path.join(tmp, "assets")
+        os.makedirs(assets, exist_ok=True)
+        with open(os.path.join(assets, "metadata.json"), "w") as handle:
+            json.dump(metadata(serving_model), handle, indent=2)
+        if labels is not None:
+            with open(os.path.join(assets, "labels.txt"), "w") as handle:
+                handle.write("\n".join(labels) + "\n")
+        if os.path.exists(final):  # overwrite: swap the old version out, the new one in
+            old = tempfile.mkdtemp(prefix=f".old-{version}-", dir=base_dir)
+            os.rename(final, os.path.join(old, "v"))
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final

@@ -1,0 +1,68 @@
+"""The same batch through the Keras model, the reloaded SavedModel and ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import keras
+import numpy as np
+
+MAX_RELATIVE_ERROR = 1e-4  # float32
+
+
+class VerificationError(AssertionError):
+    """An export disagrees with its Keras model beyond the float32 bound."""
+
+
+def _errors(reference: np.ndarray, other: np.ndarray) -> dict:
+    absolute = float(np.max(np.abs(reference - other)))
+    scale = float(np.max(np.abs(reference)))
+    return {"max_abs_error": absolute, "max_rel_error": absolute / scale if scale > 0 else absolute}
+
+
+def verify(model: keras.Model, savedmodel_dir: Optional[str] = None, onnx_path: Optional[str] = None,
+           batch: Optional[np.ndarray] = None, report_path: Optional[str] = None,
+           max_relative_error: float = MAX_RELATIVE_ERROR) -> dict:
+    """Compares probabilities (and top-1 classes) of each export with the Keras model's.
+
+    Relative error is the max absolute error over the largest output magnitude. Raises
+    `VerificationError` above `max_relative_error`, or if the Keras outputs are not finite
+    (an untrained deep net in inference mode overflows: train it first). Writes the report
+    as JSON to `report_path` when given.
+    """
+    if savedmodel_dir is None and onnx_path is None:
+        raise ValueError("verify needs `savedmodel_dir`, `onnx_path` or both. Received: neither")
+    if batch is None:
+        batch = np.random.default_rng(0).uniform(0, 255, (4, *model.input_shape[1:])).astype("float32")
+    from export.savedmodel import _probabilities, float32_copy
+
+    # Exports are float32 (a mixed-precision model is exported as its float32 copy).
+    reference = np.asarray(_probabilities(float32_copy(model))(batch), dtype="float32")
+    if not np.all(np.isfinite(reference)):
+        raise VerificationError("The Keras model's outputs on the verification batch are not finite")
+    report = {"batch_shape": list(batch.shape), "max_relative_error_allowed": max_relative_error}
+    if savedmodel_dir is not None:
+        import tensorflow as tf
+
+        serve = tf.saved_model.load(savedmodel_dir).signatures["serving_default"]
+        out = serve(images=tf.constant(batch))
+        report["savedmodel"] = _errors(reference, out["probabilities"].numpy())
+        report["savedmodel"]["classes_match"] = bool(np.array_equal(out["classes"].numpy(), reference.argmax(-1)))
+    if onnx_path is not None:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+        probabilities, classes = session.run(["probabilities", "classes"], {"images": batch})
+        report["onnx"] = _errors(reference, probabilities)
+        report["onnx"]["classes_match"] = bool(np.array_equal(classes, reference.argmax(-1)))
+    failed = [k for k in ("savedmodel", "onnx") if k in report and report[k]["max_rel_error"] > max_relative_error]
+    report["passed"] = not failed
+    if report_path is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(report_path)), exist_ok=True)
+        with open(report_path, "w") as handle:
+            json.dump(report, handle, indent=2)
+    if failed:
+        raise VerificationError(f"Export parity failed for {', '.join(failed)}: {json.dumps(report)}")
+    return report

@@ -1,0 +1,146 @@
+"""SavedModel and ONNX exports agree with the Keras model, and are written safely."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import export
+import keras_resnet_v2 as krv2
+
+
+def _trained_like(model, seed=0):
+    """Non-trivial BatchNorm statistics, as after training (an untrained net in inference
+    mode passes unnormalized activations)."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_variance.assign(rng.uniform(1.0, 2.0, layer.moving_variance.shape).astype("float32"))
+            layer.moving_mean.assign(rng.normal(0, 0.1, layer.moving_mean.shape).astype("float32"))
+    return model
+
+
+MODELS = {
+    "original_cifar": lambda: krv2.ResNet20(unit="original"),
+    "preact_imagenet": lambda: krv2.ResNet18(input_shape=(64, 64, 3), classes=5),
+    "gated": lambda: krv2.ResNet20(shortcut="exclusive_gating"),
+    "mixed_float16": lambda: krv2.ResNet20(dtype="mixed_float16"),
+    "logits": lambda: krv2.ResNet20(classifier_activation=None, classes=4),
+}
+
+
+@pytest.mark.parametrize("key", sorted(MODELS))
+def test_savedmodel_and_onnx_match_keras(key, tmp_path):
+    model = _trained_like(MODELS[key]())
+    saved = export.export_savedmodel(model, str(tmp_path / "serving"))
+    onnx_path = export.export_onnx(model, str(tmp_path / "model.onnx"))
+    report = export.verify(model, savedmodel_dir=saved, onnx_path=onnx_path,
+                           report_path=str(tmp_path / "verification.json"))
+    assert report["passed"]
+    for kind in ("savedmodel", "onnx"):
+        assert report[kind]["max_rel_error"] < 1e-4 and report[kind]["classes_match"], report
+    assert json.loads((tmp_path / "verification.json").read_text())["passed"] is True
+    assert os.path.basename(saved) == "1" and os.path.isfile(os.path.join(saved, "saved_model.pb"))
+    meta = json.loads(open(os.path.join(saved, "assets", "metadata.json")).read())
+    assert meta["classes"] == model.output_shape[-1] and meta["model_name"] == model.name
+
+
+def test_mixed_precision_exports_in_float32(tmp_path):
+    model = krv2.ResNet20(dtype="mixed_float16")
+    copy = export.float32_copy(model)
+    assert {layer.dtype_policy.name for layer in copy.layers} == {"float32"}
+    for a, b in zip(model.weights, copy.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_signatures_and_saved_model_cli(tmp_path):
+    model = _trained_like(krv2.ResNet20(classes=3))
+    saved = export.export_savedmodel(model, str(tmp_path / "serving"), labels=["a", "b", "c"])
+    cli = shutil.which("saved_model_cli", path=os.path.dirname(sys.executable)) or shutil.which("saved_model_cli")
+    shown = subprocess.run([cli, "show", "--dir", saved, "--all"], capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    for signature in ("serving_default", "serve_uint8", "serve_image_bytes"):
+        assert f"signature_def['{signature}']" in shown.stdout
+    x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    run = subprocess.run([cli, "run", "--dir", saved, "--tag_set", "serve", "--signature_def", "serving_default",
+                          "--inputs", f"images={tmp_path / 'x.npy'}", "--outdir", str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    served = np.load(tmp_path / "out" / "probabilities.npy")
+    np.testing.assert_allclose(served, np.asarray(model(x, training=False)), rtol=1e-4, atol=1e-6)
+    assert (tmp_path / "serving" / "1" / "assets" / "labels.txt").read_text().split() == ["a", "b", "c"]
+
+    loaded = tf.saved_model.load(saved)
+    uint8 = loaded.signatures["serve_uint8"](images=tf.constant(x.astype("uint8")))
+    np.testing.assert_allclose(uint8["probabilities"].numpy(),
+                               np.asarray(model(x.astype("uint8").astype("float32"), training=False)), rtol=1e-4)
+    pngs = tf.stack([tf.io.encode_png(tf.constant(img.astype("uint8"))) for img in x])
+    decoded = loaded.signatures["serve_image_bytes"](image_bytes=pngs)
+    np.testing.assert_allclose(decoded["probabilities"].numpy(), uint8["probabilities"].numpy(), rtol=1e-4)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="(?i)unknown image file format|image"):
+        loaded.signatures["serve_image_bytes"](image_bytes=tf.constant([b"not an image"]))
+
+
+def test_versions_are_numbered_and_never_overwritten_silently(tmp_path):
+    model = krv2.ResNet20()
+    base = str(tmp_path / "serving")
+    first = export.export_savedmodel(model, base)
+    second = export.export_savedmodel(model, base)
+    assert [os.path.basename(first), os.path.basename(second)] == ["1", "2"]
+    before = {name: os.path.getmtime(os.path.join(first, name)) for name in os.listdir(first)}
+    with pytest.raises(FileExistsError, match="Version 1 already exists"):
+        export.export_savedmodel(model, base, version=1)
+    assert {name: os.path.getmtime(os.path.join(first, name)) for name in os.listdir(first)} == before
+    replaced = export.export_savedmodel(model, base, version=1, overwrite=True)
+    assert replaced == first and os.path.isfile(os.path.join(first, "saved_model.pb"))
+    assert sorted(os.listdir(base)) == ["1", "2"]
+
+
+def test_a_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
+    def explode(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    # Fails late: after the SavedModel itself is written, while writing its metadata.
+    monkeypatch.setattr(export.savedmodel, "metadata", explode)
+    base = tmp_path / "serving"
+    with pytest.raises(RuntimeError, match="disk full"):
+        export.export_savedmodel(krv2.ResNet20(), str(base))
+    assert os.listdir(base) == []
+
+
+def test_bad_input_is_refused_clearly(tmp_path):
+    with pytest.raises(ValueError, match="needs a classifier.*include_top=True"):
+        export.export_savedmodel(krv2.ResNet20(include_top=False), str(tmp_path))
+    with pytest.raises(ValueError, match="`version` must be a positive integer.*version=0"):
+        export.export_savedmodel(krv2.ResNet20(), str(tmp_path), version=0)
+    with pytest.raises(ValueError, match="`opset` must be.*opset=7"):
+        export.export_onnx(krv2.ResNet20(), str(tmp_path / "m.onnx"), opset=7)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "export", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_cli_exports_verifies_and_reports_bad_input(tmp_path):
+    model = _trained_like(krv2.ResNet20(unit="original"))
+    model.save(tmp_path / "model.keras")
+    ok = _cli(str(tmp_path), "--savedmodel", str(tmp_path / "serving"), "--onnx", str(tmp_path / "m.onnx"))
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    report = json.loads((tmp_path / "serving" / "1.verification.json").read_text())
+    assert report["passed"] and report["onnx"]["max_rel_error"] < 1e-4 and "savedmodel_s" in report
+    again = _cli(str(tmp_path / "model.keras"), "--savedmodel", str(tmp_path / "serving"), "--version", "1")
+    assert again.returncode == 1 and "already exists" in again.stderr
+    missing = _cli(str(tmp_path / "nope.keras"), "--onnx", str(tmp_path / "x.onnx"))
+    assert missing.returncode == 1 and "nope.keras" in missing.stderr
+    (tmp_path / "junk.keras").write_bytes(b"junk")
+    junk = _cli(str(tmp_path / "junk.keras"), "--onnx", str(tmp_path / "x.onnx"))
+    assert junk.returncode == 1 and "not a loadable Keras model" in junk.stderr
+    verified = _cli("verify", str(tmp_path / "model.keras"), "--onnx", str(tmp_path / "m.onnx"))
+    assert verified.returncode == 0 and "verification passed" in verified.stdout
