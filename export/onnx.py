@@ -9,7 +9,7 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
-from export.savedmodel import _check_classifier, _probabilities, float32_copy
+from export.savedmodel import _check_classifier, float32_copy, serving_outputs
 
 DEFAULT_OPSET = 17
 
@@ -30,13 +30,8 @@ def export_onnx(model: keras.Model, path: str, opset: Optional[int] = None) -> s
     if not path.endswith(".onnx"):
         raise ValueError(f"The ONNX file name must end in .onnx. Received: path={path!r}")
     serving_model = float32_copy(model)
-    probabilities = _probabilities(serving_model)
     spec = (tf.TensorSpec([None, *serving_model.input_shape[1:]], tf.float32, name="images"),)
-
-    @tf.function(input_signature=spec)
-    def serve(images):
-        p = tf.cast(probabilities(images), tf.float32)
-        return {"probabilities": p, "classes": tf.argmax(p, axis=-1, output_type=tf.int64)}
+    serve = tf.function(serving_outputs(serving_model), input_signature=spec)
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=os.path.dirname(path))

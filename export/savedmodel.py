@@ -57,15 +57,22 @@ def _probabilities(model: keras.Model):
                            else tf.nn.softmax(model(images, training=False)))
 
 
-def _serving_archive(model: keras.Model) -> keras.export.ExportArchive:
-    """Keras' ExportArchive (it tracks the variables the way TF Serving's loader restores
-    them) with three signatures, each returning `probabilities` (float32) and `classes` (int64)."""
-    height, width, channels = model.input_shape[1:]
+def serving_outputs(model: keras.Model):
+    """images -> {"probabilities": float32 [N, classes], "classes": int64 [N]}, as every export serves."""
     probabilities = _probabilities(model)
 
     def outputs(images):
         p = tf.cast(probabilities(images), tf.float32)
         return {"probabilities": p, "classes": tf.argmax(p, axis=-1, output_type=tf.int64)}
+
+    return outputs
+
+
+def _serving_archive(model: keras.Model) -> keras.export.ExportArchive:
+    """Keras' ExportArchive (it tracks the variables the way TF Serving's loader restores
+    them) with three signatures, each returning `probabilities` (float32) and `classes` (int64)."""
+    height, width, channels = model.input_shape[1:]
+    outputs = serving_outputs(model)
 
     def decode(data):
         image = tf.io.decode_image(data, channels=channels, expand_animations=False)
