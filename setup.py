@@ -1,5 +1,4 @@
-"""Packaging for keras_resnet_v2 (the model builders) and, as they land, `training`
-and `export`. `pip install .` installs the package; `pip install ".[test]"` adds the
+"""Packaging for keras_resnet_v2 (the model builders), `training` and `export`. `pip install .` installs the package; `pip install ".[test]"` adds the
 test tools; `pip install ".[and-cuda]"` pulls TensorFlow's CUDA wheels for GPUs."""
 
 import re
@@ -23,7 +22,8 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["keras_resnet_v2", "keras_resnet_v2.*", "export", "export.*"]),
+    packages=find_packages(include=["keras_resnet_v2", "keras_resnet_v2.*", "training", "training.*",
+                                    "export", "export.*"]),
     install_requires=[
         "keras>=3.8",
         "tensorflow>=2.18",
@@ -31,6 +31,13 @@ setup(
         "h5py",
         "tf2onnx>=1.16",
         "onnxruntime>=1.17",
+        # training: datasets, the offline digits set, curves, YAML configs, TensorBoard logs.
+        "tensorflow-datasets>=4.9",
+        "importlib_resources",  # tensorflow-datasets' downloader imports it without requiring it
+        "scikit-learn",
+        "matplotlib",
+        "pyyaml",
+        "tensorboard",
     ],
     extras_require={
         # JAX runs the builders under KERAS_BACKEND=jax in the tests.
@@ -39,6 +46,7 @@ setup(
     },
     entry_points={"console_scripts": [
         "keras-resnet-v2=keras_resnet_v2.__main__:main",
+        "resnet-v2-train=training.cli:main",
         "resnet-v2-export=export.__main__:main",
     ]},
     classifiers=[

@@ -13,7 +13,7 @@ Example:
 """
 
 from export.onnx import export_onnx
-from export.savedmodel import export_savedmodel, float32_copy
+from export.savedmodel import export_savedmodel, float32_copy, training_metadata
 from export.verify import VerificationError, verify
 
-__all__ = ["VerificationError", "export_onnx", "export_savedmodel", "float32_copy", "verify"]
+__all__ = ["VerificationError", "export_onnx", "export_savedmodel", "float32_copy", "training_metadata", "verify"]

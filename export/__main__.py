@@ -32,6 +32,19 @@ def _load(path: str):
         ) from error
 
 
+def _run_details(path: str) -> dict:
+    """Labels and training metadata when MODEL is a training run directory (its config.json)."""
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        return {}
+    with open(config_path) as handle:
+        config = json.load(handle)
+    import export
+
+    labels = config.get("class_names") or None
+    return {"extra_metadata": export.training_metadata(config), "labels": labels}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resnet-v2-export", description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="a .keras file or a directory holding model.keras")
@@ -60,7 +73,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not verify_only:
             if args.savedmodel:
                 start = time.perf_counter()
-                savedmodel_dir = export.export_savedmodel(model, args.savedmodel, args.version, args.overwrite)
+                savedmodel_dir = export.export_savedmodel(model, args.savedmodel, args.version, args.overwrite,
+                                                          **_run_details(args.model))
                 timings["savedmodel_s"] = round(time.perf_counter() - start, 2)
                 print(f"SavedModel: {savedmodel_dir} ({timings['savedmodel_s']} s)")
             if args.onnx:
@@ -70,10 +84,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"ONNX: {onnx_path} ({timings['onnx_s']} s)")
         report_path = (f"{savedmodel_dir.rstrip(os.sep)}.verification.json" if savedmodel_dir
                        else f"{onnx_path}.verification.json")
-        report = export.verify(model, savedmodel_dir=savedmodel_dir, onnx_path=onnx_path, report_path=None)
-        report.update(timings)
-        with open(report_path, "w") as handle:
-            json.dump(report, handle, indent=2)
+        try:
+            report = export.verify(model, savedmodel_dir=savedmodel_dir, onnx_path=onnx_path,
+                                   report_path=report_path, extra=timings)
+        except export.VerificationError:
+            print(f"verification FAILED; report: {report_path}", file=sys.stderr)
+            raise
         print(json.dumps(report, indent=2))
         print(f"verification passed; report: {report_path}")
     except (ValueError, FileExistsError, export.VerificationError) as error:

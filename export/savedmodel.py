@@ -112,16 +112,27 @@ def metadata(model: keras.Model) -> dict:
     }
 
 
+TRAINING_KEYS = ("model", "unit", "shortcut", "variant_options", "dataset", "precision", "recipe", "image_size")
+
+
+def training_metadata(run_config: dict) -> dict:
+    """What metadata.json says about how the model was trained, from a run's config.json."""
+    recipe = run_config.get("recipe_values") or {}
+    return {"training": {k: run_config.get(k) for k in TRAINING_KEYS if k in run_config},
+            "normalization": recipe.get("normalization", "none (raw pixels)")}
+
+
 def export_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] = None,
                       overwrite: bool = False, labels: Optional[Sequence[str]] = None,
-                      keep_mixed_precision: bool = False) -> str:
+                      keep_mixed_precision: bool = False, extra_metadata: Optional[dict] = None) -> str:
     """Writes `base_dir/<version>` for TF Serving and returns its path.
 
     `version` defaults to one more than the highest existing version. The export is
     written into a temporary sibling and renamed into place at the end, so TF Serving
     never sees a half-written version and a failure leaves nothing behind. An existing
     version is replaced only with `overwrite=True`. Mixed-precision models are exported
-    in float32 unless `keep_mixed_precision=True`.
+    in float32 unless `keep_mixed_precision=True`. `extra_metadata` (for example how the
+    model was trained: unit, shortcut, normalization) is merged into `assets/metadata.json`.
     """
     _check_classifier(model)
     if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
@@ -145,7 +156,7 @@ def export_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] 
         assets = os.path.join(tmp, "assets")
         os.makedirs(assets, exist_ok=True)
         with open(os.path.join(assets, "metadata.json"), "w") as handle:
-            json.dump(metadata(serving_model), handle, indent=2)
+            json.dump({**metadata(serving_model), **(extra_metadata or {})}, handle, indent=2)
         if labels is not None:
             with open(os.path.join(assets, "labels.txt"), "w") as handle:
                 handle.write("\n".join(labels) + "\n")

@@ -24,13 +24,13 @@ def _errors(reference: np.ndarray, other: np.ndarray) -> dict:
 
 def verify(model: keras.Model, savedmodel_dir: Optional[str] = None, onnx_path: Optional[str] = None,
            batch: Optional[np.ndarray] = None, report_path: Optional[str] = None,
-           max_relative_error: float = MAX_RELATIVE_ERROR) -> dict:
+           max_relative_error: float = MAX_RELATIVE_ERROR, extra: Optional[dict] = None) -> dict:
     """Compares probabilities (and top-1 classes) of each export with the Keras model's.
 
     Relative error is the max absolute error over the largest output magnitude. Raises
     `VerificationError` above `max_relative_error`, or if the Keras outputs are not finite
     (an untrained deep net in inference mode overflows: train it first). Writes the report
-    as JSON to `report_path` when given.
+    as JSON to `report_path` when given, passed or failed, with `extra` (e.g. timings) merged in.
     """
     if savedmodel_dir is None and onnx_path is None:
         raise ValueError("verify needs `savedmodel_dir`, `onnx_path` or both. Received: neither")
@@ -40,9 +40,12 @@ def verify(model: keras.Model, savedmodel_dir: Optional[str] = None, onnx_path: 
 
     # Exports are float32 (a mixed-precision model is exported as its float32 copy).
     reference = np.asarray(_probabilities(float32_copy(model))(batch), dtype="float32")
+    report = {"batch_shape": list(batch.shape), "max_relative_error_allowed": max_relative_error, **(extra or {})}
     if not np.all(np.isfinite(reference)):
-        raise VerificationError("The Keras model's outputs on the verification batch are not finite")
-    report = {"batch_shape": list(batch.shape), "max_relative_error_allowed": max_relative_error}
+        report["passed"] = False
+        report["error"] = "The Keras model's outputs on the verification batch are not finite"
+        _write(report, report_path)
+        raise VerificationError(report["error"])
     if savedmodel_dir is not None:
         import tensorflow as tf
 
@@ -59,10 +62,14 @@ def verify(model: keras.Model, savedmodel_dir: Optional[str] = None, onnx_path: 
         report["onnx"]["classes_match"] = bool(np.array_equal(classes, reference.argmax(-1)))
     failed = [k for k in ("savedmodel", "onnx") if k in report and report[k]["max_rel_error"] > max_relative_error]
     report["passed"] = not failed
+    _write(report, report_path)
+    if failed:
+        raise VerificationError(f"Export parity failed for {', '.join(failed)}: {json.dumps(report)}")
+    return report
+
+
+def _write(report: dict, report_path: Optional[str]) -> None:
     if report_path is not None:
         os.makedirs(os.path.dirname(os.path.abspath(report_path)), exist_ok=True)
         with open(report_path, "w") as handle:
             json.dump(report, handle, indent=2)
-    if failed:
-        raise VerificationError(f"Export parity failed for {', '.join(failed)}: {json.dumps(report)}")
-    return report

@@ -1,4 +1,4 @@
-"""The two small layers the shortcut variants of the paper need (Fig. 2 (b)-(d)).
+"""The small layers the shortcut variants of the paper need (Fig. 2 (b)-(d)), and `Standardize`.
 
 Both are registered with Keras, so a model that uses them saves to `.keras` and
 loads back with `keras.models.load_model(path, safe_mode=True)`: no `Lambda`.
@@ -8,6 +8,7 @@ They use `keras.ops` only, so they run under every Keras backend.
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 PACKAGE = "keras_resnet_v2"
@@ -65,3 +66,50 @@ class GatedSum(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "exclusive": self.exclusive}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Standardize(keras.layers.Layer):
+    """`(x - mean) / sqrt(variance)` with the statistics stored as non-trainable weights.
+
+    The input normalization that training puts in front of a network (the paper's per-pixel
+    mean subtraction: `mean` of shape [H, W, 3], variance 1; or per-channel standardization:
+    shape [3]), so that a saved model takes raw 0..255 pixels. Unlike Keras' `Normalization`,
+    the statistics are variables: they live in the weights file, and exporters (tf2onnx)
+    freeze them like any other weight. Computes in float32. The config holds only their
+    `shape`; give `mean` and `variance`, or `shape` and load weights.
+
+    Example:
+        >>> layer = Standardize(mean=[125.3, 123.0, 113.9], variance=[63.0**2, 62.1**2, 66.7**2])
+        >>> round(float(layer(keras.ops.full((1, 1, 1, 3), 188.3))[0, 0, 0, 0]), 4)
+        1.0
+    """
+
+    def __init__(self, mean=None, variance=None, shape=None, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if mean is None or variance is None:
+            if shape is None or mean is not None or variance is not None:
+                raise ValueError("Give both `mean` and `variance`, or `shape` alone. Received: "
+                                 f"mean={mean is not None}, variance={variance is not None}, shape={shape!r}")
+            mean, variance = np.zeros(shape, "float32"), np.ones(shape, "float32")
+        mean, variance = np.asarray(mean, "float32"), np.asarray(variance, "float32")
+        if mean.shape != variance.shape:
+            raise ValueError(f"`mean` and `variance` must have the same shape. Received: shapes "
+                             f"{mean.shape} and {variance.shape}")
+        if not (variance > 0).all():
+            raise ValueError("`variance` must be positive everywhere. Received: a value <= 0")
+        self.shape = tuple(int(d) for d in mean.shape)
+        self.mean = self.add_weight(shape=self.shape, initializer=keras.initializers.Constant(mean),
+                                    trainable=False, name="mean")
+        self.variance = self.add_weight(shape=self.shape, initializer=keras.initializers.Constant(variance),
+                                        trainable=False, name="variance")
+
+    def call(self, inputs):
+        return (ops.cast(inputs, "float32") - self.mean) * ops.rsqrt(self.variance)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "shape": list(self.shape)}

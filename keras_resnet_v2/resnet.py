@@ -517,6 +517,7 @@ def ResNet(
         x = inputs
     else:
         inputs = keras.utils.get_source_inputs(input_tensor)
+        inputs = inputs[0] if len(inputs) == 1 else inputs  # one input: a tensor, not a 1-list
         x = input_tensor
     x = build_features(ops, x, cfg)
     if include_top:

@@ -1,0 +1,145 @@
+"""`resnet-v2-train`: train a paper configuration, or evaluate a saved model.
+
+    resnet-v2-train --dataset digits --model resnet20 --epochs 30 --batch-size 64 --run-dir runs/digits
+    resnet-v2-train evaluate --model runs/digits --dataset digits
+
+Every recipe value can be set by a flag (`--lr 0.05 --warmup-steps 0 ...`) or a JSON/YAML
+`--config` file whose keys are the flags' names with underscores; flags win over the file,
+the file over the recipe. The effective configuration goes to RUN_DIR/config.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Sequence
+
+from training.recipes import RECIPES
+from training.runtime import PRECISIONS, STRATEGIES
+RECIPE_FLAGS = {  # recipe field -> type (batch_size has its own flag)
+    "lr": float, "momentum": float, "weight_decay": float, "decay": str, "warmup_steps": int,
+    "warmup_lr": float, "lr_factor": float, "normalization": str,
+}
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes"):
+        return True
+    if text.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _option(text: str):
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="resnet-v2-train", description=__doc__.split("\n\n")[0],
+                                argument_default=argparse.SUPPRESS)
+    p.add_argument("--dataset", help="digits, a TFDS name (cifar10, cifar100, imagenet2012) or an image folder")
+    p.add_argument("--model", help="resnet20 ... resnet1202, resnet164, resnet1001, resnet18 ... resnet200")
+    p.add_argument("--unit", help="residual unit (Fig. 4), default full_preact")
+    p.add_argument("--shortcut", help="shortcut (Fig. 2), default identity")
+    p.add_argument("--option", action="append", type=_option, dest="options", metavar="KEY=VALUE",
+                   help="variant option, e.g. --option gate_bias=-6 (repeatable)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=int)
+    length.add_argument("--steps", type=int, help="iterations (instead of --epochs)")
+    p.add_argument("--batch-size", type=int, help="global batch (default: the recipe's)")
+    p.add_argument("--run-dir", help="run directory (rerun the same command to resume)")
+    p.add_argument("--recipe", choices=tuple(RECIPES), help="default paper_cifar")
+    p.add_argument("--precision", help=f"one of {PRECISIONS}")
+    p.add_argument("--strategy", help=f"one of {STRATEGIES}")
+    p.add_argument("--data-dir", help="TFDS data directory")
+    p.add_argument("--config", help="JSON or YAML file of settings")
+    p.add_argument("--export-dir", help="export SavedModel + ONNX here at the end, verified")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--image-size", type=int, help="input size (default: the dataset's, or 224)")
+    p.add_argument("--nesterov", type=_bool)
+    p.add_argument("--boundaries", type=lambda s: tuple(float(x) for x in s.split(",")),
+                   help="lr boundaries in the recipe's units, comma-separated")
+    for name, kind in RECIPE_FLAGS.items():
+        p.add_argument("--" + name.replace("_", "-"), type=kind)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="resnet-v2-train evaluate",
+                                description="Top-1 and top-5 error of a saved model on a test split.")
+    p.add_argument("--model", required=True, help="a .keras file or a run directory")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--data-dir")
+    p.add_argument("--batch-size", type=int, default=256)
+    return p
+
+
+def read_config_file(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise ValueError(f"`config` file not found. Received: config={path!r}")
+    with open(path) as f:
+        text = f.read()
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        values = yaml.safe_load(text)
+    else:
+        values = json.loads(text)
+    if not isinstance(values, dict):
+        raise ValueError(f"`config` file {path!r} must hold a mapping of settings.")
+    return {k.replace("-", "_"): v for k, v in values.items()}
+
+
+def config_from_args(argv: Sequence[str]):
+    from training.run import TrainConfig
+
+    args = vars(_train_parser().parse_args(argv))
+    values = read_config_file(args.pop("config")) if "config" in args else {}
+    if "boundaries" in values:
+        values["boundaries"] = tuple(values["boundaries"])
+    options = dict(args.pop("options", []))
+    if options:
+        values["variant_options"] = {**values.get("variant_options", {}), **options}
+    if args.pop("quiet", False):
+        values["verbose"] = 0
+    if "epochs" in args or "steps" in args:
+        values.pop("epochs", None)
+        values.pop("steps", None)
+    values.update(args)
+    return TrainConfig.from_dict(values)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from training.data import DatasetError
+    from training.loop import NonFiniteLossError
+
+    try:
+        if argv[:1] == ["evaluate"]:
+            from training.run import evaluate
+
+            args = _eval_parser().parse_args(argv[1:])
+            result = evaluate(args.model, args.dataset, args.data_dir, args.batch_size)
+            print(json.dumps(result, indent=2))
+            return 0
+        from training.run import run
+
+        result = run(config_from_args(argv))
+        print(json.dumps(result, indent=2, default=str))
+    except (ValueError, DatasetError, FileExistsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    return 0

@@ -1,0 +1,365 @@
+"""Datasets and input pipelines.
+
+Three sources, one result type (`Splits`: unbatched train/test `tf.data.Dataset`s of
+`(uint8 image [H, W, 3], int64 label)` plus a `DatasetInfo`):
+
+- `digits`: the 1,797 real 8x8 handwritten digits shipped inside scikit-learn, scaled to
+  0..255, resized to 32x32 and repeated to RGB; a fixed stratified 80/20 split (seed 0).
+  Offline, so it is the quick start's and the tests' dataset.
+- a folder of images with one subfolder per class (`train/` and `test/` subfolders if present,
+  else a fixed split by file-name hash);
+- any TFDS image-classification dataset by name (`cifar10`, `cifar100`, `imagenet2012`, ...).
+
+Pipelines follow the paper's appendix (see FACTS.md, "Training recipe"):
+CIFAR-style (fixed-size images): load -> cache -> shuffle -> batch -> augment on the whole batch
+(4-pixel zero pad, random crop, horizontal flip) -> prefetch. ImageNet-style: scale augmentation
+(shorter side uniform in [256, 480], random 224 crop, flip) per image before batching, because
+the images differ in size; evaluation resizes the shorter side to 256/224 of the crop and takes
+a centre crop (224, or 320 at `eval_size=320`).
+
+Normalization is not in the pipeline: `normalization_layer` builds a Keras `Normalization`
+layer from training-split statistics that goes in front of the network, so saved and exported
+models take raw 0..255 pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import urllib.parse
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import keras_resnet_v2
+
+AUTOTUNE = tf.data.AUTOTUNE
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+# Leading bytes of the formats tf.io.decode_image reads.
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+NETWORK_PROBE_TIMEOUT_S = 10.0
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used: unknown, missing, empty or unreadable."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    num_classes: int
+    train_examples: int
+    test_examples: int
+    image_shape: tuple | None  # (H, W, 3) when every image has it, else None (ImageNet-style)
+    class_names: tuple = field(default=())
+    flip: bool = True  # horizontal flips preserve the class (not for digits)
+
+
+@dataclass
+class Splits:
+    train: tf.data.Dataset
+    test: tf.data.Dataset
+    info: DatasetInfo
+
+
+def load(name: str, data_dir: str | None = None, image_size: int = 32, seed: int = 0) -> Splits:
+    """Loads a dataset by name: "digits", a folder path, or a TFDS name.
+
+    Example:
+        >>> splits = load("digits")
+        >>> splits.info.num_classes, splits.info.image_shape
+        (10, (32, 32, 3))
+    """
+    if not isinstance(name, str) or not name:
+        raise DatasetError(f"`dataset` must be a non-empty string. Received: dataset={name!r}")
+    if name == "digits":
+        return load_digits(image_size=image_size)
+    if os.path.sep in name or os.path.isdir(name):
+        return load_folder(name, image_size=image_size)
+    return load_tfds(name, data_dir=data_dir)
+
+
+def load_digits(image_size: int = 32, test_fraction: float = 0.2) -> Splits:
+    """scikit-learn's 1,797 handwritten digits as `image_size`^2 RGB uint8, fixed split."""
+    from sklearn.datasets import load_digits as sklearn_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = sklearn_digits()
+    images = digits.images.astype("float32") * (255.0 / 16.0)  # 0..16 -> 0..255
+    images = tf.image.resize(images[..., None], (image_size, image_size), method="bilinear")
+    images = np.repeat(np.clip(np.round(images.numpy()), 0, 255).astype("uint8"), 3, axis=-1)
+    labels = digits.target.astype("int64")
+    x_train, x_test, y_train, y_test = train_test_split(
+        images, labels, test_size=test_fraction, random_state=0, stratify=labels)
+    info = DatasetInfo("digits", 10, len(y_train), len(y_test), (image_size, image_size, 3),
+                       tuple(str(i) for i in range(10)), flip=False)
+    return Splits(tf.data.Dataset.from_tensor_slices((x_train, y_train)),
+                  tf.data.Dataset.from_tensor_slices((x_test, y_test)), info)
+
+
+def _image_files(directory: str) -> list[str]:
+    files = []
+    for root, _, names in sorted(os.walk(directory)):
+        files += [os.path.join(root, n) for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS)]
+    return files
+
+
+def _check_image_file(path: str) -> None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise DatasetError(f"Cannot read image file {path!r}: {e}") from e
+    if not head.startswith(_MAGIC):
+        raise DatasetError(f"{path!r} is not a JPEG, PNG, GIF or BMP image (its first bytes are {head!r}).")
+
+
+def _scan_class_folders(directory: str, classes: list[str] | None = None):
+    if not os.path.isdir(directory) or not os.access(directory, os.R_OK | os.X_OK):
+        raise DatasetError(f"Image folder {directory!r} does not exist or cannot be read.")
+    found = sorted(d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d)))
+    classes = classes or found
+    if not classes:
+        raise DatasetError(
+            f"Image folder {directory!r} has no class subfolders; expected {directory}/<class>/<image>.")
+    paths, labels = [], []
+    for index, cls in enumerate(classes):
+        files = _image_files(os.path.join(directory, cls))
+        for path in files:
+            _check_image_file(path)
+        paths += files
+        labels += [index] * len(files)
+    if not paths:
+        raise DatasetError(f"Image folder {directory!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
+    return classes, paths, labels
+
+
+def load_folder(directory: str, image_size: int = 32, test_fraction: float = 0.1) -> Splits:
+    """Images in `directory/<class>/...`, or in `directory/{train,test}/<class>/...`.
+
+    Every file is checked up front to be an image (JPEG/PNG/GIF/BMP) so a bad file is named
+    before training starts. Images are decoded to RGB and resized to `image_size` squared.
+    Without `train/` and `test/` subfolders, a file goes to test when the hash of its path
+    relative to `directory` falls in the first `test_fraction` of the range (stable across runs).
+    """
+    directory = os.path.abspath(directory)
+    train_dir, test_dir = os.path.join(directory, "train"), os.path.join(directory, "test")
+    if os.path.isdir(train_dir) and os.path.isdir(test_dir):
+        classes, train_paths, train_labels = _scan_class_folders(train_dir)
+        _, test_paths, test_labels = _scan_class_folders(test_dir, classes)
+    else:
+        classes, paths, labels = _scan_class_folders(directory)
+        train_paths, train_labels, test_paths, test_labels = [], [], [], []
+        for path, label in zip(paths, labels):
+            digest = hashlib.sha1(os.path.relpath(path, directory).encode()).digest()
+            is_test = int.from_bytes(digest[:4], "big") < test_fraction * 2**32
+            (test_paths if is_test else train_paths).append(path)
+            (test_labels if is_test else train_labels).append(label)
+        if not train_paths or not test_paths:
+            raise DatasetError(f"Image folder {directory!r} has too few images for a train and a test split.")
+
+    def decode(path, label):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        image = tf.image.resize(image, (image_size, image_size), antialias=True)
+        return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), label
+
+    def dataset(paths, labels):
+        ds = tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, "int64")))
+        return ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
+
+    info = DatasetInfo(os.path.basename(directory), len(classes), len(train_paths), len(test_paths),
+                       (image_size, image_size, 3), tuple(classes))
+    return Splits(dataset(train_paths, train_labels), dataset(test_paths, test_labels), info)
+
+
+def _network_reachable(url: str) -> bool:
+    host = urllib.parse.urlparse(url).hostname
+    if not host:
+        return True
+    try:
+        socket.create_connection((host, 443), timeout=NETWORK_PROBE_TIMEOUT_S).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_tfds(name: str, data_dir: str | None = None) -> Splits:
+    """A TFDS image-classification dataset: prepared under `data_dir`, or downloaded.
+
+    TFDS retries unreachable downloads for minutes; when the dataset is not prepared, this
+    probes the dataset's host first (10 s) and fails at once with instructions instead.
+    """
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise DatasetError(
+            f"Unknown dataset {name!r}: not 'digits', not an image folder, and not a TFDS dataset "
+            f"(for example cifar10, cifar100, imagenet2012). Received: dataset={name!r}") from e
+    where = data_dir or "~/tensorflow_datasets"
+    if not builder.is_prepared():
+        how = (f"Prepare it on a machine with internet access (`tfds build {name} --data_dir DIR`) and pass "
+               f"--data-dir DIR here, or copy the prepared folder to {where}.")
+        if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
+            how = (f"{name} needs a manual download: {builder.MANUAL_DOWNLOAD_INSTRUCTIONS.strip()} "
+                   f"Put the files in {where}/downloads/manual and run `tfds build {name} --data_dir {where}`.")
+            raise DatasetError(f"TFDS dataset {name!r} is not prepared in {where}. {how}")
+        if not _network_reachable(builder.info.homepage):
+            raise DatasetError(f"TFDS dataset {name!r} is not prepared in {where} and cannot be downloaded "
+                               f"(no network route to {builder.info.homepage}). {how}")
+        builder.download_and_prepare()
+    features = builder.info.features
+    if "image" not in features or "label" not in features:
+        raise DatasetError(f"TFDS dataset {name!r} is not an image-classification dataset "
+                           f"(features {list(features)}; need 'image' and 'label').")
+    shape = tuple(features["image"].shape)
+    splits = builder.info.splits
+    test_split = "test" if "test" in splits else "validation"
+    read = dict(as_supervised=True, shuffle_files=False)
+    info = DatasetInfo(name, features["label"].num_classes, splits["train"].num_examples,
+                       splits[test_split].num_examples, shape if None not in shape else None,
+                       tuple(features["label"].names))
+    if info.image_shape is not None and info.image_shape[-1] == 1:
+        to_rgb = lambda x, y: (tf.image.grayscale_to_rgb(x), y)  # noqa: E731
+        info = DatasetInfo(**{**info.__dict__, "image_shape": shape[:-1] + (3,)})
+    else:
+        to_rgb = lambda x, y: (x, y)  # noqa: E731
+    train = builder.as_dataset(split="train", **read).map(to_rgb)
+    test = builder.as_dataset(split=test_split, **read).map(to_rgb)
+    return Splits(train, test, info)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def normalization_statistics(train: tf.data.Dataset, mode: str = "per_pixel", max_examples: int = 50_000):
+    """Mean and variance of the training split for `mode`.
+
+    per_pixel: the paper's per-pixel mean subtraction (mean image [H, W, 3], variance 1).
+    per_channel: per-channel standardization (mean and variance of each of R, G, B).
+    The statistics come from at most `max_examples` training images (all of CIFAR's 50k).
+    """
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"`normalization` must be one of {NORMALIZATIONS}. Received: normalization={mode!r}")
+    count, total, total_sq = 0, 0.0, 0.0
+    for images, _ in train.take(max_examples).batch(1000):
+        x = tf.cast(images, tf.float64)
+        axes = [0] if mode == "per_pixel" else [0, 1, 2]
+        total = total + tf.reduce_sum(x, axes)
+        total_sq = total_sq + tf.reduce_sum(x * x, axes)
+        count += int(x.shape[0]) * (1 if mode == "per_pixel" else int(x.shape[1] * x.shape[2]))
+    if count == 0:
+        raise DatasetError("The training split is empty.")
+    mean = (total / count).numpy()
+    variance = np.ones_like(mean) if mode == "per_pixel" else (total_sq / count).numpy() - mean**2
+    return mean.astype("float32"), np.maximum(variance, 1e-6).astype("float32")
+
+
+NORMALIZATIONS = ("per_pixel", "per_channel")
+
+
+def normalization_layer(mean: np.ndarray, variance: np.ndarray) -> keras.layers.Layer:
+    """A `keras_resnet_v2.Standardize` layer holding training-split statistics.
+
+    A per-pixel mean is [H, W, 3], a per-channel one [3]. The statistics are weights of the
+    model, so `.keras` files, SavedModels and ONNX files all carry them.
+    """
+    return keras_resnet_v2.Standardize(mean=mean, variance=variance, name="normalization")
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def random_crop_flip(images: tf.Tensor, padding: int, flip: bool, seed: tf.Tensor) -> tf.Tensor:
+    """Pads a batch by `padding` zeros, crops each image back at a random offset, flips half.
+
+    Vectorized over the batch (two gathers), stateless under `seed` (a shape-[2] int tensor).
+    """
+    shape = tf.shape(images)
+    batch, height, width = shape[0], shape[1], shape[2]
+    padded = tf.pad(images, [[0, 0], [padding, padding], [padding, padding], [0, 0]])
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    dy = tf.random.stateless_uniform([batch], seeds[0], 0, 2 * padding + 1, tf.int32)
+    dx = tf.random.stateless_uniform([batch], seeds[1], 0, 2 * padding + 1, tf.int32)
+    rows = dy[:, None] + tf.range(height)[None]
+    cols = dx[:, None] + tf.range(width)[None]
+    if flip:
+        flipped = tf.random.stateless_uniform([batch], seeds[2]) < 0.5
+        cols = tf.where(flipped[:, None], tf.reverse(cols, [1]), cols)
+    out = tf.gather(padded, rows, axis=1, batch_dims=1)
+    return tf.gather(out, cols, axis=2, batch_dims=1)
+
+
+def _scale_augment(image, seed, crop: int, min_side: int = 256, max_side: int = 480, flip: bool = True):
+    """ImageNet scale augmentation (FACTS.md): shorter side in [256, 480], random crop, flip."""
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    side = tf.random.stateless_uniform([], seeds[0], min_side, max_side + 1, tf.int32)
+    image = _resize_shorter(image, side)
+    image = tf.image.stateless_random_crop(image, [crop, crop, 3], seeds[1])
+    if flip:
+        image = tf.image.stateless_random_flip_left_right(image, seeds[2])
+    return image
+
+
+def _resize_shorter(image, side):
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = tf.cast(side, tf.float32) / tf.reduce_min(shape)
+    size = tf.cast(tf.round(shape * scale), tf.int32)
+    return tf.image.resize(image, size, antialias=True)
+
+
+def _centre_crop(image, crop: int):
+    image = _resize_shorter(image, int(round(crop * 256 / 224)))
+    return tf.image.resize_with_crop_or_pad(image, crop, crop)
+
+
+def pipeline(dataset: tf.data.Dataset, info: DatasetInfo, batch_size: int, *, training: bool,
+             seed: int = 0, start_step: int = 0, image_size: int = 224, cache: bool = True,
+             padding: int = 4) -> tf.data.Dataset:
+    """Batches a split for training (`training=True`) or evaluation.
+
+    Training data repeats forever (the caller counts steps per epoch): load -> cache -> shuffle
+    -> repeat -> batch (drop remainder) -> augment the whole batch (vectorized) -> prefetch.
+    Variable-size (ImageNet-style) images are augmented one by one before batching. Each
+    batch's augmentation is seeded by `(seed, step)`, so a run is deterministic under `seed`
+    and a resumed run (`start_step`) draws new crops rather than replaying the first epoch's.
+    Evaluation data is batched once, in order, keeping the last partial batch. Images stay
+    0..255 float32: the model's normalization layer does the rest.
+
+    Example:
+        >>> splits = load("digits")
+        >>> images, labels = next(iter(pipeline(splits.train, splits.info, 64, training=True)))
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    ds = dataset.with_options(options)
+    fixed_size = info.image_shape is not None
+    if fixed_size and cache:
+        ds = ds.cache()
+    if not training:
+        if not fixed_size:
+            ds = ds.map(lambda x, y: (_centre_crop(x, image_size), y), num_parallel_calls=AUTOTUNE)
+        return ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(AUTOTUNE)
+
+    ds = ds.shuffle(min(info.train_examples, 50_000), seed=seed + start_step, reshuffle_each_iteration=True)
+    ds = ds.repeat()
+    step_seed = lambda i: tf.stack([tf.cast(seed, tf.int64), i])  # noqa: E731
+    if not fixed_size:
+        ds = ds.enumerate(start_step * batch_size).map(
+            lambda i, xy: (_scale_augment(xy[0], step_seed(i), image_size, flip=info.flip), xy[1]),
+            num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    if fixed_size:
+        ds = ds.enumerate(start_step).map(
+            lambda i, xy: (random_crop_flip(tf.cast(xy[0], tf.float32), padding, info.flip, step_seed(i)), xy[1]),
+            num_parallel_calls=AUTOTUNE, deterministic=True)
+    else:
+        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y))
+    return ds.prefetch(AUTOTUNE)

@@ -1,0 +1,268 @@
+"""One training run, composed from the package's pieces: config -> data -> model -> loop.
+
+`run(config)` is what `resnet-v2-train` calls. Everything that can be wrong with the input is
+checked before anything is written to the run directory. The run directory holds:
+
+    config.json        the effective configuration (recipe resolved to this run)
+    history.csv        one row per epoch (epoch, step, loss, accuracy, lr, images_per_sec, val_*)
+    curves.png         training loss and test error against iterations (paper Fig. 1 style)
+    logs/              TensorBoard
+    backup/            tf.train.Checkpoint of model + optimizer + epoch, for resume
+    checkpoints/       best.keras (highest val_accuracy), last.keras
+    model.keras        the final model (normalization layer in front: takes 0..255 pixels)
+
+Rerunning the same command with the same run directory resumes from the last backup (written
+at each epoch end, after history.csv), so at most the interrupted epoch is redone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+
+import keras
+import tensorflow as tf
+
+import keras_resnet_v2
+from training import callbacks as cb
+from training import data as data_lib
+from training import recipes, runtime
+from training.loop import Trainer
+
+MODEL_PATTERN = re.compile(r"resnet(\d+)")
+# Fields that must match to resume a run directory (the rest, e.g. epochs, may change).
+IDENTITY_FIELDS = ("dataset", "model", "unit", "shortcut", "variant_options", "batch_size", "precision", "seed")
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "digits"
+    model: str = "resnet20"
+    unit: str = "full_preact"
+    shortcut: str = "identity"
+    variant_options: dict = field(default_factory=dict)
+    epochs: int | None = None
+    steps: int | None = None
+    batch_size: int | None = None  # global; default: the recipe's
+    run_dir: str = "runs/default"
+    recipe: str = "paper_cifar"
+    precision: str = "float32"
+    strategy: str = "auto"
+    data_dir: str | None = None
+    export_dir: str | None = None
+    seed: int = 0
+    image_size: int | None = None  # default: the dataset's size, or 224 for ImageNet-style data
+    verbose: int = 1
+    recipe_overrides: dict = field(default_factory=dict)  # any `recipes.Recipe` field
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        overrides = {k: values[k] for k in values if k in recipes.RECIPE_FIELDS and k not in known}
+        unknown = set(values) - known - set(overrides)
+        if unknown:
+            raise ValueError(f"Unknown config keys {sorted(unknown)}; allowed: {sorted(known | set(recipes.RECIPE_FIELDS))}")
+        config = cls(**{k: v for k, v in values.items() if k in known})
+        config.recipe_overrides = {**config.recipe_overrides, **overrides}
+        return config
+
+
+def parse_model(name: str) -> int:
+    match = MODEL_PATTERN.fullmatch(str(name).lower())
+    if not match:
+        raise ValueError(f"`model` must be 'resnet' followed by a depth, e.g. resnet20, resnet164, resnet50. "
+                         f"Received: model={name!r}")
+    return int(match.group(1))
+
+
+def check_config(config: TrainConfig) -> recipes.Recipe:
+    """Validates everything that needs no data or devices; returns the effective recipe."""
+    parse_model(config.model)
+    if config.unit not in keras_resnet_v2.UNITS:
+        raise ValueError(f"`unit` must be one of {keras_resnet_v2.UNITS}. Received: unit={config.unit!r}")
+    if config.shortcut not in keras_resnet_v2.SHORTCUT_NAMES:
+        raise ValueError(f"`shortcut` must be one of {keras_resnet_v2.SHORTCUT_NAMES}. "
+                         f"Received: shortcut={config.shortcut!r}")
+    if config.precision not in runtime.PRECISIONS:
+        raise ValueError(f"`precision` must be one of {runtime.PRECISIONS}. Received: precision={config.precision!r}")
+    if config.strategy not in runtime.STRATEGIES:
+        raise ValueError(f"`strategy` must be one of {runtime.STRATEGIES}. Received: strategy={config.strategy!r}")
+    if config.epochs is not None and config.steps is not None:
+        raise ValueError(f"Give `epochs` or `steps`, not both. Received: epochs={config.epochs}, steps={config.steps}")
+    for name in ("epochs", "steps", "batch_size", "image_size"):
+        value = getattr(config, name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+    if not config.run_dir:
+        raise ValueError(f"`run_dir` must be a directory path. Received: run_dir={config.run_dir!r}")
+    return recipes.get_recipe(config.recipe, **config.recipe_overrides,
+                              **({"batch_size": config.batch_size} if config.batch_size else {}))
+
+
+def build_model(config: TrainConfig, info: data_lib.DatasetInfo, image_size: int, mean, variance) -> keras.Model:
+    """The network with a normalization layer in front (raw 0..255 pixels in)."""
+    shape = info.image_shape[:2] + (3,) if info.image_shape else (image_size, image_size, 3)
+    inputs = keras.Input(shape=shape, name="images")
+    x = data_lib.normalization_layer(mean, variance)(inputs)
+    return keras_resnet_v2.ResNet(parse_model(config.model), unit=config.unit, shortcut=config.shortcut,
+                                  input_tensor=x, classes=info.num_classes,
+                                  name=f"{config.model}_{config.unit}", **config.variant_options)
+
+
+def _check_resume(run_dir: str, effective: dict) -> bool:
+    """True if run_dir holds a run to resume; refuses one made by a different configuration."""
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(os.path.join(run_dir, "backup", "checkpoint")):
+        return False
+    with open(path) as f:
+        previous = json.load(f)
+    changed = {k: (previous.get(k), effective.get(k)) for k in IDENTITY_FIELDS if previous.get(k) != effective.get(k)}
+    if changed:
+        raise ValueError(f"Run directory {run_dir!r} holds a run with a different configuration "
+                         f"({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in changed.items())}); "
+                         "use another --run-dir.")
+    return True
+
+
+def _log(config, message: str) -> None:
+    if config.verbose:
+        print(message, flush=True)
+
+
+def run(config: TrainConfig) -> dict:
+    """Trains (or resumes) one run; returns the final test metrics and paths."""
+    recipe = check_config(config)
+    runtime.set_precision(config.precision)  # before any model is built
+    strategy = runtime.make_strategy(config.strategy)
+    global_batch = recipe.batch_size
+    runtime.per_replica_batch(global_batch, strategy)
+    splits = data_lib.load(config.dataset, data_dir=config.data_dir, image_size=config.image_size or 32,
+                           seed=config.seed)
+    info = splits.info
+    image_size = config.image_size or (info.image_shape[0] if info.image_shape else 224)
+    steps_per_epoch = recipes.steps_per_epoch(info.train_examples, global_batch)
+    schedule = recipes.resolve(recipe, global_batch, steps_per_epoch, epochs=config.epochs, steps=config.steps)
+    epochs = max(1, -(-schedule.total_steps // steps_per_epoch))
+    if config.steps is not None:
+        steps_per_epoch = min(steps_per_epoch, config.steps)
+        epochs = -(-config.steps // steps_per_epoch)
+
+    effective = {**dataclasses.asdict(config), "recipe_values": dataclasses.asdict(recipe),
+                 "schedule": dataclasses.asdict(schedule), "global_batch": global_batch,
+                 "batch_size": global_batch, "replicas": strategy.num_replicas_in_sync,
+                 "strategy_class": runtime.strategy_name(strategy), "epochs_run": epochs,
+                 "steps_per_epoch": steps_per_epoch, "image_size": image_size,
+                 "dataset_info": {k: v for k, v in dataclasses.asdict(info).items() if k != "class_names"},
+                 "class_names": list(info.class_names), "keras_resnet_v2": keras_resnet_v2.__version__,
+                 "tensorflow": tf.__version__, "keras": keras.__version__}
+    run_dir = os.path.abspath(config.run_dir)
+    resuming = _check_resume(run_dir, effective)
+    chief = runtime.is_chief(strategy)
+    # Non-chief workers of a multi-worker run write their copies to a scratch directory.
+    write_dir = run_dir if chief else os.path.join(run_dir, ".workers", str(strategy.cluster_resolver.task_id))
+
+    _log(config, f"strategy {runtime.strategy_name(strategy)}, {strategy.num_replicas_in_sync} replica(s), "
+                 f"precision {config.precision}, global batch {global_batch} "
+                 f"({global_batch // strategy.num_replicas_in_sync} per replica), {steps_per_epoch} steps x "
+                 f"{epochs} epochs, lr {schedule.values} at {schedule.boundaries}")
+    mean, variance = data_lib.normalization_statistics(splits.train, recipe.normalization)
+    with strategy.scope():
+        model = build_model(config, info, image_size, mean, variance)
+        optimizer = runtime.wrap_optimizer(recipes.make_optimizer(recipe, schedule), config.precision)
+        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="completed_epochs")
+    trainer = Trainer(model, optimizer, strategy, global_batch)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, completed_epochs=epoch_var)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(write_dir, "backup"), max_to_keep=2)
+    initial_epoch = 0
+    if resuming:
+        checkpoint.restore(manager.latest_checkpoint).expect_partial()
+        initial_epoch = int(epoch_var.numpy())
+        _log(config, f"resuming {run_dir} after epoch {initial_epoch} ({manager.latest_checkpoint})")
+    if chief:
+        os.makedirs(run_dir, exist_ok=True)
+        cb.atomic_write(os.path.join(run_dir, "config.json"),
+                        lambda tmp: open(tmp, "w").write(json.dumps(effective, indent=2, default=str)))
+
+    history_path = os.path.join(run_dir, "history.csv")
+    best_previous = max((r.get("val_accuracy", 0.0) for r in cb.read_history(history_path)
+                         if r["epoch"] <= initial_epoch), default=None) if resuming else None
+
+    class Backup(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            epoch_var.assign(epoch + 1)
+            manager.save(checkpoint_number=epoch + 1)  # every worker saves (collective); chief's is real
+
+    def last_good(epoch, step):
+        latest = manager.latest_checkpoint
+        return (f"Training stopped; the last good checkpoint is {latest} (epoch {int(epoch_var.numpy())}); "
+                f"last.keras is {os.path.join(run_dir, 'checkpoints', 'last.keras')}." if latest
+                else "No checkpoint was written before it.")
+
+    callbacks = [
+        cb.HistoryCSV(history_path, steps_per_epoch, enabled=chief),
+        cb.TrainingCurves(history_path, os.path.join(run_dir, "curves.png"),
+                          f"{config.model} {config.unit} on {info.name}", enabled=chief),
+        cb.AtomicModelCheckpoint(os.path.join(run_dir, "checkpoints", "last.keras"), enabled=chief),
+        cb.AtomicModelCheckpoint(os.path.join(run_dir, "checkpoints", "best.keras"), monitor="val_accuracy",
+                                 enabled=chief, initial_best=best_previous),
+        Backup(),
+    ]
+    if chief:
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), write_graph=False))
+    train_ds = data_lib.pipeline(splits.train, info, global_batch, training=True, seed=config.seed,
+                                 start_step=initial_epoch * steps_per_epoch, image_size=image_size)
+    test_ds = data_lib.pipeline(splits.test, info, global_batch, training=False, image_size=image_size)
+    trainer.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=test_ds,
+                callbacks=callbacks, initial_epoch=initial_epoch, verbose=config.verbose, on_non_finite=last_good)
+
+    result = {"run_dir": run_dir, **{f"test_{k}": v for k, v in trainer.evaluate(test_ds).items()}}
+    if chief:
+        model_path = os.path.join(run_dir, "model.keras")
+        cb.atomic_write(model_path, lambda tmp: model.save(tmp))
+        result["model"] = model_path
+        _log(config, f"test accuracy {result['test_accuracy']:.4f} (top-5 {result['test_top5_accuracy']:.4f}); "
+                     f"model {model_path}; history {history_path}")
+    else:
+        shutil.rmtree(write_dir, ignore_errors=True)
+    if config.export_dir and chief:
+        result["export"] = export_run(model, config.export_dir, list(info.class_names), effective)
+    return result
+
+
+def export_run(model: keras.Model, export_dir: str, labels, effective: dict) -> dict:
+    """SavedModel (next version under export_dir/savedmodel) + ONNX, each verified."""
+    import export
+
+    savedmodel = export.export_savedmodel(model, os.path.join(export_dir, "savedmodel"), labels=labels,
+                                          extra_metadata=export.training_metadata(effective))
+    onnx_path = export.export_onnx(model, os.path.join(export_dir, "model.onnx"))
+    report_path = f"{savedmodel}.verification.json"
+    report = export.verify(model, savedmodel_dir=savedmodel, onnx_path=onnx_path, report_path=report_path)
+    print(f"exported {savedmodel} and {onnx_path}; verification passed "
+          f"(max relative error SavedModel {report['savedmodel']['max_rel_error']:.1e}, "
+          f"ONNX {report['onnx']['max_rel_error']:.1e}); report {report_path}", flush=True)
+    return {"savedmodel": savedmodel, "onnx": onnx_path, "report": report_path}
+
+
+def evaluate(model_path: str, dataset: str, data_dir: str | None = None, batch_size: int = 256) -> dict:
+    """Top-1 and top-5 error (%) of a saved model on the dataset's test split."""
+    candidate = os.path.join(model_path, "model.keras") if os.path.isdir(model_path) else model_path
+    if not (os.path.isfile(candidate) and candidate.endswith(".keras")):
+        raise ValueError(f"`model` must be a .keras file or a run directory holding model.keras. "
+                         f"Received: model={model_path!r}")
+    model = keras.models.load_model(candidate)
+    height = model.input_shape[1] or 224
+    splits = data_lib.load(dataset, data_dir=data_dir, image_size=height)
+    if splits.info.num_classes != model.output_shape[-1]:
+        raise ValueError(f"The model has {model.output_shape[-1]} classes, dataset {dataset!r} has "
+                         f"{splits.info.num_classes}.")
+    test = data_lib.pipeline(splits.test, splits.info, batch_size, training=False, image_size=height)
+    trainer = Trainer(model, keras.optimizers.SGD(), tf.distribute.get_strategy(), batch_size)
+    metrics = trainer.evaluate(test)
+    return {"model": candidate, "dataset": dataset, "examples": splits.info.test_examples,
+            "top1_error": 100 * (1 - metrics["accuracy"]), "top5_error": 100 * (1 - metrics["top5_accuracy"]),
+            "loss": metrics["loss"]}

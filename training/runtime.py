@@ -1,0 +1,120 @@
+"""Precision and distribution helpers: what runs where, set before the model is built."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+import tensorflow as tf
+
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
+
+
+def set_precision(precision: str) -> keras.DTypePolicy:
+    """Sets Keras' global dtype policy; call it before building the model.
+
+    Under `mixed_float16` and `mixed_bfloat16`, layers compute in 16 bits and keep float32
+    variables; BatchNorm keeps its statistics in float32 (Keras does so), the classifier is
+    float32 (the builder gives `predictions` the variable dtype) and the loss is computed in
+    float32. `mixed_float16` also needs loss scaling: `wrap_optimizer` adds it.
+
+    Example:
+        >>> set_precision("mixed_bfloat16").name
+        'mixed_bfloat16'
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"`precision` must be one of {PRECISIONS}. Received: precision={precision!r}")
+    keras.mixed_precision.set_global_policy(precision)
+    return keras.mixed_precision.global_policy()
+
+
+def wrap_optimizer(optimizer: keras.optimizers.Optimizer, precision: str) -> keras.optimizers.Optimizer:
+    """Adds dynamic loss scaling (Keras `LossScaleOptimizer`) under `mixed_float16`."""
+    if precision == "mixed_float16" and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
+    """A `tf.distribute` strategy by name.
+
+    auto: MirroredStrategy over all visible GPUs when there are two or more, else the default
+    strategy. mirrored: MirroredStrategy over the visible GPUs (or the logical CPUs when there
+    is no GPU, which is how the tests run it). multi_worker: MultiWorkerMirroredStrategy from
+    the `TF_CONFIG` environment variable (one process per machine). tpu: TPUStrategy on the TPU
+    the environment names.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"`strategy` must be one of {STRATEGIES}. Received: strategy={name!r}")
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        name = "mirrored" if len(gpus) > 1 else "default"
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices)
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("`strategy='multi_worker'` needs the TF_CONFIG environment variable "
+                             '(for example {"cluster": {"worker": ["host1:port", "host2:port"]}, '
+                             '"task": {"type": "worker", "index": 0}}). Received: no TF_CONFIG.')
+        try:
+            json.loads(os.environ["TF_CONFIG"])
+        except ValueError as e:
+            raise ValueError(f"TF_CONFIG is not valid JSON. Received: TF_CONFIG={os.environ['TF_CONFIG']!r}") from e
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def strategy_name(strategy: tf.distribute.Strategy) -> str:
+    return type(strategy).__name__
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True for the process that writes files (worker 0, or the only process)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    return resolver.task_type in (None, "chief") or (
+        resolver.task_type == "worker" and resolver.task_id == 0
+        and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def per_replica_batch(global_batch: int, strategy: tf.distribute.Strategy) -> int:
+    """Checks that `global_batch` splits evenly over the strategy's replicas."""
+    replicas = strategy.num_replicas_in_sync
+    if global_batch % replicas:
+        raise ValueError(f"`batch_size` ({global_batch}, the global batch) must be divisible by the "
+                         f"{replicas} replicas of {strategy_name(strategy)}. Received: batch_size={global_batch}")
+    return global_batch // replicas
+
+
+def sync_moving_statistics(strategy: tf.distribute.Strategy, variables) -> None:
+    """Sets each replica's copy of `variables` (BatchNorm moving statistics) to their mean.
+
+    Keras BatchNorm updates its moving statistics on each replica from that replica's batch,
+    so replicas drift apart (as in the paper's multi-GPU Torch training, per-GPU BN). The
+    moving mean is linear in the batch means, so averaging the replicas' copies equals having
+    averaged every update. Call on every worker at the same point (an all-reduce).
+    """
+    variables = list(variables)
+    if not variables or strategy.num_replicas_in_sync == 1:
+        return
+
+    @tf.function
+    def sync():
+        def replica_fn():
+            context = tf.distribute.get_replica_context()
+            means = context.all_reduce("MEAN", [tf.identity(v.value) for v in variables])
+            for v, m in zip(variables, means):
+                v.assign(m)
+
+        strategy.run(replica_fn)
+
+    sync()
