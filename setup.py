@@ -1,5 +1,6 @@
-"""Packaging for keras_resnet_v2 (the model builders), `training` and `export`. `pip install .` installs the package; `pip install ".[test]"` adds the
-test tools; `pip install ".[and-cuda]"` pulls TensorFlow's CUDA wheels for GPUs."""
+"""Packaging for keras_resnet_v2 (the model builders), `training` and `export`.
+`pip install .` installs them; `pip install ".[test]"` adds the test tools;
+`pip install ".[and-cuda]"` pulls TensorFlow's CUDA wheels for GPUs."""
 
 import re
 from pathlib import Path

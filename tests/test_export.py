@@ -144,3 +144,15 @@ def test_cli_exports_verifies_and_reports_bad_input(tmp_path):
     assert junk.returncode == 1 and "not a loadable Keras model" in junk.stderr
     verified = _cli("verify", str(tmp_path / "model.keras"), "--onnx", str(tmp_path / "m.onnx"))
     assert verified.returncode == 0 and "verification passed" in verified.stdout
+
+
+def test_failed_cli_verification_still_writes_its_report(tmp_path):
+    from export.__main__ import main
+
+    exported = krv2.ResNet(8, input_shape=(16, 16, 3), classes=3)
+    other = krv2.ResNet(8, input_shape=(16, 16, 3), classes=3)  # different random weights
+    version_dir = export.export_savedmodel(exported, str(tmp_path / "serving"))
+    other.save(str(tmp_path / "other.keras"))
+    assert main(["verify", str(tmp_path / "other.keras"), "--savedmodel", version_dir]) == 1
+    report = json.loads(open(f"{version_dir}.verification.json").read())
+    assert report["passed"] is False and report["savedmodel"]["max_rel_error"] > 1e-4

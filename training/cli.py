@@ -18,6 +18,7 @@ from typing import Sequence
 
 from training.recipes import RECIPES
 from training.runtime import PRECISIONS, STRATEGIES
+
 RECIPE_FLAGS = {  # recipe field -> type (batch_size has its own flag)
     "lr": float, "momentum": float, "weight_decay": float, "decay": str, "warmup_steps": int,
     "warmup_lr": float, "lr_factor": float, "normalization": str,

@@ -153,7 +153,7 @@ def load_folder(directory: str, image_size: int = 32, test_fraction: float = 0.1
     else:
         classes, paths, labels = _scan_class_folders(directory)
         train_paths, train_labels, test_paths, test_labels = [], [], [], []
-        for path, label in zip(paths, labels):
+        for path, label in zip(paths, labels, strict=True):
             digest = hashlib.sha1(os.path.relpath(path, directory).encode()).digest()
             is_test = int.from_bytes(digest[:4], "big") < test_fraction * 2**32
             (test_paths if is_test else train_paths).append(path)
@@ -218,19 +218,24 @@ def load_tfds(name: str, data_dir: str | None = None) -> Splits:
                            f"(features {list(features)}; need 'image' and 'label').")
     shape = tuple(features["image"].shape)
     splits = builder.info.splits
-    test_split = "test" if "test" in splits else "validation"
+    test_split = "validation" if "test" not in splits and "validation" in splits else "test"
     read = dict(as_supervised=True, shuffle_files=False)
-    info = DatasetInfo(name, features["label"].num_classes, splits["train"].num_examples,
-                       splits[test_split].num_examples, shape if None not in shape else None,
-                       tuple(features["label"].names))
+    train = builder.as_dataset(split="train", **read)
+    test = builder.as_dataset(split=test_split, **read)
+
+    def size(split, ds):
+        if split in splits:
+            return splits[split].num_examples
+        return int(ds.reduce(0, lambda n, _: n + 1))  # split sizes unknown (e.g. under tfds mock_data)
+
+    info = DatasetInfo(name, features["label"].num_classes, size("train", train), size(test_split, test),
+                       shape if None not in shape else None, tuple(features["label"].names))
     if info.image_shape is not None and info.image_shape[-1] == 1:
         to_rgb = lambda x, y: (tf.image.grayscale_to_rgb(x), y)  # noqa: E731
         info = DatasetInfo(**{**info.__dict__, "image_shape": shape[:-1] + (3,)})
     else:
         to_rgb = lambda x, y: (x, y)  # noqa: E731
-    train = builder.as_dataset(split="train", **read).map(to_rgb)
-    test = builder.as_dataset(split=test_split, **read).map(to_rgb)
-    return Splits(train, test, info)
+    return Splits(train.map(to_rgb), test.map(to_rgb), info)
 
 
 # --------------------------------------------------------------------------- statistics

@@ -197,10 +197,16 @@ class SGD(keras.optimizers.SGD):
         self.decay = decay
 
     def decays(self, variable) -> bool:
+        """Whether `variable` (a Keras variable) gets weight decay."""
         return self.coupled_weight_decay > 0 and (self.decay == "all" or variable.name == "kernel")
 
+    def build(self, variables):
+        super().build(variables)
+        # The backend may hand update_step its own variable type; remember decayed ones by key.
+        self._decayed_keys = {self._var_key(v) for v in variables if self.decays(v)}
+
     def update_step(self, gradient, variable, learning_rate):
-        if self.decays(variable):
+        if self._var_key(variable) in self._decayed_keys:
             gradient = ops.add(gradient, ops.multiply(ops.cast(variable, gradient.dtype),
                                                       ops.cast(self.coupled_weight_decay, gradient.dtype)))
         super().update_step(gradient, variable, learning_rate)

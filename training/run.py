@@ -65,7 +65,8 @@ class TrainConfig:
         overrides = {k: values[k] for k in values if k in recipes.RECIPE_FIELDS and k not in known}
         unknown = set(values) - known - set(overrides)
         if unknown:
-            raise ValueError(f"Unknown config keys {sorted(unknown)}; allowed: {sorted(known | set(recipes.RECIPE_FIELDS))}")
+            allowed = sorted(known | set(recipes.RECIPE_FIELDS))
+            raise ValueError(f"Unknown config keys {sorted(unknown)}; allowed: {allowed}")
         config = cls(**{k: v for k, v in values.items() if k in known})
         config.recipe_overrides = {**config.recipe_overrides, **overrides}
         return config
@@ -129,8 +130,8 @@ def _check_resume(run_dir: str, effective: dict) -> bool:
 
 
 def _log(config, message: str) -> None:
-    if config.verbose:
-        print(message, flush=True)
+    """Start, resume and end lines; `verbose=0` silences only the progress bar."""
+    print(message, flush=True)
 
 
 def run(config: TrainConfig) -> dict:

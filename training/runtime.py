@@ -48,14 +48,8 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
     """
     if name not in STRATEGIES:
         raise ValueError(f"`strategy` must be one of {STRATEGIES}. Received: strategy={name!r}")
-    gpus = tf.config.list_logical_devices("GPU")
-    if name == "auto":
-        name = "mirrored" if len(gpus) > 1 else "default"
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(devices)
+    # MultiWorkerMirroredStrategy configures collectives, which TF allows only before anything
+    # else touches the runtime, so it comes before the device listing below.
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError("`strategy='multi_worker'` needs the TF_CONFIG environment variable "
@@ -66,6 +60,14 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
         except ValueError as e:
             raise ValueError(f"TF_CONFIG is not valid JSON. Received: TF_CONFIG={os.environ['TF_CONFIG']!r}") from e
         return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        name = "mirrored" if len(gpus) > 1 else "default"
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices)
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
@@ -112,7 +114,7 @@ def sync_moving_statistics(strategy: tf.distribute.Strategy, variables) -> None:
         def replica_fn():
             context = tf.distribute.get_replica_context()
             means = context.all_reduce("MEAN", [tf.identity(v.value) for v in variables])
-            for v, m in zip(variables, means):
+            for v, m in zip(variables, means, strict=True):
                 v.assign(m)
 
         strategy.run(replica_fn)

@@ -1,0 +1,46 @@
+"""Runs a few Trainer steps under a strategy and saves every replica's variables.
+
+    python distributed_steps.py mirrored PRECISION OUT.npz      (two logical CPU devices)
+    TF_CONFIG=... python distributed_steps.py multi_worker float32 OUT.npz
+"""
+
+import sys
+
+import tensorflow as tf
+
+strategy_name, precision, out = sys.argv[1:4]
+if strategy_name == "mirrored":
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_resnet_v2  # noqa: E402
+from training import recipes, runtime  # noqa: E402
+from training.loop import Trainer  # noqa: E402
+
+runtime.set_precision(precision)
+strategy = runtime.make_strategy(strategy_name)
+global_batch = 8
+runtime.per_replica_batch(global_batch, strategy)
+keras.utils.set_random_seed(0)
+with strategy.scope():
+    model = keras_resnet_v2.ResNet(8, input_shape=(16, 16, 3), classes=4)
+    recipe = recipes.get_recipe("paper_cifar", batch_size=global_batch)
+    schedule = recipes.resolve(recipe, global_batch, 2, steps=3)
+    optimizer = runtime.wrap_optimizer(recipes.make_optimizer(recipe, schedule), precision)
+trainer = Trainer(model, optimizer, strategy, global_batch)
+rng = np.random.default_rng(1)
+images = rng.uniform(0, 1, (64, 16, 16, 3)).astype("float32")
+labels = rng.integers(0, 4, 64)
+data = tf.data.Dataset.from_tensor_slices((images, labels)).repeat().batch(global_batch)
+history = trainer.fit(data, epochs=1, steps_per_epoch=3, verbose=0)
+loss = history.history["loss"][-1]
+arrays = {"loss": np.array(loss), "replicas": np.array(strategy.num_replicas_in_sync)}
+for v in model.variables:
+    values = strategy.experimental_local_results(v.value)
+    for i, value in enumerate(values):
+        arrays[f"{v.path}#{i}"] = np.asarray(value, dtype="float32")
+np.savez(out, **arrays)
+print("done", strategy.num_replicas_in_sync, loss)

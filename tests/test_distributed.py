@@ -1,0 +1,78 @@
+"""tf.distribute: MirroredStrategy on two logical CPUs (three precisions), two-worker MWMS."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "tests", "scripts", "distributed_steps.py")
+
+
+def _env(**extra):
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", **extra)
+    env.pop("TF_CONFIG", None)
+    env.update(extra)
+    return env
+
+
+def _replica_copies(arrays):
+    """{variable path: [copy on replica 0, copy on replica 1, ...]}."""
+    copies = {}
+    for key in arrays.files:
+        if "#" in key:
+            path, index = key.rsplit("#", 1)
+            copies.setdefault(path, {})[int(index)] = arrays[key]
+    return {path: [c[i] for i in sorted(c)] for path, c in copies.items()}
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16", "mixed_bfloat16"])
+def test_mirrored_two_logical_cpus(tmp_path, precision):
+    out = tmp_path / "vars.npz"
+    result = subprocess.run([sys.executable, SCRIPT, "mirrored", precision, str(out)], env=_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    arrays = np.load(out)
+    assert int(arrays["replicas"]) == 2
+    assert np.isfinite(float(arrays["loss"]))
+    copies = _replica_copies(arrays)
+    moving = [p for p in copies if "moving_" in p]
+    assert moving, "no BatchNorm moving statistics found"
+    for path, (first, second) in copies.items():
+        np.testing.assert_array_equal(first, second, err_msg=f"replicas disagree on {path}")
+    # The steps changed the weights and the moving statistics (initial mean 0, variance 1).
+    assert any(np.abs(copies[p][0]).max() > 0 for p in moving if p.endswith("moving_mean"))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_multi_worker_two_processes(tmp_path):
+    workers = [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]
+    processes = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
+        processes.append(subprocess.Popen(
+            [sys.executable, SCRIPT, "multi_worker", "float32", str(tmp_path / f"w{index}.npz")],
+            env=_env(TF_CONFIG=tf_config), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for p in processes:
+        try:
+            _, err = p.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            for q in processes:
+                q.kill()
+            raise
+        assert p.returncode == 0, err[-3000:]
+    first, second = (_replica_copies(np.load(tmp_path / f"w{i}.npz")) for i in range(2))
+    assert set(first) == set(second)
+    for path in first:
+        # Trainable weights by the all-reduced gradients; BN statistics by sync_moving_statistics.
+        np.testing.assert_allclose(first[path][0], second[path][0], rtol=1e-6, atol=1e-7, err_msg=path)
+    assert int(np.load(tmp_path / "w0.npz")["replicas"]) == 2

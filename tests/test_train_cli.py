@@ -1,0 +1,125 @@
+"""resnet-v2-train end to end on the real digits: kill and resume, export, evaluate, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import pytest
+
+from training import callbacks as cb
+from training import cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def _float32_policy():
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def _train_command(run_dir, *extra):
+    return [sys.executable, "-m", "training", "--dataset", "digits", "--model", "resnet8", "--epochs", "4",
+            "--batch-size", "64", "--run-dir", str(run_dir), "--quiet", *extra]
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+
+
+def test_sigkill_then_rerun_resumes_and_keeps_history(tmp_path):
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(_train_command(run_dir), env=_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if (run_dir / "backup" / "checkpoint").exists() and cb.read_history(str(run_dir / "history.csv")):
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, f"training ended before it could be killed: {process.stderr.read()[-2000:]}"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_rows = cb.read_history(str(run_dir / "history.csv"))
+    assert 1 <= len(killed_rows) < 4
+
+    export_dir = tmp_path / "export"
+    result = subprocess.run(_train_command(run_dir, "--export-dir", str(export_dir)), env=_env(),
+                            capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming" in result.stdout
+    rows = cb.read_history(str(run_dir / "history.csv"))
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]  # continuous: the interrupted epoch once
+    assert [r["step"] for r in rows] == [22, 44, 66, 88]  # the optimizer's iterations were restored
+    for name in ("config.json", "curves.png", "model.keras", "checkpoints/best.keras", "checkpoints/last.keras"):
+        assert (run_dir / name).is_file(), name
+    leftovers = [n for _, _, files in os.walk(tmp_path) for n in files if n.startswith(".tmp")]
+    assert not leftovers
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["schedule"]["total_steps"] == 88 and config["global_batch"] == 64
+
+    # The export the run asked for: verified, with the run's metadata.
+    report = json.loads((export_dir / "savedmodel" / "1.verification.json").read_text())
+    assert report["passed"] and report["onnx"]["max_rel_error"] <= 1e-4
+    meta = json.loads((export_dir / "savedmodel" / "1" / "assets" / "metadata.json").read_text())
+    assert meta["training"]["unit"] == "full_preact" and meta["normalization"] == "per_pixel"
+
+    # evaluate reproduces the last epoch's test accuracy from the saved model.
+    from training.run import evaluate
+
+    scores = evaluate(str(run_dir), "digits")
+    assert scores["examples"] == 360
+    assert scores["top1_error"] == pytest.approx(100 * (1 - rows[-1]["val_accuracy"]), abs=1e-6)
+    assert scores["top5_error"] <= scores["top1_error"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "no_such_set"], "Unknown dataset 'no_such_set'"),
+    (["--precision", "fp8"], "precision.*Received: precision='fp8'"),
+    (["--strategy", "horovod"], "strategy.*Received: strategy='horovod'"),
+    (["--model", "vgg16"], "model.*Received: model='vgg16'"),
+    (["--epochs", "0"], "epochs.*positive integer"),
+    (["--lr", "-1"], "lr"),
+])
+def test_bad_input_is_named_and_writes_nothing(tmp_path, capsys, args, message):
+    run_dir = tmp_path / "run"
+    code = cli.main(["--dataset", "digits", "--model", "resnet8", "--epochs", "1", "--run-dir", str(run_dir)] + args)
+    assert code == 2
+    assert pytest.importorskip("re").search(message, capsys.readouterr().err)
+    assert not run_dir.exists()
+
+
+def test_empty_image_folder_and_offline_tfds_write_nothing(tmp_path, capsys):
+    (tmp_path / "images").mkdir()
+    for dataset, message in ((str(tmp_path / "images"), "no class subfolders"), ("cifar10", "tfds build cifar10")):
+        run_dir = tmp_path / "run"
+        code = cli.main(["--dataset", dataset, "--data-dir", str(tmp_path / "tfds"), "--model", "resnet8",
+                         "--run-dir", str(run_dir)])
+        assert code == 2 and message in capsys.readouterr().err
+        assert not run_dir.exists()
+
+
+def test_config_file_then_flags_override_the_recipe(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: resnet14\nlr: 0.05\nwarmup_steps: 0\nboundaries: [10, 20]\nepochs: 3\n")
+    config = cli.config_from_args(["--config", str(path), "--lr", "0.2", "--option", "gate_bias=-6",
+                                   "--shortcut", "shortcut_only_gating", "--steps", "7"])
+    assert config.model == "resnet14" and config.shortcut == "shortcut_only_gating"
+    assert config.recipe_overrides == {"lr": 0.2, "warmup_steps": 0, "boundaries": (10, 20)}
+    assert config.variant_options == {"gate_bias": -6} and config.steps == 7 and config.epochs is None
+    with pytest.raises(ValueError, match="Unknown config keys.*'learning_rate'"):
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps({"learning_rate": 0.1}))
+        cli.config_from_args(["--config", str(bad)])
+
+
+def test_rerun_with_another_model_in_the_same_run_dir_is_refused(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    (run_dir / "backup").mkdir(parents=True)
+    (run_dir / "backup" / "checkpoint").write_text("")
+    (run_dir / "config.json").write_text(json.dumps({"model": "resnet20", "dataset": "digits"}))
+    code = cli.main(["--dataset", "digits", "--model", "resnet8", "--epochs", "1", "--run-dir", str(run_dir)])
+    assert code == 2 and "different configuration" in capsys.readouterr().err

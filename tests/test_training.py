@@ -1,0 +1,256 @@
+"""The training package: recipes (FACTS.md, "Training recipe"), optimizer, data, callbacks, loop."""
+
+import csv
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_resnet_v2
+from training import callbacks as cb
+from training import data, recipes, runtime
+from training.loop import NonFiniteLossError, Trainer
+
+
+@pytest.fixture(autouse=True)
+def _float32_policy():
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+# ------------------------------------------------------------------ recipes and schedules
+def test_paper_cifar_schedule_matches_the_paper():
+    # FACTS.md: lr 0.1, warm-up 0.01 for 400 iterations, /10 at 32k and 48k, stop at 64k.
+    s = recipes.resolve(recipes.RECIPES["paper_cifar"], 128, 391)
+    assert s.total_steps == 64_000
+    assert s.boundaries == (400, 32_000, 48_000)
+    assert s.values == (0.01, 0.1, 0.01, 0.001)
+    sched = recipes.StepSchedule(s.boundaries, s.values)
+    at = {step: float(sched(step)) for step in (0, 399, 400, 31_999, 32_000, 47_999, 48_000, 63_999)}
+    assert at == pytest.approx({0: 0.01, 399: 0.01, 400: 0.1, 31_999: 0.1, 32_000: 0.01, 47_999: 0.01,
+                                48_000: 0.001, 63_999: 0.001})
+
+
+def test_linear_lr_scaling_and_imagenet_epochs():
+    s = recipes.resolve(recipes.RECIPES["paper_cifar"], 256, 195)
+    assert s.values == (0.02, 0.2, 0.02, 0.002)
+    # ImageNet: /10 at epochs 30 and 60 of 90, batch 256, no warm-up.
+    s = recipes.resolve(recipes.RECIPES["paper_imagenet"], 512, 2500)
+    assert s.total_steps == 90 * 2500 and s.boundaries == (30 * 2500, 60 * 2500)
+    assert s.values == pytest.approx((0.2, 0.02, 0.002))
+
+
+def test_short_run_stretches_schedule():
+    s = recipes.resolve(recipes.RECIPES["paper_cifar"], 64, 22, epochs=10)
+    assert s.total_steps == 220
+    assert s.boundaries == (11, 110, 165)  # warm-up capped at 5% of the run; decays at 50%, 75%
+    assert s.values == (0.005, 0.05, 0.005, 0.0005)
+
+
+def test_schedule_and_optimizer_serialize():
+    sched = recipes.StepSchedule([3, 5], [1.0, 0.5, 0.25])
+    opt = recipes.SGD(sched, momentum=0.9, nesterov=True, weight_decay=1e-4, decay="all")
+    clone = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
+    assert isinstance(clone, recipes.SGD) and clone.coupled_weight_decay == 1e-4 and clone.decay == "all"
+    assert isinstance(clone.learning_rate, recipes.StepSchedule) or callable(clone._learning_rate)
+    assert [float(clone._learning_rate(i)) for i in (2, 3, 5)] == [1.0, 0.5, 0.25]
+
+
+def test_bad_recipe_values_are_named():
+    with pytest.raises(ValueError, match="recipe.*Received: recipe='nope'"):
+        recipes.get_recipe("nope")
+    with pytest.raises(ValueError, match="momentum"):
+        recipes.get_recipe("paper_cifar", momentum=1.5)
+    with pytest.raises(ValueError, match="decay"):
+        recipes.get_recipe("paper_cifar", decay="bn")
+
+
+def test_coupled_weight_decay_is_added_to_the_gradient_before_momentum():
+    # Torch/Caffe: v <- m v + (g + wd w); w <- w - lr v  (plain momentum here)
+    kernel = keras.Variable(np.full((2,), 2.0, "float32"), name="kernel")
+    bias = keras.Variable(np.full((2,), 2.0, "float32"), name="bias")
+    opt = recipes.SGD(0.1, momentum=0.9, nesterov=False, weight_decay=0.01)
+    grad = np.full((2,), 0.5, "float32")
+    w, v = 2.0, 0.0
+    for _ in range(2):
+        opt.apply([grad, grad], [kernel, bias])
+        v = 0.9 * v + (0.5 + 0.01 * w)
+        w = w - 0.1 * v
+    np.testing.assert_allclose(kernel.numpy(), w, rtol=1e-6)
+    np.testing.assert_allclose(bias.numpy(), 2.0 - 0.1 * 0.5 - 0.1 * (0.9 * 0.5 + 0.5), rtol=1e-6)  # not decayed
+
+
+# ------------------------------------------------------------------ data
+def test_digits_split_is_fixed_and_real():
+    a, b = data.load_digits(), data.load_digits()
+    assert (a.info.train_examples, a.info.test_examples) == (1437, 360)
+    assert a.info.image_shape == (32, 32, 3) and not a.info.flip
+    xa, ya = next(iter(a.test.batch(360)))
+    xb, yb = next(iter(b.test.batch(360)))
+    np.testing.assert_array_equal(xa, xb)
+    assert xa.dtype == tf.uint8 and int(tf.reduce_max(xa)) == 255
+    assert sorted(np.bincount(ya.numpy()))[0] >= 35  # stratified: every digit in the test split
+
+
+def test_random_crop_flip_takes_windows_of_the_padded_batch():
+    images = tf.reshape(tf.range(2 * 4 * 4 * 3, dtype=tf.float32) + 1, (2, 4, 4, 3))
+    out = data.random_crop_flip(images, 1, True, tf.constant([0, 7], tf.int64)).numpy()
+    padded = np.pad(images.numpy(), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    for i in range(2):
+        windows = [padded[i, y:y + 4, x:x + 4] for y in range(3) for x in range(3)]
+        windows += [w[:, ::-1] for w in windows]
+        assert any(np.array_equal(out[i], w) for w in windows)
+    again = data.random_crop_flip(images, 1, True, tf.constant([0, 7], tf.int64)).numpy()
+    np.testing.assert_array_equal(out, again)
+
+
+def test_pipeline_is_deterministic_and_batches_globally():
+    splits = data.load_digits()
+    first = [next(iter(data.pipeline(splits.train, splits.info, 32, training=True, seed=3)))[0].numpy()
+             for _ in range(2)]
+    np.testing.assert_array_equal(*first)
+    other = next(iter(data.pipeline(splits.train, splits.info, 32, training=True, seed=4)))[0].numpy()
+    assert not np.array_equal(first[0], other)
+    test = list(data.pipeline(splits.test, splits.info, 100, training=False))
+    assert [len(y) for _, y in test] == [100, 100, 100, 60]  # every test example once
+
+
+def test_per_pixel_and_per_channel_statistics():
+    splits = data.load_digits()
+    x = np.stack([im for im, _ in splits.train.as_numpy_iterator()]).astype("float64")
+    mean, var = data.normalization_statistics(splits.train, "per_pixel")
+    np.testing.assert_allclose(mean, x.mean(0), rtol=1e-5)
+    assert (var == 1).all()
+    mean, var = data.normalization_statistics(splits.train, "per_channel")
+    np.testing.assert_allclose(mean, x.mean((0, 1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(var, x.var((0, 1, 2)), rtol=1e-4)
+
+
+def _png(path, value):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    image = tf.fill((10, 12, 3), tf.constant(value, tf.uint8))
+    tf.io.write_file(path, tf.io.encode_png(image))
+
+
+def test_image_folder_dataset(tmp_path):
+    for cls, value in (("cat", 10), ("dog", 200)):
+        for i in range(8):
+            _png(str(tmp_path / "train" / cls / f"{i}.png"), value)
+        _png(str(tmp_path / "test" / cls / "0.png"), value)
+    splits = data.load(str(tmp_path), image_size=16)
+    assert splits.info.class_names == ("cat", "dog") and splits.info.num_classes == 2
+    assert (splits.info.train_examples, splits.info.test_examples) == (16, 2)
+    images, labels = next(iter(splits.test.batch(2)))
+    assert images.shape == (2, 16, 16, 3)
+    assert labels.numpy().tolist() == [0, 1] and images.numpy()[1].min() == 200
+
+
+def test_bad_image_folders(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(data.DatasetError, match="no class subfolders"):
+        data.load(str(tmp_path / "empty"))
+    (tmp_path / "noimages" / "a").mkdir(parents=True)
+    with pytest.raises(data.DatasetError, match="holds no images"):
+        data.load(str(tmp_path / "noimages"))
+    bad = tmp_path / "bad" / "a"
+    bad.mkdir(parents=True)
+    (bad / "x.jpg").write_bytes(b"not an image at all")
+    with pytest.raises(data.DatasetError, match="x.jpg.*is not a JPEG"):
+        data.load(str(tmp_path / "bad"))
+
+
+def test_tfds_cifar10_through_mock_data(monkeypatch):
+    import tensorflow_datasets as tfds
+
+    # mock_data stands in for download_and_prepare; let the offline probe say "reachable".
+    monkeypatch.setattr(data, "_network_reachable", lambda url: True)
+    with tfds.testing.mock_data(num_examples=32):
+        splits = data.load("cifar10")
+        batch = next(iter(data.pipeline(splits.train, splits.info, 16, training=True)))
+    assert splits.info.num_classes == 10 and splits.info.image_shape == (32, 32, 3)
+    assert batch[0].shape == (16, 32, 32, 3) and batch[0].dtype == tf.float32
+
+
+def test_tfds_missing_offline_fails_fast_with_instructions(tmp_path):
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(data.DatasetError, match="tfds build cifar10"):
+        data.load("cifar10", data_dir=str(tmp_path))
+    assert time.monotonic() - start < 30
+    with pytest.raises(data.DatasetError, match="Unknown dataset 'no_such_set'"):
+        data.load("no_such_set")
+
+
+# ------------------------------------------------------------------ loop and callbacks
+def _tiny_model(classes=3):
+    return keras_resnet_v2.ResNet(8, input_shape=(8, 8, 3), classes=classes)
+
+
+def test_non_finite_loss_stops_with_the_checkpoint_named():
+    strategy = tf.distribute.get_strategy()
+    trainer = Trainer(_tiny_model(), recipes.SGD(0.1), strategy, 4)
+    images = np.full((4, 8, 8, 3), np.nan, "float32")
+    ds = tf.data.Dataset.from_tensors((images, np.zeros(4, "int64"))).repeat()
+    with pytest.raises(NonFiniteLossError, match="epoch 1, step 1.*last good: ckpt-7"):
+        trainer.fit(ds, epochs=1, steps_per_epoch=2, verbose=0, on_non_finite=lambda e, s: "last good: ckpt-7")
+
+
+def test_callbacks_work_in_model_fit(tmp_path):
+    """The pieces in plain `model.fit`: recipe optimizer, pipeline, history, curves, checkpoints."""
+    splits = data.load_digits(image_size=8)
+    model = keras_resnet_v2.ResNet(8, input_shape=(8, 8, 3), classes=10)
+    recipe = recipes.get_recipe("paper_cifar", batch_size=64)
+    schedule = recipes.resolve(recipe, 64, 22, epochs=2)
+    model.compile(optimizer=recipes.make_optimizer(recipe, schedule), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    history_path, png = str(tmp_path / "history.csv"), str(tmp_path / "curves.png")
+    model.fit(data.pipeline(splits.train, splits.info, 64, training=True), epochs=2, steps_per_epoch=22,
+              validation_data=data.pipeline(splits.test, splits.info, 64, training=False), verbose=0,
+              callbacks=[cb.HistoryCSV(history_path), cb.TrainingCurves(history_path, png),
+                         cb.AtomicModelCheckpoint(str(tmp_path / "best.keras"), monitor="val_accuracy")])
+    with open(history_path) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2] and [int(r["step"]) for r in rows] == [22, 44]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(rows[0])
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    best = keras.models.load_model(str(tmp_path / "best.keras"))
+    assert isinstance(best.optimizer, recipes.SGD)
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp")]
+
+
+def test_history_drops_redone_epochs_on_resume(tmp_path):
+    path = str(tmp_path / "history.csv")
+    history = cb.HistoryCSV(path, steps_per_epoch=10)
+    history.set_model(keras.Sequential())
+    history.on_train_begin()
+    for epoch in range(3):
+        history.on_epoch_begin(epoch)
+        history.on_epoch_end(epoch, {"loss": 1.0 / (epoch + 1)})
+    resumed = cb.HistoryCSV(path, steps_per_epoch=10)
+    resumed.set_model(keras.Sequential())
+    resumed.on_train_begin()
+    resumed.on_epoch_begin(2)  # backup was after epoch 2: epoch index 2 (the third) is redone
+    resumed.on_epoch_end(2, {"loss": 0.25})
+    rows = cb.read_history(path)
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and rows[-1]["loss"] == 0.25
+
+
+def test_precision_and_strategy_names_are_checked():
+    with pytest.raises(ValueError, match="precision.*Received: precision='float8'"):
+        runtime.set_precision("float8")
+    with pytest.raises(ValueError, match="strategy.*Received: strategy='horovod'"):
+        runtime.make_strategy("horovod")
+    with pytest.raises(ValueError, match=r"\(3, the global batch\) must be divisible by the 2 replicas"):
+        runtime.per_replica_batch(3, _FakeStrategy(2))
+    assert runtime.per_replica_batch(8, _FakeStrategy(2)) == 4
+    assert runtime.set_precision("mixed_bfloat16").compute_dtype == "bfloat16"
+    opt = runtime.wrap_optimizer(recipes.SGD(0.1), "mixed_float16")
+    assert isinstance(opt, keras.optimizers.LossScaleOptimizer)
+
+
+class _FakeStrategy:
+    def __init__(self, replicas):
+        self.num_replicas_in_sync = replicas
