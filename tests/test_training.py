@@ -254,3 +254,18 @@ def test_precision_and_strategy_names_are_checked():
 class _FakeStrategy:
     def __init__(self, replicas):
         self.num_replicas_in_sync = replicas
+
+
+def test_imagenet_style_pipeline_for_images_of_different_sizes():
+    # FACTS.md: scale augmentation (shorter side in [256, 480], 224 crop, flip); test: centre crop.
+    sizes = [(300, 400), (260, 260), (500, 280)]
+    ds = tf.data.Dataset.from_generator(
+        lambda: ((np.full((h, w, 3), 7, "uint8"), np.int64(i)) for i, (h, w) in enumerate(sizes)),
+        output_signature=(tf.TensorSpec((None, None, 3), tf.uint8), tf.TensorSpec((), tf.int64)))
+    info = data.DatasetInfo("var", 3, 3, 3, None)
+    images, labels = next(iter(data.pipeline(ds, info, 2, training=True, seed=1)))
+    assert images.shape == (2, 224, 224, 3) and images.dtype == tf.float32
+    np.testing.assert_allclose(images.numpy(), 7, atol=1e-3)  # a constant image stays constant
+    test = list(data.pipeline(ds, info, 2, training=False, image_size=320))
+    assert [tuple(x.shape) for x, _ in test] == [(2, 320, 320, 3), (1, 320, 320, 3)]
+    assert [int(v) for _, y in test for v in y] == [0, 1, 2]
