@@ -13,7 +13,10 @@ Example:
 """
 
 from export.onnx import export_onnx
-from export.savedmodel import export_savedmodel, float32_copy, training_metadata
+from export.savedmodel import export_savedmodel, float32_copy, load_model, training_metadata
 from export.verify import VerificationError, verify
 
-__all__ = ["VerificationError", "export_onnx", "export_savedmodel", "float32_copy", "training_metadata", "verify"]
+__all__ = [
+    "VerificationError", "export_onnx", "export_savedmodel", "float32_copy", "load_model",
+    "training_metadata", "verify",
+]

@@ -16,22 +16,6 @@ import time
 from typing import Optional, Sequence
 
 
-def _load(path: str):
-    candidate = os.path.join(path, "model.keras") if os.path.isdir(path) else path
-    if not (os.path.isfile(candidate) and candidate.endswith(".keras")):
-        raise ValueError(f"MODEL must be a .keras file or a directory holding model.keras. Received: {path!r}")
-    import keras
-
-    import keras_resnet_v2  # noqa: F401  (registers the package's layers)
-
-    try:
-        return keras.models.load_model(candidate, safe_mode=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise ValueError(
-            f"MODEL {candidate!r} is not a loadable Keras model ({type(error).__name__}: {error})"
-        ) from error
-
-
 def _run_details(path: str) -> dict:
     """Labels and training metadata when MODEL is a training run directory (its config.json)."""
     config_path = os.path.join(path, "config.json")
@@ -67,7 +51,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import export
 
     try:
-        model = _load(args.model)
+        model = export.load_model(args.model)
         timings = {}
         savedmodel_dir, onnx_path = args.savedmodel, args.onnx
         if not verify_only:

@@ -112,6 +112,19 @@ def metadata(model: keras.Model) -> dict:
     }
 
 
+def load_model(path: str) -> keras.Model:
+    """Loads a `.keras` file, or `model.keras` in a training run directory, with a clear error."""
+    candidate = os.path.join(path, "model.keras") if os.path.isdir(path) else path
+    if not (os.path.isfile(candidate) and candidate.endswith(".keras")):
+        raise ValueError(f"MODEL must be a .keras file or a directory holding model.keras. Received: {path!r}")
+    try:
+        return keras.models.load_model(candidate, safe_mode=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise ValueError(
+            f"MODEL {candidate!r} is not a loadable Keras model ({type(error).__name__}: {error})"
+        ) from error
+
+
 TRAINING_KEYS = ("model", "unit", "shortcut", "variant_options", "dataset", "precision", "recipe", "image_size")
 
 

@@ -65,7 +65,7 @@ class Splits:
     info: DatasetInfo
 
 
-def load(name: str, data_dir: str | None = None, image_size: int = 32, seed: int = 0) -> Splits:
+def load(name: str, data_dir: str | None = None, image_size: int = 32) -> Splits:
     """Loads a dataset by name: "digits", a folder path, or a TFDS name.
 
     Example:

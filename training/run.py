@@ -28,6 +28,7 @@ import keras
 import tensorflow as tf
 
 import keras_resnet_v2
+from keras_resnet_v2.resnet import resolve_config
 from training import callbacks as cb
 from training import data as data_lib
 from training import recipes, runtime
@@ -82,16 +83,13 @@ def parse_model(name: str) -> int:
 
 def check_config(config: TrainConfig) -> recipes.Recipe:
     """Validates everything that needs no data or devices; returns the effective recipe."""
-    parse_model(config.model)
-    if config.unit not in keras_resnet_v2.UNITS:
-        raise ValueError(f"`unit` must be one of {keras_resnet_v2.UNITS}. Received: unit={config.unit!r}")
-    if config.shortcut not in keras_resnet_v2.SHORTCUT_NAMES:
-        raise ValueError(f"`shortcut` must be one of {keras_resnet_v2.SHORTCUT_NAMES}. "
-                         f"Received: shortcut={config.shortcut!r}")
-    if config.precision not in runtime.PRECISIONS:
-        raise ValueError(f"`precision` must be one of {runtime.PRECISIONS}. Received: precision={config.precision!r}")
-    if config.strategy not in runtime.STRATEGIES:
-        raise ValueError(f"`strategy` must be one of {runtime.STRATEGIES}. Received: strategy={config.strategy!r}")
+    # The builder's own checks (depth, unit, shortcut, variant options), before any data is read.
+    # Precision and strategy names are checked by runtime.set_precision / make_strategy, which
+    # run() calls next, also before anything is written.
+    resolve_config(parse_model(config.model), unit=config.unit, shortcut=config.shortcut, family=None, block=None,
+                   stride_in="first", input_shape=None, input_tensor=None, include_top=True, pooling=None,
+                   classes=None, classifier_activation="softmax", weights=None, dtype=None, name=None,
+                   variant_options=config.variant_options)
     if config.epochs is not None and config.steps is not None:
         raise ValueError(f"Give `epochs` or `steps`, not both. Received: epochs={config.epochs}, steps={config.steps}")
     for name in ("epochs", "steps", "batch_size", "image_size"):
@@ -141,8 +139,7 @@ def run(config: TrainConfig) -> dict:
     strategy = runtime.make_strategy(config.strategy)
     global_batch = recipe.batch_size
     runtime.per_replica_batch(global_batch, strategy)
-    splits = data_lib.load(config.dataset, data_dir=config.data_dir, image_size=config.image_size or 32,
-                           seed=config.seed)
+    splits = data_lib.load(config.dataset, data_dir=config.data_dir, image_size=config.image_size or 32)
     info = splits.info
     image_size = config.image_size or (info.image_shape[0] if info.image_shape else 224)
     steps_per_epoch = recipes.steps_per_epoch(info.train_examples, global_batch)
@@ -251,11 +248,9 @@ def export_run(model: keras.Model, export_dir: str, labels, effective: dict) -> 
 
 def evaluate(model_path: str, dataset: str, data_dir: str | None = None, batch_size: int = 256) -> dict:
     """Top-1 and top-5 error (%) of a saved model on the dataset's test split."""
-    candidate = os.path.join(model_path, "model.keras") if os.path.isdir(model_path) else model_path
-    if not (os.path.isfile(candidate) and candidate.endswith(".keras")):
-        raise ValueError(f"`model` must be a .keras file or a run directory holding model.keras. "
-                         f"Received: model={model_path!r}")
-    model = keras.models.load_model(candidate)
+    import export
+
+    model = export.load_model(model_path)
     height = model.input_shape[1] or 224
     splits = data_lib.load(dataset, data_dir=data_dir, image_size=height)
     if splits.info.num_classes != model.output_shape[-1]:
@@ -264,6 +259,6 @@ def evaluate(model_path: str, dataset: str, data_dir: str | None = None, batch_s
     test = data_lib.pipeline(splits.test, splits.info, batch_size, training=False, image_size=height)
     trainer = Trainer(model, keras.optimizers.SGD(), tf.distribute.get_strategy(), batch_size)
     metrics = trainer.evaluate(test)
-    return {"model": candidate, "dataset": dataset, "examples": splits.info.test_examples,
+    return {"model": model_path, "dataset": dataset, "examples": splits.info.test_examples,
             "top1_error": 100 * (1 - metrics["accuracy"]), "top5_error": 100 * (1 - metrics["top5_accuracy"]),
             "loss": metrics["loss"]}
