@@ -123,3 +123,30 @@ def test_rerun_with_another_model_in_the_same_run_dir_is_refused(tmp_path, capsy
     (run_dir / "config.json").write_text(json.dumps({"model": "resnet20", "dataset": "digits"}))
     code = cli.main(["--dataset", "digits", "--model", "resnet8", "--epochs", "1", "--run-dir", str(run_dir)])
     assert code == 2 and "different configuration" in capsys.readouterr().err
+
+
+def test_imagenet_style_run_trains_at_224_style_crops_and_tests_at_eval_size(tmp_path, monkeypatch, capsys):
+    # FACTS.md, Training recipe: ImageNet scale augmentation, test at 320x320 on images resized to 320.
+    # Scaled down here: train crops 64, test crop 96, on TFDS' mock imagenet2012 (variable-size images).
+    import tensorflow_datasets as tfds
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)  # mock_data prepares it
+    run_dir = tmp_path / "run"
+    args = ["--dataset", "imagenet2012", "--model", "resnet18", "--recipe", "paper_imagenet", "--image-size", "64",
+            "--eval-size", "96", "--steps", "2", "--batch-size", "4", "--run-dir", str(run_dir), "--quiet"]
+    with tfds.testing.mock_data(num_examples=6):
+        assert cli.main(args) == 0
+        out = capsys.readouterr().out
+        result = json.loads(out[out.index("\n{") + 1:])  # after the log lines
+        assert cli.main(["evaluate", "--model", str(run_dir), "--dataset", "imagenet2012", "--eval-size", "96",
+                         "--batch-size", "4"]) == 0
+    evaluation = json.loads(capsys.readouterr().out)
+    config = json.load(open(run_dir / "config.json"))
+    assert config["image_size"] == 64 and config["eval_size"] == 96 and config["recipe_values"]["normalization"] == \
+        "per_channel"
+    model = keras.saving.load_model(run_dir / "model.keras")
+    assert model.input_shape == (None, 64, 64, 3) and model.output_shape == (None, 1000)
+    assert model.get_layer("normalization").shape == (3,)  # per-channel statistics: any image size
+    assert evaluation["image_size"] == 96 and evaluation["examples"] == 6
+    assert evaluation["top1_error"] == pytest.approx(100 * (1 - result["test_96_accuracy"]))
+    assert evaluation["loss"] == pytest.approx(result["test_96_loss"], rel=1e-5)

@@ -145,6 +145,8 @@ def test_image_folder_dataset(tmp_path):
     images, labels = next(iter(splits.test.batch(2)))
     assert images.shape == (2, 16, 16, 3)
     assert labels.numpy().tolist() == [0, 1] and images.numpy()[1].min() == 200
+    native = data.load(str(tmp_path), image_size=None)  # ImageNet-style: own sizes, cropped later
+    assert native.info.image_shape is None and next(iter(native.test))[0].shape == (10, 12, 3)
 
 
 def test_bad_image_folders(tmp_path):
@@ -269,3 +271,50 @@ def test_imagenet_style_pipeline_for_images_of_different_sizes():
     test = list(data.pipeline(ds, info, 2, training=False, image_size=320))
     assert [tuple(x.shape) for x, _ in test] == [(2, 320, 320, 3), (1, 320, 320, 3)]
     assert [int(v) for _, y in test for v in y] == [0, 1, 2]
+
+
+def test_with_input_size_copies_weights_and_refuses_a_mean_image():
+    from training.run import with_input_size
+
+    inputs = keras.Input((32, 32, 3), name="images")
+    x = keras_resnet_v2.Standardize(mean=[120.0, 115.0, 100.0], variance=[4e3, 4e3, 4e3])(inputs)
+    model = keras_resnet_v2.ResNet(8, input_tensor=x, classes=5, name="r8")
+    for w in model.weights:  # non-trivial BN moving statistics, so inference output depends on them
+        w.assign(np.random.default_rng(len(w.path)).uniform(0.5, 1.5, w.shape).astype("float32")
+                 if "variance" in w.path else w)
+    big = with_input_size(model, 48)
+    assert big.input_shape == (None, 48, 48, 3) and big.name == "r8"
+    assert all(a.path == b.path for a, b in zip(model.weights, big.weights, strict=True))
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    back = with_input_size(big, 32)  # 48 -> 32: the same function as the original
+    np.testing.assert_allclose(back.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-6)
+    assert big.predict(np.zeros((1, 48, 48, 3)), verbose=0).shape == (1, 5)
+
+    per_pixel = keras_resnet_v2.ResNet(8, input_tensor=keras_resnet_v2.Standardize(shape=(32, 32, 3))(inputs),
+                                       classes=5)
+    with pytest.raises(ValueError, match=r"per-pixel mean image of shape \(32, 32, 3\).*eval_size=48"):
+        with_input_size(per_pixel, 48)
+
+
+def test_statistics_of_variable_size_images_and_the_imagenet_test_split(monkeypatch):
+    import tensorflow_datasets as tfds
+
+    images = [np.full((h, w, 3), v, "uint8") for (h, w), v in [((4, 6), 10), ((8, 2), 40)]]
+    ds = tf.data.Dataset.from_generator(lambda: ((x, 0) for x in images), output_signature=(
+        tf.TensorSpec((None, None, 3), tf.uint8), tf.TensorSpec((), tf.int32)))
+    mean, variance = data.normalization_statistics(ds, "per_channel")
+    # Pixel-weighted: 24 pixels of 10 and 16 of 40.
+    np.testing.assert_allclose(mean, [22.0] * 3, rtol=1e-6)
+    np.testing.assert_allclose(variance, [(24 * 100 + 16 * 1600) / 40 - 22.0**2] * 3, rtol=1e-5)
+    with pytest.raises(ValueError, match="per_pixel.*vary in size.*per_channel"):
+        data.normalization_statistics(ds, "per_pixel")
+
+    # imagenet2012's "test" split has no labels: evaluation uses the 50k "validation" images.
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
+    read = []
+    original = tfds.core.DatasetBuilder.as_dataset
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "as_dataset",
+                        lambda self, split, **kw: read.append(split) or original(self, split=split, **kw))
+    with tfds.testing.mock_data(num_examples=3):
+        splits = data.load("imagenet2012")
+    assert read == ["train", "validation"] and splits.info.image_shape is None and splits.info.num_classes == 1000

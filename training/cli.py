@@ -65,7 +65,9 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--export-dir", help="export SavedModel + ONNX here at the end, verified")
     p.add_argument("--seed", type=int)
     p.add_argument("--image-size", type=int, help="input size (default: the dataset's, or 224)")
+    p.add_argument("--eval-size", type=int, help="also test at this crop, ImageNet-style data (the paper's 320)")
     p.add_argument("--nesterov", type=_bool)
+    p.add_argument("--scale-augmentation", type=_bool, help="image folders: native size + ImageNet-style pipeline")
     p.add_argument("--boundaries", type=lambda s: tuple(float(x) for x in s.split(",")),
                    help="lr boundaries in the recipe's units, comma-separated")
     for name, kind in RECIPE_FLAGS.items():
@@ -81,6 +83,7 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True)
     p.add_argument("--data-dir")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--eval-size", type=int, help="test crop for ImageNet-style data (e.g. 320; default: model's)")
     return p
 
 
@@ -130,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from training.run import evaluate
 
             args = _eval_parser().parse_args(argv[1:])
-            result = evaluate(args.model, args.dataset, args.data_dir, args.batch_size)
+            result = evaluate(args.model, args.dataset, args.data_dir, args.batch_size, args.eval_size)
             print(json.dumps(result, indent=2))
             return 0
         from training.run import run

@@ -14,10 +14,10 @@ Pipelines follow the paper's appendix (see FACTS.md, "Training recipe"):
 CIFAR-style (fixed-size images): load -> cache -> shuffle -> batch -> augment on the whole batch
 (4-pixel zero pad, random crop, horizontal flip) -> prefetch. ImageNet-style: scale augmentation
 (shorter side uniform in [256, 480], random 224 crop, flip) per image before batching, because
-the images differ in size; evaluation resizes the shorter side to 256/224 of the crop and takes
-a centre crop (224, or 320 at `eval_size=320`).
+the images differ in size; evaluation resizes the shorter side to 256 and takes a 224 centre crop, or
+(the paper's 320 test) resizes it to 320 and takes a 320 centre crop.
 
-Normalization is not in the pipeline: `normalization_layer` builds a Keras `Normalization`
+Normalization is not in the pipeline: `normalization_layer` builds a `keras_resnet_v2.Standardize`
 layer from training-split statistics that goes in front of the network, so saved and exported
 models take raw 0..255 pixels.
 """
@@ -65,8 +65,11 @@ class Splits:
     info: DatasetInfo
 
 
-def load(name: str, data_dir: str | None = None, image_size: int = 32) -> Splits:
+def load(name: str, data_dir: str | None = None, image_size: int | None = 32) -> Splits:
     """Loads a dataset by name: "digits", a folder path, or a TFDS name.
+
+    `image_size` resizes digits (default 32) and folder images; `None` keeps a folder's images
+    at their own sizes (ImageNet-style data). TFDS images keep the dataset's sizes.
 
     Example:
         >>> splits = load("digits")
@@ -76,7 +79,7 @@ def load(name: str, data_dir: str | None = None, image_size: int = 32) -> Splits
     if not isinstance(name, str) or not name:
         raise DatasetError(f"`dataset` must be a non-empty string. Received: dataset={name!r}")
     if name == "digits":
-        return load_digits(image_size=image_size)
+        return load_digits(image_size=image_size or 32)
     if os.path.sep in name or os.path.isdir(name):
         return load_folder(name, image_size=image_size)
     return load_tfds(name, data_dir=data_dir)
@@ -137,11 +140,12 @@ def _scan_class_folders(directory: str, classes: list[str] | None = None):
     return classes, paths, labels
 
 
-def load_folder(directory: str, image_size: int = 32, test_fraction: float = 0.1) -> Splits:
+def load_folder(directory: str, image_size: int | None = 32, test_fraction: float = 0.1) -> Splits:
     """Images in `directory/<class>/...`, or in `directory/{train,test}/<class>/...`.
 
     Every file is checked up front to be an image (JPEG/PNG/GIF/BMP) so a bad file is named
-    before training starts. Images are decoded to RGB and resized to `image_size` squared.
+    before training starts. Images are decoded to RGB and resized to `image_size` squared, or
+    kept at their own sizes with `image_size=None` (the ImageNet-style pipeline then crops them).
     Without `train/` and `test/` subfolders, a file goes to test when the hash of its path
     relative to `directory` falls in the first `test_fraction` of the range (stable across runs).
     """
@@ -163,6 +167,8 @@ def load_folder(directory: str, image_size: int = 32, test_fraction: float = 0.1
 
     def decode(path, label):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        if image_size is None:
+            return image, label
         image = tf.image.resize(image, (image_size, image_size), antialias=True)
         return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), label
 
@@ -171,7 +177,7 @@ def load_folder(directory: str, image_size: int = 32, test_fraction: float = 0.1
         return ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
 
     info = DatasetInfo(os.path.basename(directory), len(classes), len(train_paths), len(test_paths),
-                       (image_size, image_size, 3), tuple(classes))
+                       (image_size, image_size, 3) if image_size else None, tuple(classes))
     return Splits(dataset(train_paths, train_labels), dataset(test_paths, test_labels), info)
 
 
@@ -184,6 +190,11 @@ def _network_reachable(url: str) -> bool:
         return True
     except OSError:
         return False
+
+
+# Datasets whose "test" split has no labels: evaluate on "validation" (the paper's ImageNet figures
+# are on the 50k validation images).
+TEST_SPLITS = {"imagenet2012": "validation", "imagenet2012_subset": "validation", "imagenette": "validation"}
 
 
 def load_tfds(name: str, data_dir: str | None = None) -> Splits:
@@ -218,7 +229,7 @@ def load_tfds(name: str, data_dir: str | None = None) -> Splits:
                            f"(features {list(features)}; need 'image' and 'label').")
     shape = tuple(features["image"].shape)
     splits = builder.info.splits
-    test_split = "validation" if "test" not in splits and "validation" in splits else "test"
+    test_split = TEST_SPLITS.get(name, "validation" if "test" not in splits and "validation" in splits else "test")
     read = dict(as_supervised=True, shuffle_files=False)
     train = builder.as_dataset(split="train", **read)
     test = builder.as_dataset(split=test_split, **read)
@@ -250,17 +261,27 @@ def normalization_statistics(train: tf.data.Dataset, mode: str = "per_pixel", ma
     """
     if mode not in NORMALIZATIONS:
         raise ValueError(f"`normalization` must be one of {NORMALIZATIONS}. Received: normalization={mode!r}")
-    count, total, total_sq = 0, 0.0, 0.0
-    for images, _ in train.take(max_examples).batch(1000):
-        x = tf.cast(images, tf.float64)
-        axes = [0] if mode == "per_pixel" else [0, 1, 2]
-        total = total + tf.reduce_sum(x, axes)
-        total_sq = total_sq + tf.reduce_sum(x * x, axes)
-        count += int(x.shape[0]) * (1 if mode == "per_pixel" else int(x.shape[1] * x.shape[2]))
+    per_pixel = mode == "per_pixel"
+    shape = train.element_spec[0].shape
+    if per_pixel and not shape[:2].is_fully_defined():
+        raise ValueError("`normalization='per_pixel'` needs images of one fixed size (a mean image); these "
+                         f"images vary in size ({shape}). Use normalization='per_channel'.")
+
+    def sums(image, _):  # per image: sum, sum of squares, and how many values each entry averages
+        x = tf.cast(image, tf.float64)
+        if per_pixel:
+            return x, x * x, tf.constant(1.0, tf.float64)
+        x = tf.reshape(x, [-1, 3])
+        return tf.reduce_sum(x, 0), tf.reduce_sum(x * x, 0), tf.cast(tf.shape(x)[0], tf.float64)
+
+    count, total, total_sq = 0.0, 0.0, 0.0
+    for s, sq, n in train.take(max_examples).map(sums, num_parallel_calls=AUTOTUNE).batch(1000):
+        total, total_sq = total + tf.reduce_sum(s, 0), total_sq + tf.reduce_sum(sq, 0)
+        count += float(tf.reduce_sum(n))
     if count == 0:
         raise DatasetError("The training split is empty.")
     mean = (total / count).numpy()
-    variance = np.ones_like(mean) if mode == "per_pixel" else (total_sq / count).numpy() - mean**2
+    variance = np.ones_like(mean) if per_pixel else (total_sq / count).numpy() - mean**2
     return mean.astype("float32"), np.maximum(variance, 1e-6).astype("float32")
 
 
@@ -299,9 +320,13 @@ def random_crop_flip(images: tf.Tensor, padding: int, flip: bool, seed: tf.Tenso
     return tf.gather(out, cols, axis=2, batch_dims=1)
 
 
-def _scale_augment(image, seed, crop: int, min_side: int = 256, max_side: int = 480, flip: bool = True):
-    """ImageNet scale augmentation (FACTS.md): shorter side in [256, 480], random crop, flip."""
+def _scale_augment(image, seed, crop: int, flip: bool = True):
+    """ImageNet scale augmentation (FACTS.md): shorter side in [256, 480], random 224 crop, flip.
+
+    For another crop size the side range scales with it ([256, 480] x crop / 224).
+    """
     seeds = tf.random.experimental.stateless_split(seed, 3)
+    min_side, max_side = round(256 * crop / 224), round(480 * crop / 224)
     side = tf.random.stateless_uniform([], seeds[0], min_side, max_side + 1, tf.int32)
     image = _resize_shorter(image, side)
     image = tf.image.stateless_random_crop(image, [crop, crop, 3], seeds[1])
@@ -317,14 +342,14 @@ def _resize_shorter(image, side):
     return tf.image.resize(image, size, antialias=True)
 
 
-def _centre_crop(image, crop: int):
-    image = _resize_shorter(image, int(round(crop * 256 / 224)))
+def _centre_crop(image, crop: int, side: int):
+    image = _resize_shorter(image, side)
     return tf.image.resize_with_crop_or_pad(image, crop, crop)
 
 
 def pipeline(dataset: tf.data.Dataset, info: DatasetInfo, batch_size: int, *, training: bool,
              seed: int = 0, start_step: int = 0, image_size: int = 224, cache: bool = True,
-             padding: int = 4) -> tf.data.Dataset:
+             padding: int = 4, resize_side: int | None = None) -> tf.data.Dataset:
     """Batches a split for training (`training=True`) or evaluation.
 
     Training data repeats forever (the caller counts steps per epoch): load -> cache -> shuffle
@@ -332,7 +357,10 @@ def pipeline(dataset: tf.data.Dataset, info: DatasetInfo, batch_size: int, *, tr
     Variable-size (ImageNet-style) images are augmented one by one before batching. Each
     batch's augmentation is seeded by `(seed, step)`, so a run is deterministic under `seed`
     and a resumed run (`start_step`) draws new crops rather than replaying the first epoch's.
-    Evaluation data is batched once, in order, keeping the last partial batch. Images stay
+    Evaluation data is batched once, in order, keeping the last partial batch; variable-size
+    images have their shorter side resized to `resize_side` (default image_size x 256 / 224:
+    256 for 224) and are centre-cropped to `image_size`. The paper's 320 test (FACTS.md) is
+    `image_size=320, resize_side=320`. Images stay
     0..255 float32: the model's normalization layer does the rest.
 
     Example:
@@ -350,7 +378,8 @@ def pipeline(dataset: tf.data.Dataset, info: DatasetInfo, batch_size: int, *, tr
         ds = ds.cache()
     if not training:
         if not fixed_size:
-            ds = ds.map(lambda x, y: (_centre_crop(x, image_size), y), num_parallel_calls=AUTOTUNE)
+            side = resize_side or round(image_size * 256 / 224)
+            ds = ds.map(lambda x, y: (_centre_crop(x, image_size, side), y), num_parallel_calls=AUTOTUNE)
         return ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(AUTOTUNE)
 
     ds = ds.shuffle(min(info.train_examples, 50_000), seed=seed + start_step, reshuffle_each_iteration=True)

@@ -51,6 +51,7 @@ class Recipe:
     boundaries: tuple  # iterations (total_steps set) or epochs
     lr_factor: float
     normalization: str
+    scale_augmentation: bool  # image folders kept at native size, ImageNet-style pipeline (else resized)
     note: str = ""
 
 
@@ -58,11 +59,12 @@ RECIPES: dict[str, Recipe] = {
     "paper_cifar": Recipe(batch_size=128, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4,
                           decay="kernels", warmup_steps=400, warmup_lr=0.01, total_steps=64_000,
                           epochs=None, boundaries=(32_000, 48_000), lr_factor=0.1,
-                          normalization="per_pixel", note="FACTS.md, Training recipe: CIFAR"),
+                          normalization="per_pixel", scale_augmentation=False, note="FACTS.md, Training recipe: CIFAR"),
     "paper_imagenet": Recipe(batch_size=256, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4,
                              decay="kernels", warmup_steps=0, warmup_lr=0.0, total_steps=None,
                              epochs=90, boundaries=(30, 60), lr_factor=0.1,
-                             normalization="per_channel", note="FACTS.md, Training recipe: ImageNet"),
+                             normalization="per_channel", scale_augmentation=True,
+                             note="FACTS.md, Training recipe: ImageNet"),
 }
 RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(Recipe) if f.name != "note")
 
@@ -96,6 +98,7 @@ def _check_recipe(r: Recipe) -> None:
     need(list(r.boundaries) == sorted(r.boundaries) and all(b > 0 for b in r.boundaries), "boundaries",
          "increasing positive numbers")
     need(r.normalization in ("per_pixel", "per_channel"), "normalization", "'per_pixel' or 'per_channel'")
+    need(isinstance(r.scale_augmentation, bool), "scale_augmentation", "true or false")
 
 
 @dataclass(frozen=True)

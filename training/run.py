@@ -57,6 +57,7 @@ class TrainConfig:
     export_dir: str | None = None
     seed: int = 0
     image_size: int | None = None  # default: the dataset's size, or 224 for ImageNet-style data
+    eval_size: int | None = None  # also test at this crop (ImageNet-style data; the paper's 320)
     verbose: int = 1
     recipe_overrides: dict = field(default_factory=dict)  # any `recipes.Recipe` field
 
@@ -92,7 +93,7 @@ def check_config(config: TrainConfig) -> recipes.Recipe:
                    variant_options=config.variant_options)
     if config.epochs is not None and config.steps is not None:
         raise ValueError(f"Give `epochs` or `steps`, not both. Received: epochs={config.epochs}, steps={config.steps}")
-    for name in ("epochs", "steps", "batch_size", "image_size"):
+    for name in ("epochs", "steps", "batch_size", "image_size", "eval_size"):
         value = getattr(config, name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
@@ -110,6 +111,33 @@ def build_model(config: TrainConfig, info: data_lib.DatasetInfo, image_size: int
     return keras_resnet_v2.ResNet(parse_model(config.model), unit=config.unit, shortcut=config.shortcut,
                                   input_tensor=x, classes=info.num_classes,
                                   name=f"{config.model}_{config.unit}", **config.variant_options)
+
+
+def with_input_size(model: keras.Model, size: int) -> keras.Model:
+    """A copy of `model` that takes `size` x `size` images, sharing nothing, with the same weights.
+
+    The networks are fully convolutional up to global pooling, so a model trained on 224 crops
+    can be tested on 320 crops (the paper's Table 5). A per-pixel mean image fixes the size.
+    """
+    if model.input_shape[1:3] == (size, size):
+        return model
+    for layer in model.layers:
+        if isinstance(layer, keras_resnet_v2.Standardize) and len(layer.shape) == 3:
+            raise ValueError(f"The model subtracts a per-pixel mean image of shape {layer.shape}, so it only takes "
+                             f"{layer.shape[0]}x{layer.shape[1]} images; train with normalization='per_channel' to "
+                             f"test at another size. Received: eval_size={size}")
+    inputs = keras.Input((size, size, model.input_shape[-1]), name=model.inputs[0].name)
+    copy = keras.models.clone_model(model, input_tensors=inputs)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _eval_at(model: keras.Model, splits: data_lib.Splits, size: int, batch_size: int, strategy=None) -> dict:
+    """Top-1/top-5 on the test split at a `size` centre crop of images resized to `size` (FACTS.md)."""
+    with (strategy or tf.distribute.get_strategy()).scope():
+        resized = with_input_size(model, size)
+    test = data_lib.pipeline(splits.test, splits.info, batch_size, training=False, image_size=size, resize_side=size)
+    return Trainer(resized, keras.optimizers.SGD(), strategy or tf.distribute.get_strategy(), batch_size).evaluate(test)
 
 
 def _check_resume(run_dir: str, effective: dict) -> bool:
@@ -139,9 +167,16 @@ def run(config: TrainConfig) -> dict:
     strategy = runtime.make_strategy(config.strategy)
     global_batch = recipe.batch_size
     runtime.per_replica_batch(global_batch, strategy)
-    splits = data_lib.load(config.dataset, data_dir=config.data_dir, image_size=config.image_size or 32)
+    # Image folders: resized to the input size (CIFAR-style), or kept at their own sizes for the
+    # ImageNet-style scale augmentation. Digits: resized; TFDS: the dataset's own sizes.
+    folder_size = None if recipe.scale_augmentation else (config.image_size or 32)
+    splits = data_lib.load(config.dataset, data_dir=config.data_dir, image_size=folder_size)
     info = splits.info
     image_size = config.image_size or (info.image_shape[0] if info.image_shape else 224)
+    if config.eval_size is not None and info.image_shape is not None:
+        raise ValueError(f"`eval_size` sets the test crop of variable-size (ImageNet-style) images; {info.name!r} "
+                         f"images are all {info.image_shape[0]}x{info.image_shape[1]}. Received: "
+                         f"eval_size={config.eval_size}")
     steps_per_epoch = recipes.steps_per_epoch(info.train_examples, global_batch)
     schedule = recipes.resolve(recipe, global_batch, steps_per_epoch, epochs=config.epochs, steps=config.steps)
     epochs = max(1, -(-schedule.total_steps // steps_per_epoch))
@@ -218,12 +253,17 @@ def run(config: TrainConfig) -> dict:
                 callbacks=callbacks, initial_epoch=initial_epoch, verbose=config.verbose, on_non_finite=last_good)
 
     result = {"run_dir": run_dir, **{f"test_{k}": v for k, v in trainer.evaluate(test_ds).items()}}
+    if config.eval_size and config.eval_size != image_size:
+        at_size = _eval_at(model, splits, config.eval_size, global_batch, strategy)
+        result.update({f"test_{config.eval_size}_{k}": v for k, v in at_size.items()})
     if chief:
         model_path = os.path.join(run_dir, "model.keras")
         cb.atomic_write(model_path, lambda tmp: model.save(tmp))
         result["model"] = model_path
-        _log(config, f"test accuracy {result['test_accuracy']:.4f} (top-5 {result['test_top5_accuracy']:.4f}); "
-                     f"model {model_path}; history {history_path}")
+        at_size = (f"; at {config.eval_size}x{config.eval_size}: {result[f'test_{config.eval_size}_accuracy']:.4f}"
+                   if f"test_{config.eval_size}_accuracy" in result else "")
+        _log(config, f"test accuracy {result['test_accuracy']:.4f} (top-5 {result['test_top5_accuracy']:.4f}) at "
+                     f"{image_size}x{image_size}{at_size}; model {model_path}; history {history_path}")
     else:
         shutil.rmtree(write_dir, ignore_errors=True)
     if config.export_dir and chief:
@@ -246,19 +286,38 @@ def export_run(model: keras.Model, export_dir: str, labels, effective: dict) -> 
     return {"savedmodel": savedmodel, "onnx": onnx_path, "report": report_path}
 
 
-def evaluate(model_path: str, dataset: str, data_dir: str | None = None, batch_size: int = 256) -> dict:
-    """Top-1 and top-5 error (%) of a saved model on the dataset's test split."""
+def evaluate(model_path: str, dataset: str, data_dir: str | None = None, batch_size: int = 256,
+             eval_size: int | None = None) -> dict:
+    """Top-1 and top-5 error (%) of a saved model on the dataset's test split.
+
+    `eval_size` tests variable-size (ImageNet-style) images at that centre crop of images whose
+    shorter side is resized to it (the paper's 320 test); default: the model's input size.
+    """
     import export
 
+    if eval_size is not None and (not isinstance(eval_size, int) or isinstance(eval_size, bool) or eval_size < 1):
+        raise ValueError(f"`eval_size` must be a positive integer. Received: eval_size={eval_size!r}")
     model = export.load_model(model_path)
     height = model.input_shape[1] or 224
-    splits = data_lib.load(dataset, data_dir=data_dir, image_size=height)
+    # Image folders are kept at their own sizes (and centre-cropped) for a run trained that way,
+    # as in its own test; otherwise resized to the model's input.
+    run_config = os.path.join(model_path, "config.json")
+    native = eval_size is not None or (os.path.isfile(run_config) and json.load(open(run_config)).get(
+        "recipe_values", {}).get("scale_augmentation", False))
+    splits = data_lib.load(dataset, data_dir=data_dir, image_size=None if native else height)
     if splits.info.num_classes != model.output_shape[-1]:
         raise ValueError(f"The model has {model.output_shape[-1]} classes, dataset {dataset!r} has "
                          f"{splits.info.num_classes}.")
-    test = data_lib.pipeline(splits.test, splits.info, batch_size, training=False, image_size=height)
-    trainer = Trainer(model, keras.optimizers.SGD(), tf.distribute.get_strategy(), batch_size)
-    metrics = trainer.evaluate(test)
+    if eval_size is not None and splits.info.image_shape is not None:
+        raise ValueError(f"`eval_size` sets the test crop of variable-size (ImageNet-style) images; {dataset!r} "
+                         f"images are all {splits.info.image_shape[0]}x{splits.info.image_shape[1]}. Received: "
+                         f"eval_size={eval_size}")
+    if eval_size is not None:
+        metrics = _eval_at(model, splits, eval_size, batch_size)
+    else:
+        test = data_lib.pipeline(splits.test, splits.info, batch_size, training=False, image_size=height)
+        metrics = Trainer(model, keras.optimizers.SGD(), tf.distribute.get_strategy(), batch_size).evaluate(test)
     return {"model": model_path, "dataset": dataset, "examples": splits.info.test_examples,
+            "image_size": eval_size or height,
             "top1_error": 100 * (1 - metrics["accuracy"]), "top5_error": 100 * (1 - metrics["top5_accuracy"]),
             "loss": metrics["loss"]}
