@@ -4,6 +4,7 @@
   atomically, with `serving_default` (float pixels), `serve_uint8` and `serve_image_bytes`.
 - `export_onnx(model, path)`: an ONNX file (tf2onnx) with a dynamic batch axis.
 - `verify(model, savedmodel_dir=..., onnx_path=...)`: the same batch through all of them.
+- `export_and_verify(model, savedmodel=BASE_DIR, onnx=FILE)`: both, timed and verified.
 
 Example:
     >>> import keras_resnet_v2, export
@@ -15,8 +16,9 @@ Example:
 from export.onnx import export_onnx
 from export.savedmodel import export_savedmodel, float32_copy, load_model, training_metadata
 from export.verify import VerificationError, verify
+from export.workflow import export_and_verify
 
 __all__ = [
-    "VerificationError", "export_onnx", "export_savedmodel", "float32_copy", "load_model",
+    "VerificationError", "export_and_verify", "export_onnx", "export_savedmodel", "float32_copy", "load_model",
     "training_metadata", "verify",
 ]

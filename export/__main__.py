@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from typing import Optional, Sequence
 
 
@@ -52,28 +51,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         model = export.load_model(args.model)
-        timings = {}
-        savedmodel_dir, onnx_path = args.savedmodel, args.onnx
-        if not verify_only:
-            if args.savedmodel:
-                start = time.perf_counter()
-                savedmodel_dir = export.export_savedmodel(model, args.savedmodel, args.version, args.overwrite,
-                                                          **_run_details(args.model))
-                timings["savedmodel_s"] = round(time.perf_counter() - start, 2)
-                print(f"SavedModel: {savedmodel_dir} ({timings['savedmodel_s']} s)")
-            if args.onnx:
-                start = time.perf_counter()
-                onnx_path = export.export_onnx(model, args.onnx, args.opset)
-                timings["onnx_s"] = round(time.perf_counter() - start, 2)
-                print(f"ONNX: {onnx_path} ({timings['onnx_s']} s)")
-        report_path = (f"{savedmodel_dir.rstrip(os.sep)}.verification.json" if savedmodel_dir
-                       else f"{onnx_path}.verification.json")
-        try:
-            report = export.verify(model, savedmodel_dir=savedmodel_dir, onnx_path=onnx_path,
-                                   report_path=report_path, extra=timings)
-        except export.VerificationError:
-            print(f"verification FAILED; report: {report_path}", file=sys.stderr)
-            raise
+        if verify_only:
+            report_path = (f"{args.savedmodel.rstrip(os.sep)}.verification.json" if args.savedmodel
+                           else f"{args.onnx}.verification.json")
+            report = export.verify(model, savedmodel_dir=args.savedmodel, onnx_path=args.onnx, report_path=report_path)
+        else:
+            result = export.export_and_verify(model, args.savedmodel, args.onnx, version=args.version,
+                                              overwrite=args.overwrite, opset=args.opset, **_run_details(args.model))
+            report, report_path = result["report"], result["report_path"]
+            for kind, key in (("SavedModel", "savedmodel"), ("ONNX", "onnx")):
+                if result[key]:
+                    print(f"{kind}: {result[key]} ({report[key + '_s']} s)")
         print(json.dumps(report, indent=2))
         print(f"verification passed; report: {report_path}")
     except (ValueError, FileExistsError, export.VerificationError) as error:

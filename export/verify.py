@@ -45,7 +45,7 @@ def verify(model: keras.Model, savedmodel_dir: Optional[str] = None, onnx_path: 
         report["passed"] = False
         report["error"] = "The Keras model's outputs on the verification batch are not finite"
         _write(report, report_path)
-        raise VerificationError(report["error"])
+        raise VerificationError(report["error"] + _where(report_path))
     if savedmodel_dir is not None:
         import tensorflow as tf
 
@@ -64,12 +64,19 @@ def verify(model: keras.Model, savedmodel_dir: Optional[str] = None, onnx_path: 
     report["passed"] = not failed
     _write(report, report_path)
     if failed:
-        raise VerificationError(f"Export parity failed for {', '.join(failed)}: {json.dumps(report)}")
+        raise VerificationError(f"Export parity failed for {', '.join(failed)}: {json.dumps(report)}"
+                                + _where(report_path))
     return report
+
+
+def _where(report_path: Optional[str]) -> str:
+    return f" (report: {report_path})" if report_path else ""
 
 
 def _write(report: dict, report_path: Optional[str]) -> None:
     if report_path is not None:
         os.makedirs(os.path.dirname(os.path.abspath(report_path)), exist_ok=True)
-        with open(report_path, "w") as handle:
+        temporary = f"{report_path}.tmp-{os.getpid()}"
+        with open(temporary, "w") as handle:
             json.dump(report, handle, indent=2)
+        os.replace(temporary, report_path)  # never a half-written report

@@ -146,7 +146,7 @@ def test_cli_exports_verifies_and_reports_bad_input(tmp_path):
     assert verified.returncode == 0 and "verification passed" in verified.stdout
 
 
-def test_failed_cli_verification_still_writes_its_report(tmp_path):
+def test_failed_cli_verification_still_writes_its_report(tmp_path, capsys):
     from export.__main__ import main
 
     exported = krv2.ResNet(8, input_shape=(16, 16, 3), classes=3)
@@ -154,5 +154,6 @@ def test_failed_cli_verification_still_writes_its_report(tmp_path):
     version_dir = export.export_savedmodel(exported, str(tmp_path / "serving"))
     other.save(str(tmp_path / "other.keras"))
     assert main(["verify", str(tmp_path / "other.keras"), "--savedmodel", version_dir]) == 1
+    assert f"report: {version_dir}.verification.json" in capsys.readouterr().err
     report = json.loads(open(f"{version_dir}.verification.json").read())
     assert report["passed"] is False and report["savedmodel"]["max_rel_error"] > 1e-4

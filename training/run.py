@@ -275,15 +275,14 @@ def export_run(model: keras.Model, export_dir: str, labels, effective: dict) -> 
     """SavedModel (next version under export_dir/savedmodel) + ONNX, each verified."""
     import export
 
-    savedmodel = export.export_savedmodel(model, os.path.join(export_dir, "savedmodel"), labels=labels,
-                                          extra_metadata=export.training_metadata(effective))
-    onnx_path = export.export_onnx(model, os.path.join(export_dir, "model.onnx"))
-    report_path = f"{savedmodel}.verification.json"
-    report = export.verify(model, savedmodel_dir=savedmodel, onnx_path=onnx_path, report_path=report_path)
-    print(f"exported {savedmodel} and {onnx_path}; verification passed "
+    result = export.export_and_verify(model, os.path.join(export_dir, "savedmodel"),
+                                      os.path.join(export_dir, "model.onnx"), labels=labels,
+                                      extra_metadata=export.training_metadata(effective))
+    report = result["report"]
+    print(f"exported {result['savedmodel']} and {result['onnx']}; verification passed "
           f"(max relative error SavedModel {report['savedmodel']['max_rel_error']:.1e}, "
-          f"ONNX {report['onnx']['max_rel_error']:.1e}); report {report_path}", flush=True)
-    return {"savedmodel": savedmodel, "onnx": onnx_path, "report": report_path}
+          f"ONNX {report['onnx']['max_rel_error']:.1e}); report {result['report_path']}", flush=True)
+    return {"savedmodel": result["savedmodel"], "onnx": result["onnx"], "report": result["report_path"]}
 
 
 def evaluate(model_path: str, dataset: str, data_dir: str | None = None, batch_size: int = 256,
