@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from typing import Optional
 
 import keras
 import tensorflow as tf
 
-from export.savedmodel import _check_classifier, float32_copy, serving_outputs
+from export.savedmodel import _alive, _check_classifier, float32_copy, serving_outputs
 
 DEFAULT_OPSET = 17
+ONNX_LEFTOVER = re.compile(r"\.tmp-(.+\.onnx)-(\d+)-\w+\.onnx")
 
 
 def export_onnx(model: keras.Model, path: str, opset: Optional[int] = None) -> str:
@@ -33,8 +35,14 @@ def export_onnx(model: keras.Model, path: str, opset: Optional[int] = None) -> s
     spec = (tf.TensorSpec([None, *serving_model.input_shape[1:]], tf.float32, name="images"),)
     serve = tf.function(serving_outputs(serving_model), input_signature=spec)
 
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=os.path.dirname(path))
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    for name in os.listdir(folder):  # what a killed export of this file left behind
+        match = ONNX_LEFTOVER.fullmatch(name)
+        if match and match.group(1) == os.path.basename(path) and not _alive(int(match.group(2))):
+            os.remove(os.path.join(folder, name))
+    handle, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(path)}-{os.getpid()}-", suffix=".onnx",
+                                   dir=folder)
     os.close(handle)
     try:
         tf2onnx.convert.from_function(serve, input_signature=spec, opset=opset, output_path=tmp)
