@@ -10,6 +10,11 @@ import keras
 import numpy as np
 
 MAX_RELATIVE_ERROR = 1e-4  # float32
+# A very deep net amplifies float32 rounding: two correct float32 implementations (TensorFlow's
+# and ONNX Runtime's kernels) cannot agree better than the Keras model agrees with itself on an
+# input changed by rounding. The allowed error is the larger of the bound above and this many
+# times that noise floor (measured: ResNet-164 4e-5, ResNet-1001 2.7e-3; benchmarks/RESULTS.md).
+NOISE_FLOOR_FACTOR = 5.0
 
 
 class VerificationError(AssertionError):
@@ -28,9 +33,16 @@ def verify(model: keras.Model, savedmodel_dir: Optional[str] = None, onnx_path: 
     """Compares probabilities (and top-1 classes) of each export with the Keras model's.
 
     Relative error is the max absolute error over the largest output magnitude. Raises
-    `VerificationError` above `max_relative_error`, or if the Keras outputs are not finite
+    `VerificationError` above the allowed error, or if the Keras outputs are not finite
     (an untrained deep net in inference mode overflows: train it first). Writes the report
     as JSON to `report_path` when given, passed or failed, with `extra` (e.g. timings) merged in.
+
+    The allowed error is `max(max_relative_error, NOISE_FLOOR_FACTOR * noise floor)`, where the
+    noise floor is the relative change of the Keras outputs when the batch is perturbed by a
+    relative 1e-7 (float32 rounding). Shallow nets keep the 1e-4 bound; measured floors with
+    batch-calibrated BatchNorm: ResNet-164 4.4e-5, ResNet-1001 2.7e-3 (it amplifies rounding
+    ~3e4 times), so these get a wider bound, recorded in the report. A wrong weight, layer or
+    preprocessing moves outputs by far more (tests/test_export.py checks one BatchNorm).
     """
     if savedmodel_dir is None and onnx_path is None:
         raise ValueError("verify needs `savedmodel_dir`, `onnx_path` or both. Received: neither")
@@ -39,9 +51,15 @@ def verify(model: keras.Model, savedmodel_dir: Optional[str] = None, onnx_path: 
     from export.savedmodel import _probabilities, float32_copy
 
     # Exports are float32 (a mixed-precision model is exported as its float32 copy).
-    reference = np.asarray(_probabilities(float32_copy(model))(batch), dtype="float32")
-    report = {"batch_shape": list(batch.shape), "max_relative_error_allowed": max_relative_error, **(extra or {})}
-    if not np.all(np.isfinite(reference)):
+    keras_fn = _probabilities(float32_copy(model))
+    reference = np.asarray(keras_fn(batch), dtype="float32")
+    report = {"batch_shape": list(batch.shape), "max_relative_error_bound": max_relative_error, **(extra or {})}
+    if np.all(np.isfinite(reference)):
+        noisy = batch * (1 + 1e-7 * np.random.default_rng(1).standard_normal(batch.shape))
+        floor = _errors(reference, np.asarray(keras_fn(noisy.astype("float32")), dtype="float32"))["max_rel_error"]
+        report["float32_noise_floor"] = floor
+        report["max_relative_error_allowed"] = max(max_relative_error, NOISE_FLOOR_FACTOR * floor)
+    else:
         report["passed"] = False
         report["error"] = "The Keras model's outputs on the verification batch are not finite"
         _write(report, report_path)
@@ -60,7 +78,8 @@ def verify(model: keras.Model, savedmodel_dir: Optional[str] = None, onnx_path: 
         probabilities, classes = session.run(["probabilities", "classes"], {"images": batch})
         report["onnx"] = _errors(reference, probabilities)
         report["onnx"]["classes_match"] = bool(np.array_equal(classes, reference.argmax(-1)))
-    failed = [k for k in ("savedmodel", "onnx") if k in report and report[k]["max_rel_error"] > max_relative_error]
+    allowed = report["max_relative_error_allowed"]
+    failed = [k for k in ("savedmodel", "onnx") if k in report and report[k]["max_rel_error"] > allowed]
     report["passed"] = not failed
     _write(report, report_path)
     if failed:

@@ -186,9 +186,17 @@ def test_resnet1001_savedmodel_and_onnx_match_keras(tmp_path):
     result = export.export_and_verify(model, str(tmp_path / "serving"), str(tmp_path / "r1001.onnx"))
     report = json.loads(open(result["report_path"]).read())
     assert report["passed"] and result["savedmodel"] == str(tmp_path / "serving" / "1")
-    for kind in ("savedmodel", "onnx"):
-        assert report[kind]["max_rel_error"] < 1e-4 and report[kind]["classes_match"], report
-        assert report[f"{kind}_s"] > 0
+    # The same TensorFlow kernels: exact. ONNX Runtime's kernels round differently, and a 1001-layer
+    # net amplifies rounding: its bound is 5x the Keras model's own float32 noise floor.
+    assert report["savedmodel"]["max_rel_error"] < 1e-6 and report["savedmodel"]["classes_match"], report
+    assert report["max_relative_error_allowed"] == max(1e-4, 5 * report["float32_noise_floor"])
+    assert report["onnx"]["max_rel_error"] <= report["max_relative_error_allowed"] and report["onnx"]["classes_match"]
+    assert report["savedmodel_s"] > 0 and report["onnx_s"] > 0
+    # Still a real check: one BatchNorm's statistics changed in the Keras model fail verification.
+    layer = [x for x in model.layers if isinstance(x, keras.layers.BatchNormalization)][-1]
+    layer.moving_variance.assign(layer.moving_variance * 1.5)
+    with pytest.raises(export.VerificationError, match="parity failed for onnx"):
+        export.verify(model, onnx_path=result["onnx"])
 
 
 def _dead_pid():
