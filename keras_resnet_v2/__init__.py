@@ -10,7 +10,7 @@ Uses `keras` and `keras.ops` only, so the builders run under the TensorFlow, JAX
 PyTorch backends.
 """
 
-from keras_resnet_v2.layers import ConstantScale, GatedSum, Standardize
+from keras_resnet_v2.layers import ConstantScale, GatedSum, Rematerialized, Standardize
 from keras_resnet_v2.resnet import (
     BLOCKS,
     FAMILIES,
@@ -45,7 +45,7 @@ ensure_recursion_limit()
 
 __all__ = [
     "BLOCKS", "FAMILIES", "IMAGENET_DEPTHS", "POOLINGS", "SHORTCUTS", "SHORTCUT_NAMES",
-    "STRIDE_IN", "UNITS", "UNIT_SPECS", "ConstantScale", "GatedSum", "ResNet", "Standardize",
+    "STRIDE_IN", "UNITS", "UNIT_SPECS", "ConstantScale", "GatedSum", "Rematerialized", "ResNet", "Standardize",
     "ResNet18", "ResNet20", "ResNet32", "ResNet34", "ResNet44", "ResNet50", "ResNet56",
     "ResNet101", "ResNet110", "ResNet152", "ResNet164", "ResNet200", "ResNet1001",
     "ResNet1202", "__version__",

@@ -113,3 +113,57 @@ class Standardize(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "shape": list(self.shape)}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Rematerialized(keras.layers.Layer):
+    """Runs a block (a functional sub-model, one residual unit) with rematerialization.
+
+    In training, only the block's input is kept for the backward pass; its activations are
+    recomputed there (`keras.remat`: `tf.recompute_grad` on TensorFlow, `jax.checkpoint` on
+    JAX), trading compute for memory. The block runs inside a `keras.StatelessScope`, so the
+    BatchNorm moving statistics computed by the forward pass are assigned once, here, and not
+    again by the recomputation (which would apply the momentum twice on TensorFlow). Inference
+    calls the block directly. Random layers (dropout) would draw new masks when recomputed, so
+    the builder refuses `remat=True` with them.
+
+    Example:
+        >>> inputs = keras.Input((4,))
+        >>> block = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+        >>> Rematerialized(block)(keras.ops.ones((1, 4))).shape
+        (1, 2)
+    """
+
+    def __init__(self, block: keras.Model, **kwargs):
+        super().__init__(**kwargs)
+        self.block = block
+        self.built = block.built  # a functional block is built; it owns every weight
+
+    def call(self, inputs, training=None):
+        if not training:
+            return self.block(inputs, training=False)
+        updated = self.block.non_trainable_variables  # the BatchNorm moving statistics
+
+        def forward(x):
+            # Read every variable inside the recomputed function (TensorFlow then differentiates
+            # through the reads; under JAX this picks up the trainer's traced values).
+            with keras.StatelessScope(state_mapping=[(v, v.value) for v in self.block.variables]) as scope:
+                y = self.block(x, training=True)
+            return [y] + [ops.stop_gradient(scope.get_current_value(v)) for v in updated]
+
+        outputs = keras.remat(forward)(inputs)
+        for variable, value in zip(updated, outputs[1:], strict=True):
+            variable.assign(value)
+        return outputs[0]
+
+    def compute_output_shape(self, input_shape):
+        return self.block.compute_output_shape(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "block": keras.saving.serialize_keras_object(self.block)}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["block"] = keras.saving.deserialize_keras_object(config["block"])
+        return cls(**config)

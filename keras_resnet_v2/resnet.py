@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import keras
 
+from keras_resnet_v2.layers import Rematerialized
 from keras_resnet_v2.variants import (
     SHORTCUTS,
     UNIT_SPECS,
@@ -128,6 +129,7 @@ class Config:
     input_shape: tuple
     classes: int
     dtype: Any
+    remat: bool = False
 
 
 def _choices(values: Sequence) -> str:
@@ -244,6 +246,7 @@ def _check_weights_path(weights) -> None:
 def resolve_config(
     depth, *, unit, shortcut, family, block, stride_in, input_shape, input_tensor,
     include_top, pooling, classes, classifier_activation, weights, dtype, name, variant_options,
+    remat: bool = False,
 ) -> Config:
     """Checks every argument of `ResNet` before any layer is built."""
     family, block, units = _resolve_depth(depth, family, block)
@@ -277,13 +280,19 @@ def resolve_config(
             f"keras.config.image_data_format()={keras.config.image_data_format()!r}"
         )
     _check_weights_path(weights)
+    if not isinstance(remat, bool):
+        raise ValueError(f"`remat` must be True or False. Received: remat={remat!r}")
+    if remat and shortcut == "dropout":
+        raise ValueError("`remat=True` recomputes each unit in the backward pass, which would draw new "
+                         "dropout masks: it cannot be combined with shortcut='dropout'. "
+                         f"Received: remat={remat!r}, shortcut={shortcut!r}")
     if name is not None and not (isinstance(name, str) and name):
         raise ValueError(f"`name` must be a non-empty string or None. Received: name={name!r}")
     return Config(
         depth=depth, family=family, block=block, units_per_stage=units, unit=unit,
         shortcut=shortcut, shortcut_options=options, stride_in=stride_in,
         input_shape=_resolve_input_shape(input_shape, input_tensor, FAMILY_SPECS[family]),
-        classes=classes, dtype=_resolve_dtype(dtype),
+        classes=classes, dtype=_resolve_dtype(dtype), remat=remat,
     )
 
 
@@ -365,6 +374,13 @@ def _unit_stride(stage: int, unit: int, units: int, cfg: Config) -> int:
     return 2 if stage < stages and unit == units else 1
 
 
+def rematerialized_unit(ops: _Ops, x, filters: int, stride: int, cfg: Config, name: str):
+    """The same unit as a sub-model whose activations are recomputed in the backward pass."""
+    inputs = keras.Input(shape=x.shape[1:], dtype=x.dtype, name=f"{name}_input")
+    block = keras.Model(inputs, residual_unit(ops, inputs, filters, stride, cfg, name), name=f"{name}_block")
+    return Rematerialized(block, name=name, **ops.kw)(x)
+
+
 def build_features(ops: _Ops, x, cfg: Config):
     """Stem, stages of residual units, and the head's BN-ReLU (no pooling)."""
     family, spec = FAMILY_SPECS[cfg.family], UNIT_SPECS[cfg.unit]
@@ -375,7 +391,8 @@ def build_features(ops: _Ops, x, cfg: Config):
     for stage, (width, units) in enumerate(zip(family.widths, cfg.units_per_stage, strict=True), start=1):
         for unit in range(1, units + 1):
             stride = _unit_stride(stage, unit, units, cfg)
-            x = residual_unit(ops, x, width, stride, cfg, f"stage{stage}_unit{unit}")
+            build_unit = rematerialized_unit if cfg.remat else residual_unit
+            x = build_unit(ops, x, width, stride, cfg, f"stage{stage}_unit{unit}")
     return ops.apply(x, spec.head, "post")
 
 
@@ -454,6 +471,7 @@ def ResNet(
     weights: Union[str, os.PathLike, None] = None,
     dtype: Any = None,
     name: Optional[str] = None,
+    remat: bool = False,
     **variant_options: Any,
 ) -> keras.Model:
     """Builds a residual network of He et al. (2016) as an uncompiled functional model.
@@ -485,6 +503,11 @@ def ResNet(
         weights: None, or a `.keras` / `.weights.h5` file saved from this architecture.
         dtype: dtype or dtype policy for every layer; None follows the global policy.
         name: model name; default `resnet{depth}_{unit}`, made unique in the session.
+        remat: rematerialization (gradient checkpointing): each residual unit becomes a
+            `Rematerialized` sub-model that keeps only its input for the backward pass and
+            recomputes the rest, for deep nets whose activations do not fit in memory
+            (benchmarks/RESULTS.md: peak memory and step time of ResNet-1001). Same
+            weights, outputs and gradients; not with shortcut="dropout".
         **variant_options: options of the chosen shortcut: `shortcut_scale` (0.5) and
             `scale_residual` (True) for "constant_scaling"; `gate_bias` (-6.0) for the
             gating shortcuts; `dropout_rate` (0.5) for "dropout".
@@ -506,7 +529,7 @@ def ResNet(
         stride_in=stride_in, input_shape=input_shape, input_tensor=input_tensor,
         include_top=include_top, pooling=pooling, classes=classes,
         classifier_activation=classifier_activation, weights=weights, dtype=dtype,
-        name=name, variant_options=variant_options,
+        name=name, variant_options=variant_options, remat=remat,
     )
 
     # About ten layers a unit; a few frames of Keras' graph walk per layer.

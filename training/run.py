@@ -58,6 +58,7 @@ class TrainConfig:
     seed: int = 0
     image_size: int | None = None  # default: the dataset's size, or 224 for ImageNet-style data
     eval_size: int | None = None  # also test at this crop (ImageNet-style data; the paper's 320)
+    remat: bool = False  # recompute each unit's activations in the backward pass (less memory)
     verbose: int = 1
     recipe_overrides: dict = field(default_factory=dict)  # any `recipes.Recipe` field
 
@@ -90,7 +91,7 @@ def check_config(config: TrainConfig) -> recipes.Recipe:
     resolve_config(parse_model(config.model), unit=config.unit, shortcut=config.shortcut, family=None, block=None,
                    stride_in="first", input_shape=None, input_tensor=None, include_top=True, pooling=None,
                    classes=None, classifier_activation="softmax", weights=None, dtype=None, name=None,
-                   variant_options=config.variant_options)
+                   variant_options=config.variant_options, remat=config.remat)
     if config.epochs is not None and config.steps is not None:
         raise ValueError(f"Give `epochs` or `steps`, not both. Received: epochs={config.epochs}, steps={config.steps}")
     for name in ("epochs", "steps", "batch_size", "image_size", "eval_size"):
@@ -109,7 +110,7 @@ def build_model(config: TrainConfig, info: data_lib.DatasetInfo, image_size: int
     inputs = keras.Input(shape=shape, name="images")
     x = data_lib.normalization_layer(mean, variance)(inputs)
     return keras_resnet_v2.ResNet(parse_model(config.model), unit=config.unit, shortcut=config.shortcut,
-                                  input_tensor=x, classes=info.num_classes,
+                                  input_tensor=x, classes=info.num_classes, remat=config.remat,
                                   name=f"{config.model}_{config.unit}", **config.variant_options)
 
 

@@ -1,6 +1,6 @@
 """Export benchmark: build, SavedModel export, ONNX export and verification of a deep net.
 
-    python benchmarks/export.py --depth 164 --depth 1001
+    python benchmarks/export_time.py --depth 164 --depth 1001
 
 The model's BatchNorm statistics are calibrated on one batch first (momentum 0, one training
 pass), as after training, so verification compares informative outputs. Prints a Markdown table
