@@ -13,11 +13,11 @@ from training.data import DatasetError, load, normalization_layer, normalization
 from training.loop import NonFiniteLossError, Trainer
 from training.recipes import RECIPES, SGD, Recipe, StepSchedule, get_recipe, make_optimizer, resolve
 from training.run import TrainConfig, evaluate, run
-from training.runtime import make_strategy, set_precision, sync_moving_statistics, wrap_optimizer
+from training.runtime import fuse_batchnorm, make_strategy, set_precision, sync_moving_statistics, wrap_optimizer
 
 __all__ = [
     "RECIPES", "SGD", "AtomicModelCheckpoint", "DatasetError", "HistoryCSV", "NonFiniteLossError", "Recipe",
     "StepSchedule", "TrainConfig", "Trainer", "TrainingCurves", "evaluate", "get_recipe", "load",
-    "make_optimizer", "make_strategy", "normalization_layer", "normalization_statistics", "pipeline",
+    "fuse_batchnorm", "make_optimizer", "make_strategy", "normalization_layer", "normalization_statistics", "pipeline",
     "resolve", "run", "set_precision", "sync_moving_statistics", "wrap_optimizer",
 ]

@@ -72,6 +72,7 @@ def _train_parser() -> argparse.ArgumentParser:
                    help="lr boundaries in the recipe's units, comma-separated")
     for name, kind in RECIPE_FLAGS.items():
         p.add_argument("--" + name.replace("_", "-"), type=kind)
+    p.add_argument("--fused-batchnorm", type=_bool, help="train BatchNorm through TF's fused kernel (default true)")
     p.add_argument("--remat", action="store_true",
                    help="rematerialize each residual unit: much less memory, more compute per step")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -59,6 +59,7 @@ class TrainConfig:
     image_size: int | None = None  # default: the dataset's size, or 224 for ImageNet-style data
     eval_size: int | None = None  # also test at this crop (ImageNet-style data; the paper's 320)
     remat: bool = False  # recompute each unit's activations in the backward pass (less memory)
+    fused_batchnorm: bool = True  # train BatchNorm through TensorFlow's fused kernel (runtime.fuse_batchnorm)
     verbose: int = 1
     recipe_overrides: dict = field(default_factory=dict)  # any `recipes.Recipe` field
 
@@ -206,6 +207,8 @@ def run(config: TrainConfig) -> dict:
     mean, variance = data_lib.normalization_statistics(splits.train, recipe.normalization)
     with strategy.scope():
         model = build_model(config, info, image_size, mean, variance)
+        if config.fused_batchnorm:
+            runtime.fuse_batchnorm(model)
         optimizer = runtime.wrap_optimizer(recipes.make_optimizer(recipe, schedule), config.precision)
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="completed_epochs")
     trainer = Trainer(model, optimizer, strategy, global_batch)

@@ -27,6 +27,7 @@ runtime.per_replica_batch(global_batch, strategy)
 keras.utils.set_random_seed(0)
 with strategy.scope():
     model = keras_resnet_v2.ResNet(8, input_shape=(16, 16, 3), classes=4)
+    assert runtime.fuse_batchnorm(model) == 7  # as run() trains
     recipe = recipes.get_recipe("paper_cifar", batch_size=global_batch)
     schedule = recipes.resolve(recipe, global_batch, 2, steps=3)
     optimizer = runtime.wrap_optimizer(recipes.make_optimizer(recipe, schedule), precision)
