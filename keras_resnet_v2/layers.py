@@ -117,7 +117,7 @@ class Standardize(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class Rematerialized(keras.layers.Layer):
-    """Runs a block (a functional sub-model, one residual unit) with rematerialization.
+    """Runs a block (a functional sub-model: consecutive residual units) with rematerialization.
 
     In training, only the block's input is kept for the backward pass; its activations are
     recomputed there (`keras.remat`: `tf.recompute_grad` on TensorFlow, `jax.checkpoint` on

@@ -374,11 +374,28 @@ def _unit_stride(stage: int, unit: int, units: int, cfg: Config) -> int:
     return 2 if stage < stages and unit == units else 1
 
 
-def rematerialized_unit(ops: _Ops, x, filters: int, stride: int, cfg: Config, name: str):
-    """The same unit as a sub-model whose activations are recomputed in the backward pass."""
-    inputs = keras.Input(shape=x.shape[1:], dtype=x.dtype, name=f"{name}_input")
-    block = keras.Model(inputs, residual_unit(ops, inputs, filters, stride, cfg, name), name=f"{name}_block")
-    return Rematerialized(block, name=name, **ops.kw)(x)
+def remat_segment_units(total_units: int) -> int:
+    """Units per rematerialized segment: about sqrt(total), so that the segment inputs kept for the
+    backward pass and one segment's recomputed activations cost about the same memory."""
+    return max(1, round(math.sqrt(total_units)))
+
+
+def _units(cfg: Config) -> list[tuple[int, int, str]]:
+    """(width, stride, name) of every residual unit, in order."""
+    return [(width, _unit_stride(stage, unit, units, cfg), f"stage{stage}_unit{unit}")
+            for stage, (width, units) in enumerate(zip(FAMILY_SPECS[cfg.family].widths, cfg.units_per_stage,
+                                                       strict=True), start=1)
+            for unit in range(1, units + 1)]
+
+
+def _rematerialized_segment(ops: _Ops, x, segment, cfg: Config):
+    """Consecutive units as one sub-model whose activations are recomputed in the backward pass."""
+    first, last = segment[0][2], segment[-1][2]
+    name = first if first == last else f"{first}_to_{last}"
+    inputs = y = keras.Input(shape=x.shape[1:], dtype=x.dtype, name=f"{name}_input")
+    for width, stride, unit_name in segment:
+        y = residual_unit(ops, y, width, stride, cfg, unit_name)
+    return Rematerialized(keras.Model(inputs, y, name=f"{name}_block"), name=name, **ops.kw)(x)
 
 
 def build_features(ops: _Ops, x, cfg: Config):
@@ -388,11 +405,14 @@ def build_features(ops: _Ops, x, cfg: Config):
     x = ops.apply(x, spec.stem, "stem")
     if family.stem_pool:
         x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool", **ops.kw)(x)
-    for stage, (width, units) in enumerate(zip(family.widths, cfg.units_per_stage, strict=True), start=1):
-        for unit in range(1, units + 1):
-            stride = _unit_stride(stage, unit, units, cfg)
-            build_unit = rematerialized_unit if cfg.remat else residual_unit
-            x = build_unit(ops, x, width, stride, cfg, f"stage{stage}_unit{unit}")
+    units = _units(cfg)
+    if cfg.remat:
+        size = remat_segment_units(len(units))
+        for start in range(0, len(units), size):
+            x = _rematerialized_segment(ops, x, units[start:start + size], cfg)
+    else:
+        for width, stride, name in units:
+            x = residual_unit(ops, x, width, stride, cfg, name)
     return ops.apply(x, spec.head, "post")
 
 
@@ -503,11 +523,12 @@ def ResNet(
         weights: None, or a `.keras` / `.weights.h5` file saved from this architecture.
         dtype: dtype or dtype policy for every layer; None follows the global policy.
         name: model name; default `resnet{depth}_{unit}`, made unique in the session.
-        remat: rematerialization (gradient checkpointing): each residual unit becomes a
-            `Rematerialized` sub-model that keeps only its input for the backward pass and
-            recomputes the rest, for deep nets whose activations do not fit in memory
-            (benchmarks/RESULTS.md: peak memory and step time of ResNet-1001). Same
-            weights, outputs and gradients; not with shortcut="dropout".
+        remat: rematerialization (gradient checkpointing): runs of about sqrt(units)
+            consecutive residual units become `Rematerialized` sub-models that keep only
+            their input for the backward pass and recompute the rest, for deep nets whose
+            activations do not fit in memory (benchmarks/RESULTS.md: peak memory and step
+            time of ResNet-1001). Same weights, outputs and gradients; not with
+            shortcut="dropout".
         **variant_options: options of the chosen shortcut: `shortcut_scale` (0.5) and
             `scale_residual` (True) for "constant_scaling"; `gate_bias` (-6.0) for the
             gating shortcuts; `dropout_rate` (0.5) for "dropout".

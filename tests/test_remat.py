@@ -35,8 +35,9 @@ def _train_step(model, x, y):
 @pytest.mark.parametrize("case", CASES, ids=["preact_bottleneck", "original_gated"])
 def test_remat_model_is_the_same_network(case, images):
     plain, remat = _pair(case)
-    units = [layer for layer in remat.layers if isinstance(layer, krv2.Rematerialized)]
-    assert len(units) == 3 and [u.name for u in units] == ["stage1_unit1", "stage2_unit1", "stage3_unit1"]
+    # Three units: segments of round(sqrt(3)) = 2 units.
+    segments = [layer for layer in remat.layers if isinstance(layer, krv2.Rematerialized)]
+    assert [s.name for s in segments] == ["stage1_unit1_to_stage2_unit1", "stage3_unit1"]
     assert remat.count_params() == plain.count_params()
     # Weight paths are the flat model's (the unit's layers keep their names inside the block).
     assert sorted(w.path for w in remat.weights) == sorted(w.path for w in plain.weights)
@@ -62,9 +63,17 @@ def test_remat_model_round_trips_through_keras_file(tmp_path, images):
     path = str(tmp_path / "remat.keras")
     model.save(path)
     loaded = keras.models.load_model(path, safe_mode=True)
-    assert isinstance(loaded.get_layer("stage2_unit1"), krv2.Rematerialized)
+    assert isinstance(loaded.get_layer("stage3_unit1"), krv2.Rematerialized)
     x = images((2, 16, 16, 3))
     np.testing.assert_array_equal(np.asarray(loaded(x, training=False)), np.asarray(model(x, training=False)))
+
+
+def test_remat_segments_are_about_sqrt_of_the_units():
+    model = krv2.ResNet(164, remat=True)  # 54 units: segments of 7
+    segments = [layer for layer in model.layers if isinstance(layer, krv2.Rematerialized)]
+    assert len(segments) == 8 and segments[0].name == "stage1_unit1_to_stage1_unit7"
+    assert segments[2].name == "stage1_unit15_to_stage2_unit3"  # a segment may span stages
+    assert sum(len(s.block.layers) for s in segments) > 500
 
 
 def test_remat_arguments_are_checked():

@@ -90,6 +90,45 @@ def _eval_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _sweep_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="resnet-v2-train sweep",
+                                description="Every row of the paper's Table 1, 2 or 3, one run per row and seed.")
+    p.add_argument("--table", type=int, required=True, choices=(1, 2, 3))
+    p.add_argument("--dataset", default="cifar10")
+    p.add_argument("--model", default="resnet110")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=int)
+    length.add_argument("--steps", type=int)
+    p.add_argument("--seeds", type=int, default=1, help="runs per row (seeds 0..K-1)")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--recipe", choices=tuple(RECIPES), default="paper_cifar")
+    p.add_argument("--precision", default="float32", help=f"one of {PRECISIONS}")
+    p.add_argument("--strategy", default="auto", help=f"one of {STRATEGIES}")
+    p.add_argument("--data-dir")
+    p.add_argument("--dry-run", action="store_true", help="list the rows and run directories, train nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def sweep_main(argv: Sequence[str]) -> int:
+    from training.sweep import run_sweep
+
+    args = _sweep_parser().parse_args(argv)
+    results = run_sweep(args.table, run_dir=args.run_dir, dataset=args.dataset, model=args.model, seeds=args.seeds,
+                        dry_run=args.dry_run, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size,
+                        recipe=args.recipe, precision=args.precision, strategy=args.strategy,
+                        data_dir=args.data_dir, verbose=0 if args.quiet else 1)
+    if args.dry_run:
+        for r in results:
+            print(f"table {r['table']} | {r['label']} | unit={r['unit']} shortcut={r['shortcut']} "
+                  f"options={json.dumps(r['options'])} seed={r['seed']} | paper {r['paper_error'] or '-'} | "
+                  f"{r['run_dir']}")
+    else:
+        print(open(os.path.join(args.run_dir, "results.md")).read())
+    return 0
+
+
 def read_config_file(path: str) -> dict:
     if not os.path.isfile(path):
         raise ValueError(f"`config` file not found. Received: config={path!r}")
@@ -139,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = evaluate(args.model, args.dataset, args.data_dir, args.batch_size, args.eval_size)
             print(json.dumps(result, indent=2))
             return 0
+        if argv[:1] == ["sweep"]:
+            return sweep_main(argv[1:])
         from training.run import run
 
         result = run(config_from_args(argv))
