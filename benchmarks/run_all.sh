@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Every benchmark in one command (about 40 minutes on a 2-core CPU); Markdown to stdout.
+#   pip install -e . -r benchmarks/requirements.txt && bash benchmarks/run_all.sh | tee results.md
+# GPU mode of the training benchmark: python benchmarks/train.py --device gpu --precision mixed_float16
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+date -u; python -c 'import platform, tensorflow, keras; print(platform.processor() or platform.machine(), "TF", tensorflow.__version__, "Keras", keras.__version__)'
+python benchmarks/train.py --model resnet164 --model resnet50
+python benchmarks/pipeline.py
+python benchmarks/resnet1001.py
+python benchmarks/export_time.py --depth 164 --depth 1001
+python benchmarks/build.py

@@ -1,0 +1,249 @@
+"""Training-throughput benchmark: keras_resnet_v2 against its peers, side by side in one process.
+
+    python benchmarks/train.py                                  # ResNet-164 and ResNet-50, all peers
+    python benchmarks/train.py --model resnet164 --peers ours,torch --repeats 5
+    python benchmarks/train.py --device gpu --precision mixed_float16 [--strategy mirrored]
+
+Each peer trains the same architecture on random data (SGD momentum 0.9, softmax
+cross-entropy, fp32) and is timed in steady state: `--steps` steps after `--warmup` steps, the
+median step time of one run, images/s = batch / that. Peers run alternately, `--repeats` rounds,
+and the table gives each peer's median over rounds and its ratio to PyTorch.
+
+Peers: `ours` (`keras_resnet_v2` through `model.fit` after `training.fuse_batchnorm`, the way
+`resnet-v2-train` trains), `ours_keras_bn` (the same without it: Keras' own BatchNorm), `torch` (the same
+network written plainly in PyTorch, channels-last: benchmarks/torch_resnet.py, parameter count
+checked), and for ResNet-50 `keras_applications` (`keras.applications.ResNet50V2`) and
+`keras_hub` (`keras_hub.models.ResNetBackbone`, pre-activation, with an average-pool + dense head).
+
+GFLOP/s counts 3x the forward multiply-adds x 2 (forward, and backward for inputs and weights)
+of the convolutions and the classifier. The fp32 peak is cores x clock x FLOP/cycle/core, the
+last from the CPU flags: 2 FMA units x 16 lanes (AVX-512) or 8 (AVX2) x 2; override it with
+`--peak-gflops` when the clock or the FMA-unit count is known better.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_resnet_v2 as krv2  # noqa: E402
+
+CONFIGS = {  # model -> (depth, input side, classes, batch, peers)
+    "resnet164": (164, 32, 10, 64, ("ours", "ours_keras_bn", "torch")),
+    "resnet50": (50, 224, 1000, 16, ("ours", "ours_keras_bn", "torch", "keras_applications", "keras_hub")),
+    "resnet1001": (1001, 32, 10, 64, ("ours", "ours_keras_bn", "torch")),
+}
+
+
+# ------------------------------------------------------------------ arithmetic
+
+
+def forward_macs(model: keras.Model) -> int:
+    """Multiply-adds of one image's forward pass through the convolutions and dense layers."""
+    total = 0
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.Conv2D):
+            _, h, w, c_out = layer.output.shape
+            k_h, k_w, c_in, _ = layer.kernel.shape
+            total += h * w * c_out * k_h * k_w * c_in
+        elif isinstance(layer, keras.layers.Dense):
+            total += int(np.prod(layer.kernel.shape))
+    return total
+
+
+def fp32_peak_gflops() -> tuple[float, str]:
+    flags, mhz = "", 0.0
+    with open("/proc/cpuinfo") as handle:
+        for line in handle:
+            if line.startswith("flags") and not flags:
+                flags = line
+            elif line.startswith("cpu MHz"):
+                mhz = max(mhz, float(line.split(":")[1]))
+    lanes = 16 if " avx512f" in flags else 8 if " avx2" in flags else 4
+    cores = len(os.sched_getaffinity(0))
+    per_cycle = 2 * lanes * 2
+    return cores * mhz / 1e3 * per_cycle, f"{cores} cores x {mhz / 1e3:.2f} GHz x {per_cycle} FLOP/cycle"
+
+
+# ------------------------------------------------------------------ peers
+
+
+class StepTimes(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.ends: list[float] = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        float(logs["loss"])  # waits for the step's result
+        self.ends.append(time.perf_counter())
+
+
+def keras_peer(model: keras.Model, side: int, classes: int, batch: int, precision: str):
+    """`model` was built under the precision policy and in the strategy's scope; compiles it there."""
+    import tensorflow as tf
+
+    from training import runtime
+
+    images = np.random.default_rng(0).uniform(0, 255, (batch, side, side, 3)).astype("float32")
+    labels = np.random.default_rng(1).integers(0, classes, batch)
+    data = tf.data.Dataset.from_tensors((images, labels)).repeat().prefetch(2)
+    model.compile(optimizer=runtime.wrap_optimizer(keras.optimizers.SGD(0.01, momentum=0.9), precision),
+                  loss=keras.losses.SparseCategoricalCrossentropy())
+
+    def run(steps: int) -> list[float]:
+        timer = StepTimes()
+        model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[timer])
+        return list(np.diff(timer.ends))
+
+    return run
+
+
+def torch_peer(depth: int, side: int, classes: int, batch: int, device: str, precision: str):
+    import torch
+
+    from benchmarks.torch_resnet import PreActResNet
+
+    torch.manual_seed(0)
+    model = PreActResNet(depth, classes).to(device=device, memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    images = torch.rand(batch, 3, side, side, device=device).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, classes, (batch,), device=device)
+    autocast = {"mixed_float16": torch.float16, "mixed_bfloat16": torch.bfloat16}.get(precision)
+    scaler = torch.amp.GradScaler(device, enabled=precision == "mixed_float16")
+
+    def run(steps: int) -> list[float]:
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device, dtype=autocast, enabled=autocast is not None):
+                loss = loss_fn(model(images), labels)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss.item()
+            times.append(time.perf_counter() - start)
+        return times
+
+    return run, sum(p.numel() for p in model.parameters())
+
+
+def keras_hub_resnet50(classes: int) -> keras.Model:
+    import keras_hub
+
+    backbone = keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64], input_conv_kernel_sizes=[7], stackwise_num_filters=[64, 128, 256, 512],
+        stackwise_num_blocks=[3, 4, 6, 3], stackwise_num_strides=[1, 2, 2, 2],
+        block_type="bottleneck_block", use_pre_activation=True, image_shape=(224, 224, 3))
+    x = keras.layers.GlobalAveragePooling2D()(backbone.output)
+    return keras.Model(backbone.input, keras.layers.Dense(classes, activation="softmax")(x))
+
+
+def build(peer: str, depth: int, side: int, classes: int):
+    from training import runtime
+
+    if peer.startswith("ours"):
+        model = krv2.ResNet(depth, input_shape=(side, side, 3), classes=classes)
+        if peer == "ours":
+            runtime.fuse_batchnorm(model)
+        return model
+    if peer == "keras_applications":
+        return keras.applications.ResNet50V2(weights=None, classes=classes)
+    if peer == "keras_hub":
+        return keras_hub_resnet50(classes)
+    raise ValueError(f"unknown peer {peer!r}")
+
+
+# ------------------------------------------------------------------ main
+
+
+def measure(name: str, args) -> None:
+    depth, side, classes, batch, default_peers = CONFIGS[name]
+    batch = args.batch_size or batch
+    peers = args.peers.split(",") if args.peers else list(default_peers)
+    bad = [p for p in peers if p not in default_peers]
+    if bad:
+        raise SystemExit(f"--peers for {name} must be among {', '.join(default_peers)}. Received: {bad}")
+    from training import runtime
+
+    runtime.set_precision(args.precision)  # before any Keras model is built
+    strategy = runtime.make_strategy(args.strategy)
+    runtime.per_replica_batch(batch, strategy)  # a global batch that splits evenly
+    runners, macs = {}, None
+    for peer in peers:
+        if peer == "torch":  # one device: the PyTorch peer is the single-GPU (or CPU) reference
+            runners[peer], torch_params = torch_peer(depth, side, classes, batch,
+                                                     "cuda" if args.device == "gpu" else "cpu", args.precision)
+            continue
+        with strategy.scope():
+            model = build(peer, depth, side, classes)
+            if peer == "ours":
+                macs = forward_macs(model)
+                ours_params = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+            runners[peer] = keras_peer(model, side, classes, batch, args.precision)
+    if "torch" in runners and "ours" in runners and torch_params != ours_params:
+        raise SystemExit(f"PyTorch peer has {torch_params:,} parameters, ours {ours_params:,}: not the same net")
+    for run in runners.values():  # compile / first steps, not timed
+        run(args.warmup)
+    rates: dict[str, list[float]] = {peer: [] for peer in peers}
+    for _ in range(args.repeats):
+        for peer, run in runners.items():
+            rates[peer].append(batch / statistics.median(run(args.steps)))
+    if args.device == "gpu":
+        peak, how = args.peak_gflops or float("nan"), "give --peak-gflops for the GPU's peak"
+    else:
+        peak, how = (args.peak_gflops, "given") if args.peak_gflops else fp32_peak_gflops()
+    flops = 6 * macs if macs else None
+    print(f"\n{name}: batch {batch}, {side}x{side}, {args.precision}, {runtime.strategy_name(strategy)} "
+          f"({strategy.num_replicas_in_sync} replicas), {args.repeats} rounds x {args.steps} steps; "
+          f"train GFLOP/image {flops / 1e9:.2f}; fp32 peak {peak:.0f} GFLOP/s ({how})")
+    print("| peer | images/s (median) | step ms | rounds (images/s) | vs torch | GFLOP/s | % of peak |")
+    print("|---|---|---|---|---|---|---|")
+    base = statistics.median(rates["torch"]) if "torch" in rates else None
+    for peer in peers:
+        rate = statistics.median(rates[peer])
+        gflops = rate * flops / 1e9
+        ratio = f"{rate / base:.2f}" if base else "-"
+        spread = ", ".join(f"{r:.1f}" for r in rates[peer])
+        print(f"| {peer} | {rate:.1f} | {1e3 * batch / rate:.0f} | {spread} | {ratio} | {gflops:.0f} | "
+              f"{100 * gflops / peak:.0f}% |", flush=True)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", action="append", choices=sorted(CONFIGS),
+                        help="repeatable; default resnet164 and resnet50")
+    parser.add_argument("--peers", help="comma-separated subset of the model's peers")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--precision", choices=("float32", "mixed_float16", "mixed_bfloat16"), default="float32")
+    parser.add_argument("--strategy", choices=("default", "mirrored"), default="default")
+    parser.add_argument("--peak-gflops", type=float)
+    args = parser.parse_args(argv)
+    if args.device == "gpu":
+        import tensorflow as tf
+
+        if not tf.config.list_physical_devices("GPU"):
+            raise SystemExit("--device gpu: TensorFlow sees no GPU on this machine")
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # set before TensorFlow initialises its devices
+    for name in args.model or ["resnet164", "resnet50"]:
+        keras.backend.clear_session()
+        measure(name, args)
+
+
+if __name__ == "__main__":
+    main()
