@@ -1,0 +1,34 @@
+"""Gradient-flow diagnostic (issue 6, paper Eqn. 5): ||dL/dx_l|| at every unit input."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_resnet_v2 as krv2
+from training import diagnostics
+
+
+@pytest.mark.parametrize("unit", ["full_preact", "original"])
+def test_unit_gradient_norms(unit, images, tmp_path):
+    model = krv2.ResNet(20, unit=unit, input_shape=(16, 16, 3))
+    x, y = images((4, 16, 16, 3)), np.array([0, 1, 2, 3])
+    statistics = [v.numpy() for v in model.non_trainable_variables]
+    norms = diagnostics.unit_gradient_norms(model, x, y)
+    assert [name for name, _ in norms] == ["input"] + [f"stage{s}_unit{u}" for s in (1, 2, 3) for u in (1, 2, 3)]
+    assert all(np.isfinite(v) and v > 0 for _, v in norms)
+    for before, after in zip(statistics, model.non_trainable_variables, strict=True):
+        np.testing.assert_array_equal(before, after.numpy())  # the probe does not move BN statistics
+    # The input's entry is the plain gradient of the same loss with respect to the images.
+    images_t = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(images_t)
+        loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, model(images_t, training=True)))
+    assert norms[0][1] == pytest.approx(float(tf.norm(tape.gradient(loss, images_t))), rel=1e-4)
+    diagnostics.plot_gradient_norms({unit: norms}, str(tmp_path / "g.png"))
+    assert (tmp_path / "g.png").stat().st_size > 5_000
+
+
+def test_remat_models_are_refused():
+    with pytest.raises(ValueError, match="build it without remat"):
+        diagnostics.unit_inputs(krv2.ResNet(20, remat=True))
