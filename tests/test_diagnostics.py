@@ -32,3 +32,22 @@ def test_unit_gradient_norms(unit, images, tmp_path):
 def test_remat_models_are_refused():
     with pytest.raises(ValueError, match="build it without remat"):
         diagnostics.unit_inputs(krv2.ResNet(20, remat=True))
+
+
+def test_train_steps_records_each_steps_loss_before_its_update(images, tmp_path):
+    keras.utils.set_random_seed(0)
+    model = krv2.ResNet(8, unit="original", input_shape=(16, 16, 3), classes=4)
+    x, y = images((8, 16, 16, 3)), np.array([0, 1, 2, 3] * 2)
+    dataset = tf.data.Dataset.from_tensors((x, y))
+    kernel = model.get_layer("predictions").kernel.numpy()
+    # Keras' own loss on that batch in training mode, before any update, equals the first entry.
+    expected = float(keras.losses.sparse_categorical_crossentropy(y, model(x, training=True)).numpy().mean())
+    losses = diagnostics.train_steps(model, dataset, steps=5)
+    assert len(losses) == 5 and all(np.isfinite(losses))
+    assert losses[0] == pytest.approx(expected, rel=1e-4)
+    assert losses[-1] < losses[0]  # five steps on one batch: the loss goes down
+    assert not np.allclose(kernel, model.get_layer("predictions").kernel.numpy())
+    diagnostics.plot_training_loss({"original": losses}, str(tmp_path / "loss.png"))
+    assert (tmp_path / "loss.png").stat().st_size > 5_000
+    with pytest.raises(ValueError, match="steps=0"):
+        diagnostics.train_steps(model, dataset, steps=0)

@@ -60,6 +60,9 @@ def test_sigkill_then_rerun_resumes_and_keeps_history(tmp_path):
     assert not leftovers
     config = json.loads((run_dir / "config.json").read_text())
     assert config["schedule"]["total_steps"] == 88 and config["global_batch"] == 64
+    # Linear scaling against the recipe's batch 128 (FACTS.md: lr 0.1, warm-up 0.01): half at batch 64.
+    assert config["recipe_values"]["batch_size"] == 128
+    assert config["schedule"]["values"] == pytest.approx([0.005, 0.05, 0.005, 0.0005])
 
     # The export the run asked for: verified, with the run's metadata.
     report = json.loads((export_dir / "savedmodel" / "1.verification.json").read_text())

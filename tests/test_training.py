@@ -204,7 +204,7 @@ def test_callbacks_work_in_model_fit(tmp_path):
     """The pieces in plain `model.fit`: recipe optimizer, pipeline, history, curves, checkpoints."""
     splits = data.load_digits(image_size=8)
     model = keras_resnet_v2.ResNet(8, input_shape=(8, 8, 3), classes=10)
-    recipe = recipes.get_recipe("paper_cifar", batch_size=64)
+    recipe = recipes.get_recipe("paper_cifar")  # lr 0.1 at batch 128; resolve scales it to 64
     schedule = recipes.resolve(recipe, 64, 22, epochs=2)
     model.compile(optimizer=recipes.make_optimizer(recipe, schedule), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])

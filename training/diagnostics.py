@@ -46,20 +46,74 @@ def unit_gradient_norms(model: keras.Model, images, labels, training: bool = Tru
     """
     names, tensors = zip(*unit_inputs(model), strict=True)
     probe = keras.Model(model.inputs, [model.inputs[0], *tensors, model.outputs[0]])
-    from_logits = getattr(model.layers[-1], "activation", None) is not keras.activations.softmax
     moving = [(v, v.numpy()) for v in model.non_trainable_variables]
     images = tf.convert_to_tensor(np.asarray(images, dtype="float32"))
     with tf.GradientTape() as tape:
         tape.watch(images)
         *points, outputs = probe(images, training=training)  # eager: every intermediate is on the tape
-        loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
-            tf.convert_to_tensor(labels), tf.cast(outputs, tf.float32), from_logits=from_logits))
+        loss = _mean_loss(model, labels, outputs)
     points[0] = images
     gradients = tape.gradient(loss, points)
     for variable, value in moving:
         variable.assign(value)
     return [(name, float(tf.norm(tf.cast(g, tf.float32)))) for name, g in
             zip(("input", *names), gradients, strict=True)]
+
+
+def _mean_loss(model: keras.Model, labels, outputs) -> tf.Tensor:
+    """Mean sparse categorical cross-entropy of `model`'s outputs (probabilities, or logits without softmax)."""
+    from_logits = getattr(model.layers[-1], "activation", None) is not keras.activations.softmax
+    return tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+        tf.convert_to_tensor(labels), tf.cast(outputs, tf.float32), from_logits=from_logits))
+
+
+def train_steps(model: keras.Model, dataset: tf.data.Dataset, steps: int, learning_rate: float = 0.01) -> list[float]:
+    """Trains `steps` SGD steps on `dataset` and returns every step's training loss (the paper's Fig. 1).
+
+    The optimizer is the CIFAR recipe's (Nesterov momentum 0.9, weight decay 1e-4 on kernels) at its
+    warm-up learning rate 0.01, the rate of the paper's first 400 iterations. Each entry is the loss
+    on that step's batch before its update, unsmoothed.
+
+    Example:
+        >>> losses = train_steps(model, data_lib.pipeline(...), steps=300)
+    """
+    from training import recipes
+
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"`steps` must be a positive integer. Received: steps={steps!r}")
+    optimizer = recipes.SGD(learning_rate=learning_rate, momentum=0.9, nesterov=True)
+    optimizer.build(model.trainable_variables)
+
+    @tf.function
+    def step(images, labels):
+        with tf.GradientTape() as tape:
+            loss = _mean_loss(model, labels, model(images, training=True))
+        optimizer.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+        return loss
+
+    return [float(step(images, labels)) for images, labels in dataset.repeat().take(steps)]
+
+
+def plot_training_loss(curves: dict[str, list[float]], png_path: str, title: str = "") -> None:
+    """Training loss against iterations, one line per entry of `curves` (raw, and a 20-step moving mean)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from training.callbacks import atomic_write
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, losses in curves.items():
+        line, = ax.plot(range(1, len(losses) + 1), losses, alpha=0.3)
+        window = min(20, len(losses))
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax.plot(range(window, len(losses) + 1), smooth, color=line.get_color(), label=label)
+    ax.set(xlabel="iterations", ylabel="training loss", title=title)
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
 
 
 def plot_gradient_norms(curves: dict[str, list[tuple[str, float]]], png_path: str, title: str = "") -> None:
@@ -83,47 +137,59 @@ def plot_gradient_norms(curves: dict[str, list[tuple[str, float]]], png_path: st
 
 
 def main(argv=None) -> None:
-    """python -m training.diagnostics --model resnet1001 --unit original --unit full_preact --out g.png"""
+    """python -m training.diagnostics --model resnet1001 --steps 100 --out g.png (also g_loss.png, g.json)"""
     import argparse
     import json
 
     from training import data as data_lib
-    from training import recipes
+    from training import runtime
     from training.run import parse_model
 
-    parser = argparse.ArgumentParser(description="||dL/dx_l|| across depth on a batch of the digits data, at "
-                                     "initialization and after --steps SGD steps at the warm-up lr 0.01 (Eqn. 5).")
+    parser = argparse.ArgumentParser(description="||dL/dx_l|| across depth on a batch of the digits data at "
+                                     "initialization and after --steps SGD steps at the warm-up lr 0.01 (Eqn. 5), "
+                                     "and the training loss of every step (Fig. 1).")
     parser.add_argument("--model", default="resnet1001")
     parser.add_argument("--unit", action="append", help="repeatable; default original and full_preact")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=0, help="also measure after this many training steps")
+    parser.add_argument("--steps", type=int, default=0, help="also train this many steps, then measure again")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", required=True, help="PNG path; the norms go to the same path with .json")
+    parser.add_argument("--out", required=True, help="PNG path; the loss curves go to <stem>_loss.png and "
+                        "every figure to <stem>.json")
     args = parser.parse_args(argv)
+    if args.steps < 0:
+        parser.error(f"--steps must be >= 0. Received: {args.steps}")
+    depth = parse_model(args.model)
     splits = data_lib.load("digits")
     train = data_lib.pipeline(splits.train, splits.info, args.batch_size, training=True, seed=args.seed)
     images, labels = next(iter(train))
     mean, variance = data_lib.normalization_statistics(splits.train, "per_pixel")
-    curves = {}
+    stem = args.out.rsplit(".", 1)[0]
+    norms, losses = {}, {}
     for unit in args.unit or ["original", "full_preact"]:
-        keras.utils.set_random_seed(args.seed)
+        keras.utils.set_random_seed(args.seed)  # same initial weights and batches for every unit
         inputs = keras.Input((32, 32, 3))
         x = data_lib.normalization_layer(mean, variance)(inputs)
-        model = keras_resnet_v2.ResNet(parse_model(args.model), unit=unit, input_tensor=x, classes=10)
-        curves[f"{unit}, initialization"] = unit_gradient_norms(model, images, labels)
+        model = keras_resnet_v2.ResNet(depth, unit=unit, input_tensor=x, classes=10)
+        runtime.fuse_batchnorm(model)  # same numbers as Keras BN, faster (tests/test_fused_batchnorm.py)
+        norms[f"{unit}, initialization"] = unit_gradient_norms(model, images, labels)
         if args.steps:
-            # The recipe's warm-up learning rate (FACTS.md: 0.01 for the first 400 iterations).
-            model.compile(optimizer=recipes.SGD(learning_rate=0.01, momentum=0.9, nesterov=True),
-                          loss=keras.losses.SparseCategoricalCrossentropy())
-            model.fit(train, steps_per_epoch=args.steps, epochs=1, verbose=0)
-            curves[f"{unit}, after {args.steps} steps"] = unit_gradient_norms(model, images, labels)
-    plot_gradient_norms(curves, args.out, f"{args.model}: gradient norm at each unit input, digits batch")
-    with open(args.out.rsplit(".", 1)[0] + ".json", "w") as handle:
-        json.dump(curves, handle)
-    for label, norms in curves.items():
-        units = [v for name, v in norms if name != "input"]
-        print(f"{label}: first unit {units[0]:.3g}, last unit {units[-1]:.3g}, min {min(units):.3g}, "
+            losses[unit] = train_steps(model, train, args.steps)
+            norms[f"{unit}, after {args.steps} steps"] = unit_gradient_norms(model, images, labels)
+    title = f"{args.model} on digits, batch {args.batch_size}"
+    plot_gradient_norms(norms, args.out, f"{title}: gradient norm at each unit input")
+    if losses:
+        plot_training_loss(losses, f"{stem}_loss.png", f"{title}, lr 0.01: training loss")
+    with open(f"{stem}.json", "w") as handle:
+        json.dump({"model": args.model, "batch_size": args.batch_size, "seed": args.seed, "steps": args.steps,
+                   "gradient_norms": norms, "training_loss": losses}, handle)
+    for label, curve in norms.items():
+        units = [v for name, v in curve if name != "input"]
+        print(f"{label}: ||dL/dx_l|| first unit {units[0]:.3g}, last unit {units[-1]:.3g}, min {min(units):.3g}, "
               f"max {max(units):.3g}")
+    for unit, curve in losses.items():
+        tail = curve[-20:]
+        print(f"{unit}: training loss first step {curve[0]:.3f}, mean of last {len(tail)} steps "
+              f"{sum(tail) / len(tail):.3f}")
 
 
 if __name__ == "__main__":
