@@ -140,6 +140,7 @@ def main(argv=None) -> None:
     """python -m training.diagnostics --model resnet1001 --steps 100 --out g.png (also g_loss.png, g.json)"""
     import argparse
     import json
+    import os
 
     from training import data as data_lib
     from training import runtime
@@ -164,6 +165,7 @@ def main(argv=None) -> None:
     images, labels = next(iter(train))
     mean, variance = data_lib.normalization_statistics(splits.train, "per_pixel")
     stem = args.out.rsplit(".", 1)[0]
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     norms, losses = {}, {}
     for unit in args.unit or ["original", "full_preact"]:
         keras.utils.set_random_seed(args.seed)  # same initial weights and batches for every unit
