@@ -145,14 +145,14 @@ def run_sweep(table: int, *, run_dir: str, dataset: str = "cifar10", model: str 
     return results
 
 
-def _mean_spread(values: list[float]) -> str:
+def _mean_spread(values: list[float], fmt: str = ".2f") -> str:
     values = [v for v in values if not math.isnan(v)]
     if not values:
         return "-"
     if len(values) == 1:
-        return f"{values[0]:.2f}"
+        return f"{values[0]:{fmt}}"
     mean, sd = statistics.mean(values), statistics.stdev(values)
-    return f"{mean:.2f} ± {sd:.2f} (min {min(values):.2f}, max {max(values):.2f})"
+    return f"{mean:{fmt}} ± {sd:{fmt}} (min {min(values):{fmt}}, max {max(values):{fmt}})"
 
 
 def write_results(results: list[dict], run_dir: str) -> None:
@@ -177,7 +177,7 @@ def write_results(results: list[dict], run_dir: str) -> None:
         diverged = sum(r["status"] == "diverged" for r in runs)
         count = f"{len(runs)}" + (f" ({diverged} diverged)" if diverged else "")
         lines.append(f"| {first['label']} | {first['unit']} | {first['shortcut']} | {json.dumps(first['options'])} | "
-                     f"{count} | {_mean_spread([r['final_train_loss'] for r in runs])} | "
+                     f"{count} | {_mean_spread([r['final_train_loss'] for r in runs], '.3g')} | "
                      f"{_mean_spread([r['test_error'] for r in runs])} | {first['paper_error'] or '-'} |")
     header = (f"Table {results[0]['table']}, {results[0]['model']}; " if results else "") + \
         "test error of the final model; paper: FACTS.md (CIFAR-10 unless the dataset says otherwise).\n\n"
