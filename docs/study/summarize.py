@@ -25,8 +25,9 @@ def mean_sd(values, fmt):
     return f"{statistics.mean(values):{fmt}} ± {statistics.stdev(values):{fmt}}"
 
 
-def history_loss(run_dir, epoch):
-    with open(os.path.join(run_dir, "history.csv")) as f:
+def history_loss(folder, run_dir, epoch):
+    # The run's own folder inside OUT_DIR/table{T}/ (results.csv keeps the absolute path it ran at).
+    with open(os.path.join(folder, os.path.basename(run_dir), "history.csv")) as f:
         rows = [r for r in csv.DictReader(f) if int(r["epoch"]) == epoch]
     return float(rows[-1]["loss"]) if rows else None
 
@@ -47,7 +48,7 @@ def table(out, number):
         done = [r for r in runs if r["status"] == "finished"]
         diverged = sum(r["status"] == "diverged" for r in runs)
         count = f"{len(done)}" + (f" (+{diverged} diverged)" if diverged else "")
-        early = [x for x in (history_loss(r["run_dir"], 5) for r in done) if x is not None]
+        early = [x for x in (history_loss(os.path.dirname(path), r["run_dir"], 5) for r in done) if x is not None]
         paper = PAPER_ERRORS.get((number, "cifar10", "resnet110", runs[0]["row"]), "-")  # the paper's ResNet-110
         print(f"| {label} | {count} | {mean_sd([float(r['test_error']) for r in done], '.2f')} | "
               f"{mean_sd(early, '.3f')} | {mean_sd([float(r['final_train_loss']) for r in done], '.4f')} | "
