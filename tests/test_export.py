@@ -166,7 +166,12 @@ def test_failed_cli_verification_still_writes_its_report(tmp_path, capsys):
     from export.__main__ import main
 
     exported = krv2.ResNet(8, input_shape=(16, 16, 3), classes=3)
-    other = krv2.ResNet(8, input_shape=(16, 16, 3), classes=3)  # different random weights
+    # Different weights by construction (two fresh models can share weights once a test has called
+    # keras.utils.set_random_seed): the classifier's kernel moved.
+    other = krv2.ResNet(8, input_shape=(16, 16, 3), classes=3)
+    other.set_weights(exported.get_weights())
+    kernel = other.get_layer("predictions").kernel
+    kernel.assign(kernel.numpy() + np.random.default_rng(0).normal(0, 1.0, kernel.shape).astype("float32"))
     version_dir = export.export_savedmodel(exported, str(tmp_path / "serving"))
     other.save(str(tmp_path / "other.keras"))
     assert main(["verify", str(tmp_path / "other.keras"), "--savedmodel", version_dir]) == 1
