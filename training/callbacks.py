@@ -99,13 +99,26 @@ def _is_number(v) -> bool:
         return False
 
 
-def plot_curves(history_path: str, png_path: str, title: str = "") -> None:
-    """Training loss and test error (%) against iterations, as in the paper's Fig. 1."""
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, png_path: str) -> None:
+    """Lays out `fig`, writes it to `png_path` atomically and closes it."""
+    fig.tight_layout()
+    atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    pyplot().close(fig)
+
+
+def plot_curves(history_path: str, png_path: str, title: str = "") -> None:
+    """Training loss and test error (%) against iterations, as in the paper's Fig. 1."""
+    plt = pyplot()
     rows = read_history(history_path)
     if not rows:
         return
@@ -124,9 +137,7 @@ def plot_curves(history_path: str, png_path: str, title: str = "") -> None:
     for ax in (ax_loss, ax_err):
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    fig.tight_layout()
-    atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
+    save_figure(fig, png_path)
 
 
 class TrainingCurves(keras.callbacks.Callback):

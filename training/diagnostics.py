@@ -96,14 +96,9 @@ def train_steps(model: keras.Model, dataset: tf.data.Dataset, steps: int, learni
 
 def plot_training_loss(curves: dict[str, list[float]], png_path: str, title: str = "") -> None:
     """Training loss against iterations, one line per entry of `curves` (raw, and a 20-step moving mean)."""
-    import matplotlib
+    from training.callbacks import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from training.callbacks import atomic_write
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = pyplot().subplots(figsize=(8, 4.5))
     for label, losses in curves.items():
         line, = ax.plot(range(1, len(losses) + 1), losses, alpha=0.3)
         window = min(20, len(losses))
@@ -111,29 +106,20 @@ def plot_training_loss(curves: dict[str, list[float]], png_path: str, title: str
         ax.plot(range(window, len(losses) + 1), smooth, color=line.get_color(), label=label)
     ax.set(xlabel="iterations", ylabel="training loss", title=title)
     ax.legend()
-    fig.tight_layout()
-    atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
+    save_figure(fig, png_path)
 
 
 def plot_gradient_norms(curves: dict[str, list[tuple[str, float]]], png_path: str, title: str = "") -> None:
     """Norms against unit index (log scale), one line per entry of `curves`."""
-    import matplotlib
+    from training.callbacks import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from training.callbacks import atomic_write
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = pyplot().subplots(figsize=(8, 4.5))
     for label, norms in curves.items():
         units = [value for name, value in norms if name != "input"]
         ax.plot(range(1, len(units) + 1), units, label=label)
     ax.set(xlabel="residual unit l (input x_l)", ylabel="||dL/dx_l||", yscale="log", title=title)
     ax.legend()
-    fig.tight_layout()
-    atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
+    save_figure(fig, png_path)
 
 
 def main(argv=None) -> None:
@@ -144,6 +130,7 @@ def main(argv=None) -> None:
 
     from training import data as data_lib
     from training import runtime
+    from training.callbacks import atomic_write
     from training.run import parse_model
 
     parser = argparse.ArgumentParser(description="||dL/dx_l|| across depth on a batch of the digits data at "
@@ -181,9 +168,9 @@ def main(argv=None) -> None:
     plot_gradient_norms(norms, args.out, f"{title}: gradient norm at each unit input")
     if losses:
         plot_training_loss(losses, f"{stem}_loss.png", f"{title}, lr 0.01: training loss")
-    with open(f"{stem}.json", "w") as handle:
-        json.dump({"model": args.model, "batch_size": args.batch_size, "seed": args.seed, "steps": args.steps,
-                   "gradient_norms": norms, "training_loss": losses}, handle)
+    report = {"model": args.model, "batch_size": args.batch_size, "seed": args.seed, "steps": args.steps,
+              "gradient_norms": norms, "training_loss": losses}
+    atomic_write(f"{stem}.json", lambda tmp: open(tmp, "w").write(json.dumps(report)))
     for label, curve in norms.items():
         units = [v for name, v in curve if name != "input"]
         print(f"{label}: ||dL/dx_l|| first unit {units[0]:.3g}, last unit {units[-1]:.3g}, min {min(units):.3g}, "

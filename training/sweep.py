@@ -188,12 +188,7 @@ def write_results(results: list[dict], run_dir: str) -> None:
 
 def plot_sweep(results: list[dict], png_path: str) -> None:
     """Training loss and test error against iterations, every run, one colour per row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax_loss, ax_err) = cb.pyplot().subplots(1, 2, figsize=(12, 4.5))
     colours = {}
     for r in results:
         rows = cb.read_history(os.path.join(r["run_dir"], "history.csv"))
@@ -207,6 +202,4 @@ def plot_sweep(results: list[dict], png_path: str) -> None:
     ax_loss.set(xlabel="iterations", ylabel="training loss", yscale="log")
     ax_err.set(xlabel="iterations", ylabel="test error (%)")
     ax_loss.legend(fontsize=7)
-    fig.tight_layout()
-    cb.atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
+    cb.save_figure(fig, png_path)
