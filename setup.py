@@ -1,16 +1,39 @@
-"""Packaging for keras_resnet_v2 (the model builders), `training` and `export`.
-`pip install .` installs them; `pip install ".[test]"` adds the test tools;
-`pip install ".[and-cuda]"` pulls TensorFlow's CUDA wheels for GPUs."""
+"""Packaging for keras_resnet_v2: one namespace, a light core and extras.
+
+The repository keeps `training/` and `export/` beside `keras_resnet_v2/`; they install as
+`keras_resnet_v2.training` and `keras_resnet_v2.export` (`package_dir`), so nothing generic
+such as `training` or `export` lands in site-packages.
+
+    pip install .                # the builders: Keras + numpy (bring a backend: jax, torch or tensorflow)
+    pip install ".[train]"       # keras_resnet_v2.training, resnet-v2-train (TensorFlow, TFDS, ...)
+    pip install ".[export]"      # keras_resnet_v2.export, resnet-v2-export (TensorFlow, tf2onnx, ONNX Runtime)
+    pip install ".[all]"         # both
+    pip install ".[test]"        # both + pytest, ruff, JAX and PyTorch (CPU) for the backend tests
+    pip install ".[and-cuda]"    # TensorFlow's CUDA wheels for GPUs
+"""
 
 import re
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 HERE = Path(__file__).parent
 VERSION = re.search(
     r'^__version__ = "([^"]+)"', (HERE / "keras_resnet_v2" / "__init__.py").read_text(), re.M
 ).group(1)
+
+TENSORFLOW = "tensorflow>=2.18"
+TRAIN = [
+    TENSORFLOW,
+    "tensorflow-datasets>=4.9",
+    "importlib_resources",  # tensorflow-datasets' downloader imports it without requiring it
+    "scikit-learn",  # the offline digits data
+    "matplotlib",  # curves.png
+    "pyyaml",  # --config FILE.yaml
+    "tensorboard",
+]
+EXPORT = [TENSORFLOW, "tf2onnx>=1.16", "onnxruntime>=1.17"]
+ALL = sorted(set(TRAIN + EXPORT))
 
 setup(
     name="keras_resnet_v2",
@@ -23,32 +46,23 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["keras_resnet_v2", "keras_resnet_v2.*", "training", "training.*",
-                                    "export", "export.*"]),
-    install_requires=[
-        "keras>=3.8",
-        "tensorflow>=2.18",
-        "numpy",
-        "h5py",
-        "tf2onnx>=1.16",
-        "onnxruntime>=1.17",
-        # training: datasets, the offline digits set, curves, YAML configs, TensorBoard logs.
-        "tensorflow-datasets>=4.9",
-        "importlib_resources",  # tensorflow-datasets' downloader imports it without requiring it
-        "scikit-learn",
-        "matplotlib",
-        "pyyaml",
-        "tensorboard",
-    ],
+    packages=["keras_resnet_v2", "keras_resnet_v2.training", "keras_resnet_v2.export"],
+    package_dir={"keras_resnet_v2": "keras_resnet_v2", "keras_resnet_v2.training": "training",
+                 "keras_resnet_v2.export": "export"},
+    install_requires=["keras>=3.8", "numpy"],
     extras_require={
-        # JAX runs the builders under KERAS_BACKEND=jax in the tests.
-        "test": ["pytest>=8", "ruff", "jax[cpu]"],
+        "train": TRAIN,
+        "export": EXPORT,
+        "all": ALL,
+        # The backend tests run the builders under JAX and PyTorch (torch 2.13.0: a CPU wheel here;
+        # elsewhere see the README for PyTorch's CPU index).
+        "test": ALL + ["pytest>=8", "ruff", "jax[cpu]", "torch==2.13.0"],
         "and-cuda": ["tensorflow[and-cuda]>=2.18"],
     },
     entry_points={"console_scripts": [
         "keras-resnet-v2=keras_resnet_v2.__main__:main",
-        "resnet-v2-train=training.cli:main",
-        "resnet-v2-export=export.__main__:main",
+        "resnet-v2-train=keras_resnet_v2.training.cli:main",
+        "resnet-v2-export=keras_resnet_v2.export.__main__:main",
     ]},
     classifiers=[
         "Programming Language :: Python :: 3",

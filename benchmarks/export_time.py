@@ -20,8 +20,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-import export  # noqa: E402
 import keras_resnet_v2 as krv2  # noqa: E402
+from keras_resnet_v2 import export  # noqa: E402
 
 
 def calibrate(model: keras.Model, images: np.ndarray) -> None:

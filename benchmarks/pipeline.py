@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from training import data  # noqa: E402
+from keras_resnet_v2.training import data  # noqa: E402
 
 BATCH = 128
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every benchmark in one command (about 40 minutes on a 2-core CPU); Markdown to stdout.
-#   pip install -e . -r benchmarks/requirements.txt && bash benchmarks/run_all.sh | tee results.md
+#   pip install -e ".[all]" -r benchmarks/requirements.txt && bash benchmarks/run_all.sh | tee results.md
 # GPU mode of the training benchmark: python benchmarks/train.py --device gpu --precision mixed_float16
 set -euo pipefail
 cd "$(dirname "$0")/.."

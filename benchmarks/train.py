@@ -91,7 +91,7 @@ def keras_peer(model: keras.Model, side: int, classes: int, batch: int, precisio
     """`model` was built under the precision policy and in the strategy's scope; compiles it there."""
     import tensorflow as tf
 
-    from training import runtime
+    from keras_resnet_v2.training import runtime
 
     images = np.random.default_rng(0).uniform(0, 255, (batch, side, side, 3)).astype("float32")
     labels = np.random.default_rng(1).integers(0, classes, batch)
@@ -150,7 +150,7 @@ def keras_hub_resnet50(classes: int) -> keras.Model:
 
 
 def build(peer: str, depth: int, side: int, classes: int):
-    from training import runtime
+    from keras_resnet_v2.training import runtime
 
     if peer.startswith("ours"):
         model = krv2.ResNet(depth, input_shape=(side, side, 3), classes=classes)
@@ -174,7 +174,7 @@ def measure(name: str, args) -> None:
     bad = [p for p in peers if p not in default_peers]
     if bad:
         raise SystemExit(f"--peers for {name} must be among {', '.join(default_peers)}. Received: {bad}")
-    from training import runtime
+    from keras_resnet_v2.training import runtime
 
     runtime.set_precision(args.precision)  # before any Keras model is built
     strategy = runtime.make_strategy(args.strategy)

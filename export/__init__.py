@@ -7,16 +7,25 @@
 - `export_and_verify(model, savedmodel=BASE_DIR, onnx=FILE)`: both, timed and verified.
 
 Example:
-    >>> import keras_resnet_v2, export
+    >>> import keras_resnet_v2
+    >>> from keras_resnet_v2 import export
     >>> model = keras_resnet_v2.ResNet20()
     >>> path = export.export_savedmodel(model, "/tmp/serving/resnet20")   # .../1
     >>> report = export.verify(model, savedmodel_dir=path)
+
+Needs the `export` extra: `pip install "keras_resnet_v2[export]"` (TensorFlow, tf2onnx,
+ONNX Runtime).
 """
 
-from export.onnx import export_onnx
-from export.savedmodel import export_savedmodel, float32_copy, load_model, training_metadata
-from export.verify import VerificationError, verify
-from export.workflow import export_and_verify
+from keras_resnet_v2._extras import check_import_name, require
+
+check_import_name(__name__, "keras_resnet_v2.export")
+require("export", __name__)
+
+from keras_resnet_v2.export.onnx import export_onnx
+from keras_resnet_v2.export.savedmodel import export_savedmodel, float32_copy, load_model, training_metadata
+from keras_resnet_v2.export.verify import VerificationError, verify
+from keras_resnet_v2.export.workflow import export_and_verify
 
 __all__ = [
     "VerificationError", "export_and_verify", "export_onnx", "export_savedmodel", "float32_copy", "load_model",

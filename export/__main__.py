@@ -22,7 +22,7 @@ def _run_details(path: str) -> dict:
         return {}
     with open(config_path) as handle:
         config = json.load(handle)
-    import export
+    from keras_resnet_v2 import export
 
     labels = config.get("class_names") or None
     return {"extra_metadata": export.training_metadata(config), "labels": labels}
@@ -47,7 +47,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.savedmodel and not args.onnx:
         print("error: give --savedmodel, --onnx or both", file=sys.stderr)
         return 2
-    import export
+    from keras_resnet_v2 import export
 
     try:
         model = export.load_model(args.model)

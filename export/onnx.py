@@ -10,7 +10,7 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
-from export.savedmodel import _alive, _check_classifier, float32_copy, serving_outputs
+from keras_resnet_v2.export.savedmodel import _alive, _check_classifier, float32_copy, serving_outputs
 
 DEFAULT_OPSET = 17
 ONNX_LEFTOVER = re.compile(r"\.tmp-(.+\.onnx)-(\d+)-\w+\.onnx")

@@ -120,7 +120,9 @@ def load_model(path: str) -> keras.Model:
     if not (os.path.isfile(candidate) and candidate.endswith(".keras")):
         raise ValueError(f"MODEL must be a .keras file or a directory holding model.keras. Received: {path!r}")
     try:
-        return keras.models.load_model(candidate, safe_mode=True)
+        # compile=False: serving and evaluation need no optimizer, and files a user compiled with
+        # an optimizer of their own load without it.
+        return keras.models.load_model(candidate, safe_mode=True, compile=False)
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same clear message
         raise ValueError(
             f"MODEL {candidate!r} is not a loadable Keras model ({type(error).__name__}: {error})"

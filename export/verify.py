@@ -48,7 +48,7 @@ def verify(model: keras.Model, savedmodel_dir: Optional[str] = None, onnx_path: 
         raise ValueError("verify needs `savedmodel_dir`, `onnx_path` or both. Received: neither")
     if batch is None:
         batch = np.random.default_rng(0).uniform(0, 255, (4, *model.input_shape[1:])).astype("float32")
-    from export.savedmodel import _probabilities, float32_copy
+    from keras_resnet_v2.export.savedmodel import _probabilities, float32_copy
 
     # Exports are float32 (a mixed-precision model is exported as its float32 copy).
     keras_fn = _probabilities(float32_copy(model))

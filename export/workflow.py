@@ -8,9 +8,9 @@ from typing import Optional, Sequence
 
 import keras
 
-from export.onnx import export_onnx
-from export.savedmodel import export_savedmodel
-from export.verify import verify
+from keras_resnet_v2.export.onnx import export_onnx
+from keras_resnet_v2.export.savedmodel import export_savedmodel
+from keras_resnet_v2.export.verify import verify
 
 
 def export_and_verify(model: keras.Model, savedmodel: Optional[str] = None, onnx: Optional[str] = None, *,

@@ -36,6 +36,20 @@ def trainable_count(model: keras.Model) -> int:
     return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _outside_the_checkout(tmp_path_factory):
+    """Tests, and the Python processes they start, run in an empty directory.
+
+    The package is tested as installed: a child Python started in the checkout's root would
+    import its `keras_resnet_v2/` folder, which lacks `keras_resnet_v2.training` and `.export`
+    (they live in the top-level `training/` and `export/` folders until installed).
+    """
+    previous = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(previous)
+
+
 @pytest.fixture
 def images():
     def make(shape=(2, 32, 32, 3), seed=0):

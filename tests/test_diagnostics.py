@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import keras_resnet_v2 as krv2
-from training import diagnostics
+from keras_resnet_v2.training import diagnostics
 
 
 @pytest.mark.parametrize("unit", ["full_preact", "original"])

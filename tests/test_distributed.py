@@ -14,7 +14,7 @@ SCRIPT = os.path.join(ROOT, "tests", "scripts", "distributed_steps.py")
 
 
 def _env(**extra):
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2", **extra)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **extra)
     env.pop("TF_CONFIG", None)
     env.update(extra)
     return env

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import export
 import keras_resnet_v2 as krv2
+from keras_resnet_v2 import export
 
 
 def _trained_like(model, seed=0):
@@ -141,7 +141,8 @@ def test_bad_input_is_refused_clearly(tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "export", *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "keras_resnet_v2.export", *args], capture_output=True, text=True,
+                          timeout=600)
 
 
 def test_cli_exports_verifies_and_reports_bad_input(tmp_path):
@@ -163,7 +164,7 @@ def test_cli_exports_verifies_and_reports_bad_input(tmp_path):
 
 
 def test_failed_cli_verification_still_writes_its_report(tmp_path, capsys):
-    from export.__main__ import main
+    from keras_resnet_v2.export.__main__ import main
 
     exported = krv2.ResNet(8, input_shape=(16, 16, 3), classes=3)
     # Different weights by construction (two fresh models can share weights once a test has called
@@ -210,7 +211,8 @@ def _dead_pid():
 
 
 KILLED_EXPORT = """
-import sys, keras_resnet_v2, export
+import sys, keras_resnet_v2
+from keras_resnet_v2 import export
 export.{fn}(keras_resnet_v2.ResNet20(), sys.argv[1])
 """
 
@@ -219,8 +221,7 @@ export.{fn}(keras_resnet_v2.ResNet20(), sys.argv[1])
 def test_a_killed_export_leaves_no_version_and_the_next_export_cleans_up(tmp_path, fn):
     target = tmp_path / ("serving" if fn == "export_savedmodel" else "m.onnx")
     folder = target if fn == "export_savedmodel" else tmp_path
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    process = subprocess.Popen([sys.executable, "-c", KILLED_EXPORT.format(fn=fn), str(target)], env=env)
+    process = subprocess.Popen([sys.executable, "-c", KILLED_EXPORT.format(fn=fn), str(target)])
     try:
         deadline = time.monotonic() + 300
         while not (folder.is_dir() and any(n.startswith(".tmp-") for n in os.listdir(folder))):

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import keras_resnet_v2 as krv2
-from training import runtime
+from keras_resnet_v2.training import runtime
 
 
 def _pair(**kwargs):

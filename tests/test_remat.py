@@ -103,16 +103,15 @@ JAX_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
 def test_remat_trains_the_same_under_jax():
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     result = subprocess.run([sys.executable, "-c", JAX_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "max difference" in result.stdout
 
 
 def test_training_remat_flag_reaches_the_builder_checks():
-    from training.cli import config_from_args
-    from training.run import check_config
+    from keras_resnet_v2.training.cli import config_from_args
+    from keras_resnet_v2.training.run import check_config
 
     assert config_from_args(["--model", "resnet20"]).remat is False
     config = config_from_args(["--model", "resnet20", "--remat", "--shortcut", "dropout"])
@@ -122,7 +121,7 @@ def test_training_remat_flag_reaches_the_builder_checks():
 
 
 def test_remat_model_exports_verified(tmp_path):
-    import export
+    from keras_resnet_v2 import export
 
     model = krv2.ResNet(11, input_shape=(16, 16, 3), classes=3, remat=True)
     result = export.export_and_verify(model, str(tmp_path / "serving"), str(tmp_path / "m.onnx"))

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from training.cli import main
-from training.sweep import PAPER_ERRORS, TABLES, plan
+from keras_resnet_v2.training.cli import main
+from keras_resnet_v2.training.sweep import PAPER_ERRORS, TABLES, plan
 
 
 def test_dry_run_lists_table1_with_the_papers_options(tmp_path, capsys):

@@ -10,10 +10,8 @@ import time
 import keras
 import pytest
 
-from training import callbacks as cb
-from training import cli
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from keras_resnet_v2.training import callbacks as cb
+from keras_resnet_v2.training import cli
 
 
 @pytest.fixture(autouse=True)
@@ -23,12 +21,12 @@ def _float32_policy():
 
 
 def _train_command(run_dir, *extra):
-    return [sys.executable, "-m", "training", "--dataset", "digits", "--model", "resnet8", "--epochs", "4",
-            "--batch-size", "64", "--run-dir", str(run_dir), "--quiet", *extra]
+    return [sys.executable, "-m", "keras_resnet_v2.training", "--dataset", "digits", "--model", "resnet8",
+            "--epochs", "4", "--batch-size", "64", "--run-dir", str(run_dir), "--quiet", *extra]
 
 
 def _env():
-    return dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 
 
 def test_sigkill_then_rerun_resumes_and_keeps_history(tmp_path):
@@ -71,7 +69,7 @@ def test_sigkill_then_rerun_resumes_and_keeps_history(tmp_path):
     assert meta["training"]["unit"] == "full_preact" and meta["normalization"] == "per_pixel"
 
     # evaluate reproduces the last epoch's test accuracy from the saved model.
-    from training.run import evaluate
+    from keras_resnet_v2.training.run import evaluate
 
     scores = evaluate(str(run_dir), "digits")
     assert scores["examples"] == 360

@@ -9,9 +9,9 @@ import pytest
 import tensorflow as tf
 
 import keras_resnet_v2
-from training import callbacks as cb
-from training import data, recipes, runtime
-from training.loop import NonFiniteLossError, Trainer
+from keras_resnet_v2.training import callbacks as cb
+from keras_resnet_v2.training import data, recipes, runtime
+from keras_resnet_v2.training.loop import NonFiniteLossError, Trainer
 
 
 @pytest.fixture(autouse=True)
@@ -274,7 +274,7 @@ def test_imagenet_style_pipeline_for_images_of_different_sizes():
 
 
 def test_with_input_size_copies_weights_and_refuses_a_mean_image():
-    from training.run import with_input_size
+    from keras_resnet_v2.training.run import with_input_size
 
     inputs = keras.Input((32, 32, 3), name="images")
     x = keras_resnet_v2.Standardize(mean=[120.0, 115.0, 100.0], variance=[4e3, 4e3, 4e3])(inputs)

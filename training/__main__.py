@@ -1,6 +1,6 @@
-"""`python -m training ...` is `resnet-v2-train ...`."""
+"""`python -m keras_resnet_v2.training ...` is `resnet-v2-train ...`."""
 
-from training.cli import main
+from keras_resnet_v2.training.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -58,6 +58,18 @@ def _write_history(path: str, rows: list[dict]) -> None:
     atomic_write(path, write)
 
 
+def save_model(model: keras.Model, path: str) -> None:
+    """Writes `model` to `path` (`.keras`) atomically, without its training state.
+
+    The file holds the architecture and weights of an uncompiled model sharing `model`'s layers
+    (a functional view, made in milliseconds), so it loads with `keras.models.load_model` after
+    importing only `keras_resnet_v2`, for serving or fine-tuning. The optimizer state of a run lives
+    in its `backup/` checkpoint, which is what resuming reads.
+    """
+    view = keras.Model(model.input, model.output, name=model.name)
+    atomic_write(path, lambda tmp: view.save(tmp))
+
+
 class HistoryCSV(keras.callbacks.Callback):
     """One row per epoch in `path`: `epoch` (1-based), `step` (iterations so far), and every log.
 
@@ -153,7 +165,7 @@ class TrainingCurves(keras.callbacks.Callback):
 
 
 class AtomicModelCheckpoint(keras.callbacks.Callback):
-    """Saves the whole model (`.keras`) at each epoch end, atomically.
+    """Saves the model (`.keras`, weights and architecture: `save_model`) at each epoch end, atomically.
 
     `monitor=None` saves every epoch (the "last" checkpoint); otherwise only when `monitor`
     improves (`mode` "max" or "min"), the "best" checkpoint. `enabled=False` on non-chief
@@ -184,4 +196,4 @@ class AtomicModelCheckpoint(keras.callbacks.Callback):
                 return
             self.best = float(value)
         if self.enabled:
-            atomic_write(self.path, lambda tmp: self.model.save(tmp))
+            save_model(self.model, self.path)

@@ -16,8 +16,8 @@ import os
 import sys
 from typing import Sequence
 
-from training.recipes import RECIPES
-from training.runtime import PRECISIONS, STRATEGIES
+from keras_resnet_v2.training.recipes import RECIPES
+from keras_resnet_v2.training.runtime import PRECISIONS, STRATEGIES
 
 RECIPE_FLAGS = {  # recipe field -> type (batch_size has its own flag)
     "lr": float, "momentum": float, "weight_decay": float, "decay": str, "warmup_steps": int,
@@ -112,7 +112,7 @@ def _sweep_parser() -> argparse.ArgumentParser:
 
 
 def sweep_main(argv: Sequence[str]) -> int:
-    from training.sweep import run_sweep
+    from keras_resnet_v2.training.sweep import run_sweep
 
     args = _sweep_parser().parse_args(argv)
     results = run_sweep(args.table, run_dir=args.run_dir, dataset=args.dataset, model=args.model, seeds=args.seeds,
@@ -146,7 +146,7 @@ def read_config_file(path: str) -> dict:
 
 
 def config_from_args(argv: Sequence[str]):
-    from training.run import TrainConfig
+    from keras_resnet_v2.training.run import TrainConfig
 
     args = vars(_train_parser().parse_args(argv))
     values = read_config_file(args.pop("config")) if "config" in args else {}
@@ -167,12 +167,12 @@ def config_from_args(argv: Sequence[str]):
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     argv = list(sys.argv[1:] if argv is None else argv)
-    from training.data import DatasetError
-    from training.loop import NonFiniteLossError
+    from keras_resnet_v2.training.data import DatasetError
+    from keras_resnet_v2.training.loop import NonFiniteLossError
 
     try:
         if argv[:1] == ["evaluate"]:
-            from training.run import evaluate
+            from keras_resnet_v2.training.run import evaluate
 
             args = _eval_parser().parse_args(argv[1:])
             result = evaluate(args.model, args.dataset, args.data_dir, args.batch_size, args.eval_size)
@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if argv[:1] == ["sweep"]:
             return sweep_main(argv[1:])
-        from training.run import run
+        from keras_resnet_v2.training.run import run
 
         result = run(config_from_args(argv))
         print(json.dumps(result, indent=2, default=str))

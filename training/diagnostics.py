@@ -77,7 +77,7 @@ def train_steps(model: keras.Model, dataset: tf.data.Dataset, steps: int, learni
     Example:
         >>> losses = train_steps(model, data_lib.pipeline(...), steps=300)
     """
-    from training import recipes
+    from keras_resnet_v2.training import recipes
 
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"`steps` must be a positive integer. Received: steps={steps!r}")
@@ -96,7 +96,7 @@ def train_steps(model: keras.Model, dataset: tf.data.Dataset, steps: int, learni
 
 def plot_training_loss(curves: dict[str, list[float]], png_path: str, title: str = "") -> None:
     """Training loss against iterations, one line per entry of `curves` (raw, and a 20-step moving mean)."""
-    from training.callbacks import pyplot, save_figure
+    from keras_resnet_v2.training.callbacks import pyplot, save_figure
 
     fig, ax = pyplot().subplots(figsize=(8, 4.5))
     for label, losses in curves.items():
@@ -111,7 +111,7 @@ def plot_training_loss(curves: dict[str, list[float]], png_path: str, title: str
 
 def plot_gradient_norms(curves: dict[str, list[tuple[str, float]]], png_path: str, title: str = "") -> None:
     """Norms against unit index (log scale), one line per entry of `curves`."""
-    from training.callbacks import pyplot, save_figure
+    from keras_resnet_v2.training.callbacks import pyplot, save_figure
 
     fig, ax = pyplot().subplots(figsize=(8, 4.5))
     for label, norms in curves.items():
@@ -123,15 +123,18 @@ def plot_gradient_norms(curves: dict[str, list[tuple[str, float]]], png_path: st
 
 
 def main(argv=None) -> None:
-    """python -m training.diagnostics --model resnet1001 --steps 100 --out g.png (also g_loss.png, g.json)"""
+    """`python -m keras_resnet_v2.training.diagnostics --model resnet1001 --steps 100 --out g.png`.
+
+    Also writes g_loss.png and g.json.
+    """
     import argparse
     import json
     import os
 
-    from training import data as data_lib
-    from training import runtime
-    from training.callbacks import atomic_write
-    from training.run import parse_model
+    from keras_resnet_v2.training import data as data_lib
+    from keras_resnet_v2.training import runtime
+    from keras_resnet_v2.training.callbacks import atomic_write
+    from keras_resnet_v2.training.run import parse_model
 
     parser = argparse.ArgumentParser(description="||dL/dx_l|| across depth on a batch of the digits data at "
                                      "initialization and after --steps SGD steps at the warm-up lr 0.01 (Eqn. 5), "

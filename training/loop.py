@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from training.runtime import sync_moving_statistics
+from keras_resnet_v2.training.runtime import sync_moving_statistics
 
 
 class NonFiniteLossError(RuntimeError):

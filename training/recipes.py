@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import keras
 from keras import ops
 
-PACKAGE = "keras_resnet_v2"
+PACKAGE = "keras_resnet_v2.training"  # registered names say the defining package
 DECAY_TARGETS = ("kernels", "all")
 
 

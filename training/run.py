@@ -29,10 +29,10 @@ import tensorflow as tf
 
 import keras_resnet_v2
 from keras_resnet_v2.resnet import resolve_config
-from training import callbacks as cb
-from training import data as data_lib
-from training import recipes, runtime
-from training.loop import Trainer
+from keras_resnet_v2.training import callbacks as cb
+from keras_resnet_v2.training import data as data_lib
+from keras_resnet_v2.training import recipes, runtime
+from keras_resnet_v2.training.loop import Trainer
 
 MODEL_PATTERN = re.compile(r"resnet(\d+)")
 # Fields that must match to resume a run directory (the rest, e.g. epochs, may change).
@@ -263,7 +263,7 @@ def run(config: TrainConfig) -> dict:
         result.update({f"test_{config.eval_size}_{k}": v for k, v in at_size.items()})
     if chief:
         model_path = os.path.join(run_dir, "model.keras")
-        cb.atomic_write(model_path, lambda tmp: model.save(tmp))
+        cb.save_model(model, model_path)
         result["model"] = model_path
         at_size = (f"; at {config.eval_size}x{config.eval_size}: {result[f'test_{config.eval_size}_accuracy']:.4f}"
                    if f"test_{config.eval_size}_accuracy" in result else "")
@@ -278,7 +278,7 @@ def run(config: TrainConfig) -> dict:
 
 def export_run(model: keras.Model, export_dir: str, labels, effective: dict) -> dict:
     """SavedModel (next version under export_dir/savedmodel) + ONNX, each verified."""
-    import export
+    from keras_resnet_v2 import export
 
     result = export.export_and_verify(model, os.path.join(export_dir, "savedmodel"),
                                       os.path.join(export_dir, "model.onnx"), labels=labels,
@@ -297,7 +297,7 @@ def evaluate(model_path: str, dataset: str, data_dir: str | None = None, batch_s
     `eval_size` tests variable-size (ImageNet-style) images at that centre crop of images whose
     shorter side is resized to it (the paper's 320 test); default: the model's input size.
     """
-    import export
+    from keras_resnet_v2 import export
 
     if eval_size is not None and (not isinstance(eval_size, int) or isinstance(eval_size, bool) or eval_size < 1):
         raise ValueError(f"`eval_size` must be a positive integer. Received: eval_size={eval_size!r}")

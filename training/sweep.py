@@ -20,7 +20,7 @@ import os
 import statistics
 from dataclasses import dataclass, field
 
-from training import callbacks as cb
+from keras_resnet_v2.training import callbacks as cb
 
 
 @dataclass(frozen=True)
@@ -118,8 +118,8 @@ def run_sweep(table: int, *, run_dir: str, dataset: str = "cifar10", model: str 
     recipe, precision, strategy, data_dir, verbose, ...). A run whose loss becomes NaN or Inf is
     recorded with status `diverged` (the paper's "fail" rows may do that) and the sweep goes on.
     """
-    from training.loop import NonFiniteLossError
-    from training.run import TrainConfig, check_config, run
+    from keras_resnet_v2.training.loop import NonFiniteLossError
+    from keras_resnet_v2.training.run import TrainConfig, check_config, run
 
     entries = plan(table, model, dataset, seeds, run_dir)
     configs = [TrainConfig(dataset=dataset, model=model, unit=e["unit"], shortcut=e["shortcut"],

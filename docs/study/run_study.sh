@@ -4,7 +4,7 @@
 set -euo pipefail
 OUT=${1:-runs/study}
 TRAIN=(resnet-v2-train)
-command -v resnet-v2-train >/dev/null || TRAIN=(python -m training)
+command -v resnet-v2-train >/dev/null || TRAIN=(python -m keras_resnet_v2.training)
 
 # Table 2 (five unit variants), ResNet-56, 3 seeds.
 "${TRAIN[@]}" sweep --table 2 --dataset digits --model resnet56 --epochs 15 --batch-size 64 --seeds 3 \
@@ -14,5 +14,5 @@ command -v resnet-v2-train >/dev/null || TRAIN=(python -m training)
   --run-dir "$OUT/table1" --quiet
 # Fig. 1 and Eqn. 5: original vs full pre-activation, per-step training loss at the warm-up lr 0.01
 # and ||dL/dx_l|| at initialization and after training.
-python -m training.diagnostics --model resnet164 --batch-size 32 --steps 300 --out "$OUT/fig1/resnet164.png"
-python -m training.diagnostics --model resnet1001 --batch-size 32 --steps 60 --out "$OUT/fig1/resnet1001.png"
+python -m keras_resnet_v2.training.diagnostics --model resnet164 --batch-size 32 --steps 300 --out "$OUT/fig1/resnet164.png"
+python -m keras_resnet_v2.training.diagnostics --model resnet1001 --batch-size 32 --steps 60 --out "$OUT/fig1/resnet1001.png"

@@ -14,7 +14,7 @@ import os
 import statistics
 import sys
 
-from training.sweep import PAPER_ERRORS
+from keras_resnet_v2.training.sweep import PAPER_ERRORS
 
 
 def mean_sd(values, fmt):

@@ -17,8 +17,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_resnet_v2  # noqa: E402
-from training import recipes, runtime  # noqa: E402
-from training.loop import Trainer  # noqa: E402
+from keras_resnet_v2.training import recipes, runtime  # noqa: E402
+from keras_resnet_v2.training.loop import Trainer  # noqa: E402
 
 runtime.set_precision(precision)
 strategy = runtime.make_strategy(strategy_name)
