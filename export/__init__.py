@@ -22,12 +22,13 @@ from keras_resnet_v2._extras import check_import_name, require
 check_import_name(__name__, "keras_resnet_v2.export")
 require("export", __name__)
 
+from keras_resnet_v2._files import DirectoryBusyError
 from keras_resnet_v2.export.onnx import export_onnx
 from keras_resnet_v2.export.savedmodel import export_savedmodel, float32_copy, load_model, training_metadata
 from keras_resnet_v2.export.verify import VerificationError, verify
 from keras_resnet_v2.export.workflow import export_and_verify
 
 __all__ = [
-    "VerificationError", "export_and_verify", "export_onnx", "export_savedmodel", "float32_copy", "load_model",
-    "training_metadata", "verify",
+    "DirectoryBusyError", "VerificationError", "export_and_verify", "export_onnx", "export_savedmodel",
+    "float32_copy", "load_model", "training_metadata", "verify",
 ]

@@ -14,6 +14,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from keras_resnet_v2._files import describe_os_error
+
 
 def _run_details(path: str) -> dict:
     """Labels and training metadata when MODEL is a training run directory (its config.json)."""
@@ -64,8 +66,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     print(f"{kind}: {result[key]} ({report[key + '_s']} s)")
         print(json.dumps(report, indent=2))
         print(f"verification passed; report: {report_path}")
-    except (ValueError, FileExistsError, export.VerificationError) as error:
+    except (ValueError, FileExistsError, export.VerificationError, export.DirectoryBusyError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # a full disk, a permission changed mid-export: nothing was published
+        print(f"error: {describe_os_error(error)}; nothing was published", file=sys.stderr)
         return 1
     return 0
 

@@ -10,20 +10,22 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
-from keras_resnet_v2.export.savedmodel import _alive, _check_classifier, float32_copy, serving_outputs
+from keras_resnet_v2._files import DirectoryLock
+from keras_resnet_v2.export.savedmodel import (
+    Staged,
+    _check_classifier,
+    check_writable_directory,
+    float32_copy,
+    serving_outputs,
+)
 
 DEFAULT_OPSET = 17
-ONNX_LEFTOVER = re.compile(r"\.tmp-(.+\.onnx)-(\d+)-\w+\.onnx")
+# `.tmp-NAME.onnx-<random>.onnx`: an ONNX file being written (or left by a killed export).
+ONNX_LEFTOVER = re.compile(r"\.tmp-(.+\.onnx)-\w+\.onnx")
 
 
-def export_onnx(model: keras.Model, path: str, opset: Optional[int] = None) -> str:
-    """Writes `model` as ONNX to `path` (atomically) and returns the path.
-
-    Input `images` [batch, H, W, C] float32 pixels 0-255; outputs `probabilities`
-    [batch, classes] float32 and `classes` [batch] int64.
-    """
-    import tf2onnx
-
+def check_onnx_arguments(model: keras.Model, path: str, opset: Optional[int] = None) -> tuple[str, int]:
+    """Every check that needs no writing; returns the absolute path and the opset."""
     _check_classifier(model)
     opset = DEFAULT_OPSET if opset is None else opset
     if not isinstance(opset, int) or isinstance(opset, bool) or not 13 <= opset <= 18:
@@ -31,24 +33,52 @@ def export_onnx(model: keras.Model, path: str, opset: Optional[int] = None) -> s
     path = os.path.abspath(os.fspath(path))
     if not path.endswith(".onnx"):
         raise ValueError(f"The ONNX file name must end in .onnx. Received: path={path!r}")
+    if os.path.isdir(path):
+        raise ValueError(f"The ONNX file path is a directory. Received: path={path!r}")
+    check_writable_directory(os.path.dirname(path), "The ONNX file's folder")
+    return path, opset
+
+
+def onnx_lock(path: str) -> DirectoryLock:
+    """The lock of one ONNX file (`.NAME.onnx.lock` beside it): one writer per file."""
+    folder, name = os.path.split(path)
+    return DirectoryLock(folder, "an ONNX export", lock_name=f".{name}.lock", target=path)
+
+
+def stage_onnx(model: keras.Model, path: str, opset: int) -> Staged:
+    """Writes the ONNX file to a hidden temporary sibling of `path` (whose `onnx_lock` the caller holds)."""
+    import tf2onnx
+
+    folder = os.path.dirname(path)
+    for name in os.listdir(folder):  # what a killed export of this file left behind
+        match = ONNX_LEFTOVER.fullmatch(name)
+        if match and match.group(1) == os.path.basename(path):
+            os.remove(os.path.join(folder, name))
     serving_model = float32_copy(model)
     spec = (tf.TensorSpec([None, *serving_model.input_shape[1:]], tf.float32, name="images"),)
     serve = tf.function(serving_outputs(serving_model), input_signature=spec)
-
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    for name in os.listdir(folder):  # what a killed export of this file left behind
-        match = ONNX_LEFTOVER.fullmatch(name)
-        if match and match.group(1) == os.path.basename(path) and not _alive(int(match.group(2))):
-            os.remove(os.path.join(folder, name))
-    handle, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(path)}-{os.getpid()}-", suffix=".onnx",
-                                   dir=folder)
+    handle, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(path)}-", suffix=".onnx", dir=folder)
     os.close(handle)
+    staged = Staged(tmp, path)
     try:
         tf2onnx.convert.from_function(serve, input_signature=spec, opset=opset, output_path=tmp)
-        os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        staged.discard()
         raise
-    return path
+    return staged
+
+
+def export_onnx(model: keras.Model, path: str, opset: Optional[int] = None) -> str:
+    """Writes `model` as ONNX to `path` (atomically) and returns the path, unverified.
+
+    Input `images` [batch, H, W, C] float32 pixels 0-255; outputs `probabilities`
+    [batch, classes] float32 and `classes` [batch] int64. `export_and_verify` publishes the
+    file only once it has been verified.
+
+    Example:
+        >>> export_onnx(keras_resnet_v2.ResNet20(), "/tmp/resnet20.onnx")
+        '/tmp/resnet20.onnx'
+    """
+    path, opset = check_onnx_arguments(model, path, opset)
+    with onnx_lock(path):
+        return stage_onnx(model, path, opset).publish()

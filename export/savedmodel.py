@@ -7,20 +7,31 @@ import os
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import keras
 import tensorflow as tf
 
 import keras_resnet_v2
+from keras_resnet_v2._files import DirectoryLock
 
 
 def _check_classifier(model) -> None:
+    """Export serves class probabilities: the model must end in a softmax or linear (logits) classifier."""
     if not isinstance(model, keras.Model) or len(model.outputs) != 1 or len(model.output_shape) != 2:
         raise ValueError(
             "Export needs a classifier: a keras.Model with one output of shape (batch, classes) "
             f"(build it with include_top=True). Received: model={getattr(model, 'name', model)!r} "
             f"with output shape {getattr(model, 'output_shape', None)}"
+        )
+    last = model.layers[-1]
+    activation = getattr(getattr(last, "activation", None), "__name__", None)
+    if activation not in ("softmax", "linear"):
+        raise ValueError(
+            "Export needs a classifier: the last layer must have a softmax or linear (logits) activation, "
+            "so that the served `probabilities` are what the model computes (build it with include_top=True). "
+            f"Received: last layer {last.name!r} ({type(last).__name__}) with activation {activation!r}"
         )
     shape = model.input_shape
     if len(shape) != 4 or None in shape[1:]:
@@ -68,14 +79,34 @@ def serving_outputs(model: keras.Model):
     return outputs
 
 
+def _checked_images(images, height: int, width: int, channels: int):
+    """`images` if it is [batch, height, width, channels], else an InvalidArgumentError naming that shape.
+
+    A SavedModel signature does not check the shapes of its inputs: without this a rank-3 tensor
+    reached the convolution kernels (a oneDNN check aborts the whole server on it) and broadcastable
+    shapes such as [1, 1, 1, 3] were answered.
+    """
+    expected = f"`images` must have shape [batch, {height}, {width}, {channels}]"
+    tf.debugging.assert_equal(tf.rank(images), 4, message=expected)
+    tf.debugging.assert_equal(tf.shape(images)[1:], tf.constant([height, width, channels]), message=expected)
+    return tf.ensure_shape(images, [None, height, width, channels])
+
+
 def _serving_archive(model: keras.Model) -> keras.export.ExportArchive:
     """Keras' ExportArchive (it tracks the variables the way TF Serving's loader restores
     them) with three signatures, each returning `probabilities` (float32) and `classes` (int64)."""
     height, width, channels = model.input_shape[1:]
     shape = [None, height, width, channels]
+    classes = model.output_shape[-1]
     # The network is traced once, as one function that all three signatures call: tracing a
     # deep net is most of an export's time (ResNet-1001: ~20k layer calls per trace).
-    outputs = tf.function(serving_outputs(model), input_signature=[tf.TensorSpec(shape, tf.float32)])
+    network = tf.function(serving_outputs(model), input_signature=[tf.TensorSpec(shape, tf.float32)])
+
+    def outputs(images):
+        images = _checked_images(images, height, width, channels)
+        empty = {"probabilities": tf.zeros([0, classes], tf.float32), "classes": tf.zeros([0], tf.int64)}
+        # An empty batch gets empty outputs (BatchNorm kernels reject a batch of 0 images).
+        return tf.cond(tf.shape(images)[0] > 0, lambda: network(images), lambda: empty)
 
     def decode(data):
         image = tf.io.decode_image(data, channels=channels, expand_animations=False)
@@ -139,32 +170,33 @@ def training_metadata(run_config: dict) -> dict:
             "normalization": recipe.get("normalization", "none (raw pixels)")}
 
 
-# Temporary names carry the writer's pid, so leftovers of a killed export can be told apart
-# from an export still running in another process.
-LEFTOVER = re.compile(r"\.(tmp|old)-(\d+)-(\d+)-")
+# What an export writes before publishing: `.tmp-<version>-<random>` (a version being written) and
+# `.old-<version>-<random>/v` (a version moved aside by overwrite=True). TF Serving loads numeric
+# folders only, so neither is ever served.
+LEFTOVER = re.compile(r"\.(tmp|old)-(\d+)-")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
+def published_modes(path: str) -> None:
+    """Gives `path` the modes a plain mkdir/open would (0755/0644 under umask 022): mkdtemp and
+    mkstemp make 0700/0600, which a TF Serving process running as another user cannot read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
 
 
 def clean_leftovers(base_dir: str) -> list[str]:
     """Removes what a killed export (SIGKILL, power loss) left in `base_dir`; returns the names.
 
-    A killed export leaves only a hidden temporary folder, which TF Serving ignores (it loads
-    numeric folders only). If it was killed while replacing a version (`overwrite=True`) between
-    moving the old version aside and moving the new one in, the old version is put back.
+    Call it holding `base_dir`'s lock (`DirectoryLock`): then no other export is running there,
+    so every temporary is a leftover, whichever process once wrote it (no process ID is trusted).
+    A killed export leaves only a hidden temporary folder, which TF Serving ignores. If it was
+    killed while replacing a version (`overwrite=True`) between moving the old version aside and
+    moving the new one in, the old version is put back.
     """
     removed = []
     for name in sorted(os.listdir(base_dir)):
         match = LEFTOVER.match(name)
-        if not match or _alive(int(match.group(3))):
+        if not match:
             continue
         path, final = os.path.join(base_dir, name), os.path.join(base_dir, match.group(2))
         if match.group(1) == "old" and os.path.isdir(os.path.join(path, "v")) and not os.path.exists(final):
@@ -174,19 +206,48 @@ def clean_leftovers(base_dir: str) -> list[str]:
     return removed
 
 
-def export_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] = None,
-                      overwrite: bool = False, labels: Optional[Sequence[str]] = None,
-                      keep_mixed_precision: bool = False, extra_metadata: Optional[dict] = None) -> str:
-    """Writes `base_dir/<version>` for TF Serving and returns its path.
+@dataclass
+class Staged:
+    """An export written to a hidden temporary `path`, invisible to servers until `publish()`."""
 
-    `version` defaults to one more than the highest existing version. The export is
-    written into a temporary sibling and renamed into place at the end, so TF Serving
-    never sees a half-written version and a failure leaves nothing behind (a killed
-    process leaves a hidden temporary folder, removed by the next export: `clean_leftovers`). An existing
-    version is replaced only with `overwrite=True`. Mixed-precision models are exported
-    in float32 unless `keep_mixed_precision=True`. `extra_metadata` (for example how the
-    model was trained: unit, shortcut, normalization) is merged into `assets/metadata.json`.
-    """
+    path: str
+    final: str
+    version_dir: bool = False  # a SavedModel version, which may replace an existing one
+
+    def publish(self) -> str:
+        """Renames the export into place (atomically) with the usual modes; returns its path."""
+        published_modes(self.path)
+        if self.version_dir and os.path.exists(self.final):  # overwrite: old version aside, new one in
+            base, version = os.path.split(self.final)
+            old = tempfile.mkdtemp(prefix=f".old-{version}-", dir=base)
+            os.rename(self.final, os.path.join(old, "v"))
+            os.rename(self.path, self.final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.path, self.final)
+        return self.final
+
+    def discard(self) -> None:
+        if os.path.isdir(self.path):
+            shutil.rmtree(self.path, ignore_errors=True)
+        elif os.path.exists(self.path):
+            os.remove(self.path)
+
+
+def check_writable_directory(path: str, what: str) -> None:
+    """A one-line ValueError if `path` (or its nearest existing parent) is a file or not writable."""
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ValueError(f"{what} must be a directory, but {probe} is a file. Received: {path!r}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} is not writable: no permission to write in {probe}. Received: {path!r}")
+
+
+def check_savedmodel_arguments(model: keras.Model, base_dir: str, version: Optional[int] = None,
+                               labels: Optional[Sequence[str]] = None) -> str:
+    """Every check that needs no writing, before any export starts; returns the absolute base directory."""
     _check_classifier(model)
     if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
         raise ValueError(f"`version` must be a positive integer or None. Received: version={version!r}")
@@ -195,33 +256,60 @@ def export_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] 
             f"`labels` must name each of the {model.output_shape[-1]} classes. Received: {len(labels)} labels"
         )
     base_dir = os.path.abspath(os.fspath(base_dir))
-    os.makedirs(base_dir, exist_ok=True)
+    check_writable_directory(base_dir, "The SavedModel base directory")
+    return base_dir
+
+
+def stage_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] = None, overwrite: bool = False,
+                     labels: Optional[Sequence[str]] = None, keep_mixed_precision: bool = False,
+                     extra_metadata: Optional[dict] = None) -> Staged:
+    """Writes the SavedModel into a hidden temporary folder of `base_dir` (whose lock the caller holds).
+
+    The version is chosen here (next free by default) and checked against `overwrite`.
+    """
     clean_leftovers(base_dir)
     version = _next_version(base_dir) if version is None else version
     final = os.path.join(base_dir, str(version))
     if os.path.exists(final) and not overwrite:
         raise FileExistsError(f"Version {version} already exists at {final}; pass overwrite=True to replace it")
-
     serving_model = model if keep_mixed_precision else float32_copy(model)
     archive = _serving_archive(serving_model)
-    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-{os.getpid()}-", dir=base_dir)
+    staged = Staged(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base_dir), final, version_dir=True)
     try:
-        archive.write_out(tmp, verbose=False)
-        assets = os.path.join(tmp, "assets")
+        archive.write_out(staged.path, verbose=False)
+        assets = os.path.join(staged.path, "assets")
         os.makedirs(assets, exist_ok=True)
         with open(os.path.join(assets, "metadata.json"), "w") as handle:
             json.dump({**metadata(serving_model), **(extra_metadata or {})}, handle, indent=2)
         if labels is not None:
             with open(os.path.join(assets, "labels.txt"), "w") as handle:
                 handle.write("\n".join(labels) + "\n")
-        if os.path.exists(final):  # overwrite: swap the old version out, the new one in
-            old = tempfile.mkdtemp(prefix=f".old-{version}-{os.getpid()}-", dir=base_dir)
-            os.rename(final, os.path.join(old, "v"))
-            os.rename(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        staged.discard()
         raise
-    return final
+    return staged
+
+
+def export_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] = None,
+                      overwrite: bool = False, labels: Optional[Sequence[str]] = None,
+                      keep_mixed_precision: bool = False, extra_metadata: Optional[dict] = None) -> str:
+    """Writes `base_dir/<version>` for TF Serving and returns its path, unverified.
+
+    `export_and_verify` publishes a version only once it has been verified; use it to serve.
+    Here: `version` defaults to one more than the highest existing version. The export is
+    written into a hidden temporary sibling and renamed into place at the end, so TF Serving
+    never sees a half-written version and a failure leaves nothing behind. One export at a time
+    writes into `base_dir` (its `.lock`); a second raises `DirectoryBusyError` naming the first.
+    Each export first removes what a killed one left (`clean_leftovers`). An existing version is
+    replaced only with `overwrite=True`. Mixed-precision models are exported in float32 unless
+    `keep_mixed_precision=True`. `extra_metadata` (how the model was trained: unit, shortcut,
+    normalization) is merged into `assets/metadata.json`.
+
+    Example:
+        >>> export_savedmodel(keras_resnet_v2.ResNet20(), "/tmp/serving/resnet20")
+        '/tmp/serving/resnet20/1'
+    """
+    base_dir = check_savedmodel_arguments(model, base_dir, version, labels)
+    with DirectoryLock(base_dir, "an export"):
+        return stage_savedmodel(model, base_dir, version, overwrite, labels, keep_mixed_precision,
+                                extra_metadata).publish()

@@ -48,11 +48,23 @@ def verify(model: keras.Model, savedmodel_dir: Optional[str] = None, onnx_path: 
         raise ValueError("verify needs `savedmodel_dir`, `onnx_path` or both. Received: neither")
     if batch is None:
         batch = np.random.default_rng(0).uniform(0, 255, (4, *model.input_shape[1:])).astype("float32")
-    from keras_resnet_v2.export.savedmodel import _probabilities, float32_copy
+    from keras_resnet_v2.export.savedmodel import _check_classifier, float32_copy
 
-    # Exports are float32 (a mixed-precision model is exported as its float32 copy).
-    keras_fn = _probabilities(float32_copy(model))
-    reference = np.asarray(keras_fn(batch), dtype="float32")
+    _check_classifier(model)
+    # Exports are float32 (a mixed-precision model is exported as its float32 copy). The reference
+    # is the model's own output (softmax applied here, in NumPy, to a logits classifier), not the
+    # serving code's transformation of it.
+    reference_model = float32_copy(model)
+    logits = getattr(model.layers[-1].activation, "__name__", None) == "linear"
+
+    def keras_fn(images):
+        out = np.asarray(reference_model(images, training=False), dtype="float64")
+        if logits:
+            out = np.exp(out - out.max(-1, keepdims=True))
+            out /= out.sum(-1, keepdims=True)
+        return out.astype("float32")
+
+    reference = keras_fn(batch)
     report = {"batch_shape": list(batch.shape), "max_relative_error_bound": max_relative_error, **(extra or {})}
     if np.all(np.isfinite(reference)):
         noisy = batch * (1 + 1e-7 * np.random.default_rng(1).standard_normal(batch.shape))

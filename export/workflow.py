@@ -1,15 +1,17 @@
-"""Export to each requested format, time it, and verify all of them against the Keras model."""
+"""Export to each requested format, verify every export, and only then publish them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Optional, Sequence
 
 import keras
 
-from keras_resnet_v2.export.onnx import export_onnx
-from keras_resnet_v2.export.savedmodel import export_savedmodel
+from keras_resnet_v2._files import DirectoryLock
+from keras_resnet_v2.export.onnx import check_onnx_arguments, onnx_lock, stage_onnx
+from keras_resnet_v2.export.savedmodel import check_savedmodel_arguments, stage_savedmodel
 from keras_resnet_v2.export.verify import verify
 
 
@@ -18,10 +20,13 @@ def export_and_verify(model: keras.Model, savedmodel: Optional[str] = None, onnx
                       labels: Optional[Sequence[str]] = None, extra_metadata: Optional[dict] = None) -> dict:
     """SavedModel under `savedmodel` (a TF Serving base directory) and/or ONNX at `onnx`, verified.
 
-    Returns `{"savedmodel": version_dir, "onnx": path, "report": report, "report_path": path}`.
-    The report (`BASE_DIR/<version>.verification.json`, else `FILE.verification.json`) holds the
-    export times (`savedmodel_s`, `onnx_s`) and the parity errors; it is written even when
-    verification fails, and `export.VerificationError` is raised then.
+    Every argument is checked before anything is written. Both exports are written to hidden
+    temporaries, verified there against the Keras model, and only then renamed into place: a
+    failed verification, an error, a kill or a full disk never leaves a version TF Serving would
+    load or an ONNX file at `onnx`. Returns `{"savedmodel": version_dir, "onnx": path, "report":
+    report, "report_path": path}`. The report (`BASE_DIR/<version>.verification.json`, else
+    `FILE.verification.json`) holds the export times (`savedmodel_s`, `onnx_s`) and the parity
+    errors; it is written even when verification fails, and `VerificationError` is raised then.
 
     Example:
         >>> model = keras.saving.load_model("runs/digits/model.keras")
@@ -32,16 +37,32 @@ def export_and_verify(model: keras.Model, savedmodel: Optional[str] = None, onnx
     if not savedmodel and not onnx:
         raise ValueError("Give `savedmodel` (a base directory), `onnx` (a file path) or both. "
                          f"Received: savedmodel={savedmodel!r}, onnx={onnx!r}")
-    timings, version_dir, onnx_path = {}, None, None
-    if savedmodel:
-        start = time.perf_counter()
-        version_dir = export_savedmodel(model, savedmodel, version, overwrite, labels=labels,
-                                        extra_metadata=extra_metadata)
-        timings["savedmodel_s"] = round(time.perf_counter() - start, 2)
-    if onnx:
-        start = time.perf_counter()
-        onnx_path = export_onnx(model, onnx, opset)
-        timings["onnx_s"] = round(time.perf_counter() - start, 2)
-    report_path = f"{version_dir.rstrip(os.sep)}.verification.json" if version_dir else f"{onnx_path}.verification.json"
-    report = verify(model, savedmodel_dir=version_dir, onnx_path=onnx_path, report_path=report_path, extra=timings)
-    return {"savedmodel": version_dir, "onnx": onnx_path, "report": report, "report_path": report_path}
+    base_dir = check_savedmodel_arguments(model, savedmodel, version, labels) if savedmodel else None
+    onnx_path, opset = check_onnx_arguments(model, onnx, opset) if onnx else (None, None)
+    timings, staged = {}, []
+    with contextlib.ExitStack() as locks:
+        try:
+            if base_dir:
+                locks.enter_context(DirectoryLock(base_dir, "an export"))
+                start = time.perf_counter()
+                staged.append(stage_savedmodel(model, base_dir, version, overwrite, labels=labels,
+                                               extra_metadata=extra_metadata))
+                timings["savedmodel_s"] = round(time.perf_counter() - start, 2)
+            if onnx_path:
+                locks.enter_context(onnx_lock(onnx_path))
+                start = time.perf_counter()
+                staged.append(stage_onnx(model, onnx_path, opset))
+                timings["onnx_s"] = round(time.perf_counter() - start, 2)
+            saved = staged[0] if base_dir else None
+            converted = staged[-1] if onnx_path else None
+            report_path = (f"{saved.final}.verification.json" if saved else f"{onnx_path}.verification.json")
+            report = verify(model, savedmodel_dir=saved.path if saved else None,
+                            onnx_path=converted.path if converted else None, report_path=report_path, extra=timings)
+        except BaseException:
+            for item in staged:
+                item.discard()
+            raise
+        version_dir = saved.publish() if saved else None
+        published_onnx = converted.publish() if converted else None
+    return {"savedmodel": version_dir, "onnx": published_onnx, "report": report,
+            "report_path": os.fspath(report_path)}

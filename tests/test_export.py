@@ -17,6 +17,11 @@ import keras_resnet_v2 as krv2
 from keras_resnet_v2 import export
 
 
+def _listing(folder):
+    """What a server or a user sees in `folder`: everything but the hidden lock files."""
+    return sorted(n for n in os.listdir(folder) if not n.endswith(".lock"))
+
+
 def _trained_like(model, seed=0):
     """Non-trivial BatchNorm statistics, as after training (an untrained net in inference
     mode passes unnormalized activations)."""
@@ -116,7 +121,7 @@ def test_versions_are_numbered_and_never_overwritten_silently(tmp_path):
     assert {name: os.path.getmtime(os.path.join(first, name)) for name in os.listdir(first)} == before
     replaced = export.export_savedmodel(model, base, version=1, overwrite=True)
     assert replaced == first and os.path.isfile(os.path.join(first, "saved_model.pb"))
-    assert sorted(os.listdir(base)) == ["1", "2"]
+    assert _listing(base) == ["1", "2"]
 
 
 def test_a_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
@@ -128,7 +133,7 @@ def test_a_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
     base = tmp_path / "serving"
     with pytest.raises(RuntimeError, match="disk full"):
         export.export_savedmodel(krv2.ResNet20(), str(base))
-    assert os.listdir(base) == []
+    assert _listing(base) == []
 
 
 def test_bad_input_is_refused_clearly(tmp_path):
@@ -166,13 +171,13 @@ def test_cli_exports_verifies_and_reports_bad_input(tmp_path):
 def test_failed_cli_verification_still_writes_its_report(tmp_path, capsys):
     from keras_resnet_v2.export.__main__ import main
 
-    exported = krv2.ResNet(8, input_shape=(16, 16, 3), classes=3)
-    # Different weights by construction (two fresh models can share weights once a test has called
-    # keras.utils.set_random_seed): the classifier's kernel moved.
-    other = krv2.ResNet(8, input_shape=(16, 16, 3), classes=3)
+    inputs = keras.Input((16, 16, 3))
+    x = krv2.Standardize(mean=[128.0] * 3, variance=[5000.0] * 3)(inputs)  # pixels in: soft outputs
+    exported = _trained_like(krv2.ResNet(8, input_tensor=x, classes=3))
+    other = keras.models.clone_model(exported)
     other.set_weights(exported.get_weights())
-    kernel = other.get_layer("predictions").kernel
-    kernel.assign(kernel.numpy() + np.random.default_rng(0).normal(0, 1.0, kernel.shape).astype("float32"))
+    bias = other.get_layer("predictions").bias
+    bias.assign(bias.numpy() + np.array([4.0, 0.0, -4.0], "float32"))  # moves every probability
     version_dir = export.export_savedmodel(exported, str(tmp_path / "serving"))
     other.save(str(tmp_path / "other.keras"))
     assert main(["verify", str(tmp_path / "other.keras"), "--savedmodel", version_dir]) == 1
@@ -234,23 +239,39 @@ def test_a_killed_export_leaves_no_version_and_the_next_export_cleans_up(tmp_pat
     leftovers = [n for n in os.listdir(folder) if n.startswith(".tmp-")]
     assert leftovers and not any(n == "1" or n == "m.onnx" for n in os.listdir(folder))  # nothing servable
     model = _trained_like(krv2.ResNet20())
+    # The killed process's lock died with it: the next export runs and removes the leftovers.
     if fn == "export_savedmodel":
         assert export.export_savedmodel(model, str(target)) == str(target / "1")
-        assert os.listdir(target) == ["1"]
+        assert _listing(target) == ["1"]
     else:
         export.export_onnx(model, str(target))
-        assert os.listdir(tmp_path) == ["m.onnx"]
+        assert _listing(tmp_path) == ["m.onnx"]
 
 
-def test_a_version_moved_aside_by_a_killed_overwrite_is_put_back(tmp_path):
+def test_leftovers_are_cleaned_under_the_lock_whatever_pid_wrote_them(tmp_path):
     base = tmp_path / "serving"
-    old = base / f".old-1-{_dead_pid()}-abc" / "v"
+    old = base / ".old-1-abc" / "v"  # version 1, moved aside by an overwrite that was killed
     old.mkdir(parents=True)
     (old / "saved_model.pb").write_bytes(b"version 1")
-    (base / f".tmp-1-{_dead_pid()}-def").mkdir()  # the new version 1, killed before it landed
-    live = base / f".tmp-3-{os.getpid()}-ghi"  # an export still running (this process): untouched
-    live.mkdir()
-    dead = sorted(n for n in os.listdir(base) if n != live.name)
-    assert export.savedmodel.clean_leftovers(str(base)) == dead
-    assert sorted(os.listdir(base)) == sorted(["1", live.name])
+    (base / ".tmp-1-def").mkdir()  # the new version 1, killed before it landed
+    # Written by a process whose PID is alive again (this one: in a container the exporter is
+    # often PID 1 on every start). The lock, not the PID, says no export is running.
+    (base / f".tmp-3-{os.getpid()}-ghi").mkdir()
+    names = _listing(base)
+    with export.savedmodel.DirectoryLock(str(base), "a test"):
+        assert export.savedmodel.clean_leftovers(str(base)) == names
+    assert _listing(base) == ["1"]
     assert (base / "1" / "saved_model.pb").read_bytes() == b"version 1"
+
+
+def test_a_second_export_into_a_busy_directory_is_refused_naming_the_first(tmp_path):
+    base = tmp_path / "serving"
+    model = krv2.ResNet(8, input_shape=(16, 16, 3), classes=3)
+    with export.savedmodel.DirectoryLock(str(base), "a running export"):
+        (base / ".tmp-1-live").mkdir()  # what the running export is writing: never touched
+        with pytest.raises(export.DirectoryBusyError, match=rf"in use by a running export \(pid {os.getpid()}"):
+            export.export_savedmodel(model, str(base))
+        with pytest.raises(export.DirectoryBusyError, match="in use by a running export"):
+            export.export_and_verify(model, str(base), str(tmp_path / "m.onnx"))
+        assert _listing(base) == [".tmp-1-live"] and not (tmp_path / "m.onnx").exists()
+    assert export.export_savedmodel(model, str(base)) == str(base / "1")

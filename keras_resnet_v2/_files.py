@@ -1,0 +1,81 @@
+"""File-system safety shared by training and export: one writer per directory, OS errors in one line.
+
+`DirectoryLock` is an advisory lock file that the kernel releases when its holder dies, used by
+`keras_resnet_v2.training` (a run directory) and `keras_resnet_v2.export` (a serving base
+directory, an ONNX file), which import nothing from each other. The lock is `fcntl.flock` on
+`DIR/.lock`: held while the process lives, released on any exit, SIGKILL included, so a lock is
+never stale and no process ID has to be trusted (in containers the writer is often PID 1 again,
+so "is the recorded PID alive?" answers wrongly). The file records who holds it, for the message
+a second writer gets.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+import time
+
+LOCK_NAME = ".lock"
+
+
+class DirectoryBusyError(RuntimeError):
+    """Another process holds the directory's lock."""
+
+
+class DirectoryLock:
+    """`with DirectoryLock(path, "a training run"):` holds `path/.lock`, or raises at once.
+
+    Example:
+        >>> with DirectoryLock("runs/r20", "a training run"):
+        ...     pass  # the only writer of runs/r20 until here
+    """
+
+    def __init__(self, directory: str, purpose: str, lock_name: str = LOCK_NAME, target: str | None = None):
+        """`lock_name`: a lock file per target instead of per directory (an ONNX file locks only
+        itself: `.NAME.onnx.lock`); `target` is what the refusal names (default: the directory)."""
+        self.directory, self.purpose = os.path.abspath(directory), purpose
+        self.path = os.path.join(self.directory, lock_name)
+        self.target = target or self.directory
+        self._fd: int | None = None
+
+    def __enter__(self) -> DirectoryLock:
+        os.makedirs(self.directory, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise DirectoryBusyError(f"{self.target} is in use by {holder}; wait for it to finish or "
+                                     "write somewhere else") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"purpose": self.purpose, "pid": os.getpid(), "host": socket.gethostname(),
+                                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        return (f"{holder['purpose']} (pid {holder['pid']} on {holder['host']}, since {holder['since']})")
+    except (OSError, ValueError, KeyError):
+        return "another process"
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line for an OS error a user can act on: "no space left on device writing X", ..."""
+    where = f" writing {error.filename}" if getattr(error, "filename", None) else ""
+    if error.errno == errno.ENOSPC:
+        return f"no space left on device{where}"
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied{where}"
+    return f"{error.strerror or error}{where}"

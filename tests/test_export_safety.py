@@ -1,0 +1,166 @@
+"""Exports that cannot be crashed, go live only once verified, and serve only what the model computes."""
+
+import errno
+import json
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import keras_resnet_v2 as krv2
+from keras_resnet_v2 import export
+
+
+def _served_model(classifier_activation="softmax"):
+    """A small net with a Standardize layer in front, as resnet-v2-train builds it (0..255 pixels in)."""
+    inputs = keras.Input((16, 16, 3), name="images")
+    x = krv2.Standardize(mean=[120.0, 110.0, 100.0], variance=[3000.0, 2800.0, 2600.0])(inputs)
+    return krv2.ResNet(8, input_tensor=x, classes=3, classifier_activation=classifier_activation)
+
+
+CALLS = textwrap.dedent("""
+    import json, sys
+    import numpy as np, tensorflow as tf
+    loaded = tf.saved_model.load(sys.argv[1])
+    results = {}
+    for signature, dtype in (("serving_default", tf.float32), ("serve_uint8", tf.uint8)):
+        for shape in ([16, 16, 3], [1, 1, 1, 3], [1, 16, 1, 3], [1, 16, 16, 1], [2, 16, 16, 3, 1], [0, 16, 16, 3],
+                      [2, 16, 16, 3]):
+            key = f"{signature} {shape}"
+            try:
+                out = loaded.signatures[signature](images=tf.zeros(shape, dtype))
+                results[key] = {k: list(v.shape) for k, v in out.items()}
+            except tf.errors.InvalidArgumentError as error:
+                results[key] = "InvalidArgumentError: " + error.message
+    print(json.dumps(results))
+""")
+
+
+def test_serving_signatures_check_shapes_and_survive_bad_requests(tmp_path):
+    version = export.export_savedmodel(_served_model(), str(tmp_path / "serving"))
+    # A separate process: before the checks, one malformed request aborted the whole process.
+    done = subprocess.run([sys.executable, "-c", CALLS, version], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    for signature in ("serving_default", "serve_uint8"):
+        for shape in ([16, 16, 3], [1, 1, 1, 3], [1, 16, 1, 3], [1, 16, 16, 1], [2, 16, 16, 3, 1]):
+            answer = results[f"{signature} {shape}"]
+            assert isinstance(answer, str) and answer.startswith("InvalidArgumentError"), (signature, shape, answer)
+            assert "[batch, 16, 16, 3]" in answer or "[?,16,16,3]" in answer, answer
+        assert results[f"{signature} [0, 16, 16, 3]"] == {"probabilities": [0, 3], "classes": [0]}
+        assert results[f"{signature} [2, 16, 16, 3]"] == {"probabilities": [2, 3], "classes": [2]}
+
+
+@pytest.mark.parametrize("build, found", [
+    (lambda: krv2.ResNet(8, input_shape=(16, 16, 3), include_top=False, pooling="avg"),
+     r"'avg_pool' \(GlobalAveragePooling2D\) with activation None"),
+    (lambda: _served_model(classifier_activation="sigmoid"), r"'predictions' \(Dense\) with activation 'sigmoid'"),
+])
+def test_models_that_are_not_softmax_or_logits_classifiers_are_refused(tmp_path, build, found):
+    model = build()
+    for call in (lambda: export.export_and_verify(model, str(tmp_path / "serving"), str(tmp_path / "m.onnx")),
+                 lambda: export.export_savedmodel(model, str(tmp_path / "serving")),
+                 lambda: export.export_onnx(model, str(tmp_path / "m.onnx"))):
+        with pytest.raises(ValueError, match="softmax or linear.*" + found):
+            call()
+    assert os.listdir(tmp_path) == []  # refused before anything was written
+
+
+def test_verification_compares_with_the_models_own_output(tmp_path):
+    model = _served_model(classifier_activation=None)  # logits: served as softmax(logits)
+    result = export.export_and_verify(model, str(tmp_path / "serving"), str(tmp_path / "m.onnx"))
+    assert result["report"]["passed"]
+    import tensorflow as tf
+
+    images = np.random.default_rng(0).uniform(0, 255, (3, 16, 16, 3)).astype("float32")
+    logits = np.asarray(model(images, training=False), dtype="float64")
+    expected = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    served = tf.saved_model.load(result["savedmodel"]).signatures["serving_default"](images=tf.constant(images))
+    np.testing.assert_allclose(served["probabilities"].numpy(), expected, rtol=1e-5, atol=1e-7)
+
+
+def _published(folder):
+    return sorted(n for n in os.listdir(folder) if not n.endswith(".lock"))
+
+
+def test_a_failed_verification_publishes_nothing(tmp_path, monkeypatch):
+    seen = {}
+
+    def failing_verify(model, savedmodel_dir=None, onnx_path=None, report_path=None, **kwargs):
+        # Verification reads the hidden temporaries, not published paths.
+        seen.update(savedmodel=savedmodel_dir, onnx=onnx_path)
+        assert os.path.basename(savedmodel_dir).startswith(".tmp-1-") and os.path.isdir(savedmodel_dir)
+        assert os.path.basename(onnx_path).startswith(".tmp-m.onnx-") and os.path.isfile(onnx_path)
+        raise export.VerificationError("parity failed (injected)")
+
+    monkeypatch.setattr(export.workflow, "verify", failing_verify)
+    base = tmp_path / "serving"
+    with pytest.raises(export.VerificationError, match="injected"):
+        export.export_and_verify(_served_model(), str(base), str(tmp_path / "m.onnx"))
+    assert seen and _published(base) == [] and _published(tmp_path) == ["serving"]
+
+
+def test_bad_arguments_are_refused_before_any_export(tmp_path):
+    model = _served_model()
+    (tmp_path / "a_file").write_text("x")
+    cases = [
+        (dict(onnx=str(tmp_path / "m.onnx"), opset=7), "`opset` must be an integer from 13 to 18"),
+        (dict(onnx=str(tmp_path / "m.txt")), "must end in .onnx"),
+        (dict(savedmodel=str(tmp_path / "a_file")), "must be a directory, but .*a_file is a file"),
+        (dict(savedmodel=str(tmp_path / "a_file" / "sub")), "must be a directory, but .*a_file is a file"),
+        (dict(version=0), "`version` must be a positive integer"),
+    ]
+    for kwargs, message in cases:
+        kwargs = {"savedmodel": str(tmp_path / "serving"), **kwargs}
+        with pytest.raises(ValueError, match=message):
+            export.export_and_verify(model, **kwargs)
+        assert not (tmp_path / "serving").exists(), kwargs  # the SavedModel step did not start
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_an_unwritable_directory_is_one_line(tmp_path):
+    locked = tmp_path / "ro"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(ValueError, match="not writable"):
+        export.export_and_verify(_served_model(), str(locked / "serving"))
+
+
+def test_a_full_disk_says_so_in_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    import tf2onnx
+
+    def full_disk(*args, output_path=None, **kwargs):
+        with open(output_path, "wb") as handle:
+            handle.write(b"half an onnx file")
+        raise OSError(errno.ENOSPC, "No space left on device", output_path)
+
+    monkeypatch.setattr(tf2onnx.convert, "from_function", full_disk)
+    model = _served_model()
+    model.save(tmp_path / "model.keras")
+    from keras_resnet_v2.export.__main__ import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    code = main([str(tmp_path / "model.keras"), "--savedmodel", str(out / "serving"), "--onnx", str(out / "m.onnx")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "no space left on device writing" in err[0], err
+    # The SavedModel was written first, but nothing is published and no temporary is left.
+    assert _published(out / "serving") == [] and _published(out) == ["serving"]
+
+
+def test_published_exports_have_the_usual_modes(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        result = export.export_and_verify(_served_model(), str(tmp_path / "serving"), str(tmp_path / "m.onnx"))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(os.stat(result["savedmodel"]).st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(result["onnx"]).st_mode) == 0o644
+    for root, _dirs, files in os.walk(result["savedmodel"]):
+        for name in files:
+            assert stat.S_IMODE(os.stat(os.path.join(root, name)).st_mode) & 0o044 == 0o044, name
