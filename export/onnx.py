@@ -10,11 +10,10 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
-from keras_resnet_v2._files import DirectoryLock
+from keras_resnet_v2._files import DirectoryLock, check_writable_directory
 from keras_resnet_v2.export.savedmodel import (
     Staged,
     _check_classifier,
-    check_writable_directory,
     float32_copy,
     serving_outputs,
 )

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -14,7 +15,7 @@ import keras
 import tensorflow as tf
 
 import keras_resnet_v2
-from keras_resnet_v2._files import DirectoryLock
+from keras_resnet_v2._files import DirectoryLock, check_writable_directory
 
 
 def _check_classifier(model) -> None:
@@ -150,6 +151,9 @@ def load_model(path: str) -> keras.Model:
     candidate = os.path.join(path, "model.keras") if os.path.isdir(path) else path
     if not (os.path.isfile(candidate) and candidate.endswith(".keras")):
         raise ValueError(f"MODEL must be a .keras file or a directory holding model.keras. Received: {path!r}")
+    if not zipfile.is_zipfile(candidate):  # Keras would say "File not found" of an existing file
+        raise ValueError(f"MODEL {candidate!r} exists but is not a .keras archive (a .keras file is a zip "
+                         "archive; this one is truncated, damaged or of another format)")
     try:
         # compile=False: serving and evaluation need no optimizer, and files a user compiled with
         # an optimizer of their own load without it.
@@ -232,17 +236,6 @@ class Staged:
             shutil.rmtree(self.path, ignore_errors=True)
         elif os.path.exists(self.path):
             os.remove(self.path)
-
-
-def check_writable_directory(path: str, what: str) -> None:
-    """A one-line ValueError if `path` (or its nearest existing parent) is a file or not writable."""
-    probe = path
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise ValueError(f"{what} must be a directory, but {probe} is a file. Received: {path!r}")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"{what} is not writable: no permission to write in {probe}. Received: {path!r}")
 
 
 def check_savedmodel_arguments(model: keras.Model, base_dir: str, version: Optional[int] = None,

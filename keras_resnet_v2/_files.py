@@ -71,6 +71,17 @@ def _read_holder(fd: int) -> str:
         return "another process"
 
 
+def check_writable_directory(path: str, what: str) -> None:
+    """A one-line ValueError if `path` (or its nearest existing parent) is a file or not writable."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ValueError(f"{what} must be a directory, but {probe} is a file. Received: {path!r}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} is not writable: no permission to write in {probe}. Received: {path!r}")
+
+
 def describe_os_error(error: OSError) -> str:
     """One line for an OS error a user can act on: "no space left on device writing X", ..."""
     where = f" writing {error.filename}" if getattr(error, "filename", None) else ""

@@ -42,6 +42,9 @@ BN_EPSILON = 1e-5
 # when it builds a model and when it loads one. ResNet-1202 is deeper than Python's
 # default limit of 1,000 frames, so the package raises the limit (it never lowers it).
 DEEP_GRAPH_RECURSION_LIMIT = 10_000
+# The deepest network built here. The paper's deepest is ResNet-1202; far deeper graphs need more
+# recursion than Python's C stack safely gives Keras' graph walks (the limit is 40 frames a unit).
+MAX_DEPTH = 2_000
 
 
 def ensure_recursion_limit(limit: int = DEEP_GRAPH_RECURSION_LIMIT) -> None:
@@ -144,6 +147,9 @@ def _check_choice(arg: str, value, allowed: Sequence) -> None:
 def _resolve_depth(depth, family, block) -> tuple[str, str, tuple[int, ...]]:
     if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
         raise ValueError(f"`depth` must be a positive integer. Received: depth={depth!r}")
+    if depth > MAX_DEPTH:
+        raise ValueError(f"`depth` must be at most {MAX_DEPTH:,} (the paper's deepest is 1202). "
+                         f"Received: depth={depth!r}")
     _check_choice("family", family, (None,) + FAMILIES)
     _check_choice("block", block, (None,) + BLOCKS)
     if family is None:  # the named depth sets of the two families do not overlap

@@ -163,7 +163,7 @@ def test_cli_exports_verifies_and_reports_bad_input(tmp_path):
     assert missing.returncode == 1 and "nope.keras" in missing.stderr
     (tmp_path / "junk.keras").write_bytes(b"junk")
     junk = _cli(str(tmp_path / "junk.keras"), "--onnx", str(tmp_path / "x.onnx"))
-    assert junk.returncode == 1 and "not a loadable Keras model" in junk.stderr
+    assert junk.returncode == 1 and "exists but is not a .keras archive" in junk.stderr
     verified = _cli("verify", str(tmp_path / "model.keras"), "--onnx", str(tmp_path / "m.onnx"))
     assert verified.returncode == 0 and "verification passed" in verified.stdout
 

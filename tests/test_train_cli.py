@@ -111,7 +111,7 @@ def test_config_file_then_flags_override_the_recipe(tmp_path):
     assert config.model == "resnet14" and config.shortcut == "shortcut_only_gating"
     assert config.recipe_overrides == {"lr": 0.2, "warmup_steps": 0, "boundaries": (10, 20)}
     assert config.variant_options == {"gate_bias": -6} and config.steps == 7 and config.epochs is None
-    with pytest.raises(ValueError, match="Unknown config keys.*'learning_rate'"):
+    with pytest.raises(ValueError, match="Unknown keys.*'learning_rate'"):
         bad = tmp_path / "bad.json"
         bad.write_text(json.dumps({"learning_rate": 0.1}))
         cli.config_from_args(["--config", str(bad)])

@@ -154,10 +154,12 @@ def test_bad_image_folders(tmp_path):
     with pytest.raises(data.DatasetError, match="no class subfolders"):
         data.load(str(tmp_path / "empty"))
     (tmp_path / "noimages" / "a").mkdir(parents=True)
+    (tmp_path / "noimages" / "b").mkdir(parents=True)
     with pytest.raises(data.DatasetError, match="holds no images"):
         data.load(str(tmp_path / "noimages"))
     bad = tmp_path / "bad" / "a"
     bad.mkdir(parents=True)
+    (tmp_path / "bad" / "b").mkdir()
     (bad / "x.jpg").write_bytes(b"not an image at all")
     with pytest.raises(data.DatasetError, match="x.jpg.*is not a JPEG"):
         data.load(str(tmp_path / "bad"))

@@ -15,6 +15,7 @@ CASES = [
     ({"depth": 51, "family": "imagenet"}, ["family='imagenet'", "18, 34, 50, 101, 152, 200", "depth=51"]),
     ({"depth": 0}, ["positive integer", "depth=0"]),
     ({"depth": "110"}, ["positive integer", "depth='110'"]),
+    ({"depth": 10**9 + 1}, ["at most 2,000", "Received: depth=1000000001"]),
     ({"depth": 50, "family": "imagenet", "block": "basic"}, ["'bottleneck'", "block='basic'"]),
     ({"depth": 20, "family": "svhn"}, ["`family`", "'cifar', 'imagenet'", "family='svhn'"]),
     ({"depth": 20, "block": "wide"}, ["`block`", "'basic', 'bottleneck'", "block='wide'"]),

@@ -37,13 +37,25 @@ def atomic_write(path: str, write) -> None:
 
 
 def read_history(path: str) -> list[dict]:
-    """Rows of a history.csv as dicts of floats (`epoch` and `step` as ints)."""
+    """Rows of a history.csv as dicts of floats (`epoch` and `step` as ints).
+
+    A damaged file (truncated or edited by hand) raises a ValueError naming the file and line.
+    """
     if not os.path.exists(path):
         return []
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    return [{k: (int(float(v)) if k in ("epoch", "step") else float(v)) for k, v in row.items() if v != ""}
-            for row in rows]
+    parsed = []
+    for line, row in enumerate(rows, start=2):
+        try:
+            if None in row or None in row.values() or row.get("epoch") in (None, "") or row.get("step") in (None, ""):
+                raise ValueError("missing or extra fields")
+            parsed.append({k: (int(float(v)) if k in ("epoch", "step") else float(v))
+                           for k, v in row.items() if v not in ("", None)})
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path} is damaged at line {line} ({error}); repair or delete it (the run's "
+                             "backup/ holds the model), then rerun") from None
+    return parsed
 
 
 def _write_history(path: str, rows: list[dict]) -> None:

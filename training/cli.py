@@ -75,6 +75,8 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--fused-batchnorm", type=_bool, help="train BatchNorm through TF's fused kernel (default true)")
     p.add_argument("--remat", action="store_true",
                    help="rematerialize each residual unit: much less memory, more compute per step")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="image folders: leave out images that do not decode (default: stop, naming them)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -130,6 +132,7 @@ def sweep_main(argv: Sequence[str]) -> int:
 
 
 def read_config_file(path: str) -> dict:
+    """The settings of a JSON or YAML file, with one-line errors naming the file (and the key)."""
     if not os.path.isfile(path):
         raise ValueError(f"`config` file not found. Received: config={path!r}")
     with open(path) as f:
@@ -137,11 +140,24 @@ def read_config_file(path: str) -> dict:
     if path.endswith((".yaml", ".yml")):
         import yaml
 
-        values = yaml.safe_load(text)
+        try:
+            values = yaml.safe_load(text)  # plain data only: a Python tag is refused
+        except yaml.YAMLError as error:
+            where = getattr(error, "problem_mark", None)
+            line = f" at line {where.line + 1}" if where else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise ValueError(f"`config` file {path!r} is not valid plain YAML{line}: {problem}") from None
     else:
-        values = json.loads(text)
+        try:
+            values = json.loads(text)
+        except ValueError as error:
+            raise ValueError(f"`config` file {path!r} is not valid JSON: {error}") from None
     if not isinstance(values, dict):
-        raise ValueError(f"`config` file {path!r} must hold a mapping of settings.")
+        raise ValueError(f"`config` file {path!r} must hold a mapping of settings. "
+                         f"Received: {type(values).__name__}")
+    bad = [k for k in values if not isinstance(k, str)]
+    if bad:
+        raise ValueError(f"Keys in `config` file {path!r} must be setting names (strings). Received: key {bad[0]!r}")
     return {k.replace("-", "_"): v for k, v in values.items()}
 
 
@@ -149,8 +165,9 @@ def config_from_args(argv: Sequence[str]):
     from keras_resnet_v2.training.run import TrainConfig
 
     args = vars(_train_parser().parse_args(argv))
+    source = f"`config` file {args['config']!r}" if "config" in args else "the command line"
     values = read_config_file(args.pop("config")) if "config" in args else {}
-    if "boundaries" in values:
+    if isinstance(values.get("boundaries"), list):
         values["boundaries"] = tuple(values["boundaries"])
     options = dict(args.pop("options", []))
     if options:
@@ -161,14 +178,32 @@ def config_from_args(argv: Sequence[str]):
         values.pop("epochs", None)
         values.pop("steps", None)
     values.update(args)
-    return TrainConfig.from_dict(values)
+    return TrainConfig.from_dict(values, source)
+
+
+def _interrupted(argv: Sequence[str]) -> str:
+    """Where a Ctrl-C left a training run, and how to go on."""
+    try:
+        run_dir = config_from_args(argv).run_dir
+    except (SystemExit, ValueError):
+        return "interrupted"
+    from keras_resnet_v2.training.callbacks import read_history
+
+    try:
+        rows = read_history(os.path.join(run_dir, "history.csv"))
+    except ValueError:
+        rows = []
+    done = f"after epoch {rows[-1]['epoch']} (step {rows[-1]['step']})" if rows else "before the first epoch ended"
+    return f"interrupted {done}; rerun the same command to resume from {os.path.join(run_dir, 'backup')}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     argv = list(sys.argv[1:] if argv is None else argv)
+    from keras_resnet_v2._files import DirectoryBusyError, describe_os_error
     from keras_resnet_v2.training.data import DatasetError
     from keras_resnet_v2.training.loop import NonFiniteLossError
+    from keras_resnet_v2.training.run import DiskFullError
 
     try:
         if argv[:1] == ["evaluate"]:
@@ -184,10 +219,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         result = run(config_from_args(argv))
         print(json.dumps(result, indent=2, default=str))
-    except (ValueError, DatasetError, FileExistsError) as error:
+    except (ValueError, DatasetError, FileExistsError, DirectoryBusyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         return 3
+    except DiskFullError as error:
+        print(f"\nerror: {error}", file=sys.stderr)
+        return 4
+    except OSError as error:
+        print(f"\nerror: {describe_os_error(error)}", file=sys.stderr)
+        return 4
+    except KeyboardInterrupt:
+        print(f"\n{_interrupted(argv) if argv[:1] not in (['evaluate'], ['sweep']) else 'interrupted'}",
+              file=sys.stderr)
+        return 130
     return 0

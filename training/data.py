@@ -6,8 +6,8 @@ Three sources, one result type (`Splits`: unbatched train/test `tf.data.Dataset`
 - `digits`: the 1,797 real 8x8 handwritten digits shipped inside scikit-learn, scaled to
   0..255, resized to 32x32 and repeated to RGB; a fixed stratified 80/20 split (seed 0).
   Offline, so it is the quick start's and the tests' dataset.
-- a folder of images with one subfolder per class (`train/` and `test/` subfolders if present,
-  else a fixed split by file-name hash);
+- a folder of images with one subfolder per class (split folders `train/` and `test/`, `val/` or
+  `validation/` if present, else a fixed split by file-name hash);
 - any TFDS image-classification dataset by name (`cifar10`, `cifar100`, `imagenet2012`, ...).
 
 Pipelines follow the paper's appendix (see FACTS.md, "Training recipe"):
@@ -65,11 +65,13 @@ class Splits:
     info: DatasetInfo
 
 
-def load(name: str, data_dir: str | None = None, image_size: int | None = 32) -> Splits:
+def load(name: str, data_dir: str | None = None, image_size: int | None = 32,
+         skip_bad_images: bool = False) -> Splits:
     """Loads a dataset by name: "digits", a folder path, or a TFDS name.
 
     `image_size` resizes digits (default 32) and folder images; `None` keeps a folder's images
     at their own sizes (ImageNet-style data). TFDS images keep the dataset's sizes.
+    `skip_bad_images` leaves out a folder's images that do not decode (default: refuse, naming them).
 
     Example:
         >>> splits = load("digits")
@@ -81,7 +83,7 @@ def load(name: str, data_dir: str | None = None, image_size: int | None = 32) ->
     if name == "digits":
         return load_digits(image_size=image_size or 32)
     if os.path.sep in name or os.path.isdir(name):
-        return load_folder(name, image_size=image_size)
+        return load_folder(name, image_size=image_size, skip_bad_images=skip_bad_images)
     return load_tfds(name, data_dir=data_dir)
 
 
@@ -128,6 +130,9 @@ def _scan_class_folders(directory: str, classes: list[str] | None = None):
     if not classes:
         raise DatasetError(
             f"Image folder {directory!r} has no class subfolders; expected {directory}/<class>/<image>.")
+    if len(classes) == 1:
+        raise DatasetError(f"Image folder {directory!r} has 1 class ({classes[0]}); a classifier needs at least "
+                           "2 class subfolders.")
     paths, labels = [], []
     for index, cls in enumerate(classes):
         files = _image_files(os.path.join(directory, cls))
@@ -140,30 +145,90 @@ def _scan_class_folders(directory: str, classes: list[str] | None = None):
     return classes, paths, labels
 
 
-def load_folder(directory: str, image_size: int | None = 32, test_fraction: float = 0.1) -> Splits:
-    """Images in `directory/<class>/...`, or in `directory/{train,test}/<class>/...`.
+# Split folders of an image folder: the first that exists of each kind is used.
+FOLDER_TRAIN_SPLITS = ("train",)
+FOLDER_TEST_SPLITS = ("test", "validation", "val")
 
-    Every file is checked up front to be an image (JPEG/PNG/GIF/BMP) so a bad file is named
-    before training starts. Images are decoded to RGB and resized to `image_size` squared, or
-    kept at their own sizes with `image_size=None` (the ImageNet-style pipeline then crops them).
-    Without `train/` and `test/` subfolders, a file goes to test when the hash of its path
-    relative to `directory` falls in the first `test_fraction` of the range (stable across runs).
+
+def _undecodable(paths: list[str]) -> dict[str, str]:
+    """The files among `paths` that do not decode whole, each with TensorFlow's reason.
+
+    One parallel pass over every image (a truncated JPEG with a valid header passes the magic-bytes
+    check but fails here), so a bad file is named before training, not an epoch into it.
+    """
+    def decodes(path):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        return path, tf.shape(image)
+
+    checked = tf.data.Dataset.from_tensor_slices(paths).map(decodes, num_parallel_calls=AUTOTUNE)
+    good = {path.decode() for path, _ in checked.ignore_errors().as_numpy_iterator()}
+    bad = {}
+    for path in (p for p in paths if p not in good):
+        try:
+            tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+            bad[path] = "decoding failed"
+        except tf.errors.OpError as error:
+            bad[path] = error.message.strip().splitlines()[0]
+    return bad
+
+
+def _folder_splits(directory: str, test_fraction: float):
+    """(classes, train paths, train labels, test paths, test labels) of an image folder."""
+    subfolders = {d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d))}
+    train_name = next((d for d in FOLDER_TRAIN_SPLITS if d in subfolders), None)
+    test_name = next((d for d in FOLDER_TEST_SPLITS if d in subfolders), None)
+    split_names = subfolders & set(FOLDER_TRAIN_SPLITS + FOLDER_TEST_SPLITS)
+    if split_names and (train_name is None or subfolders - set(FOLDER_TRAIN_SPLITS + FOLDER_TEST_SPLITS)):
+        raise DatasetError(
+            f"Image folder {directory!r} mixes split folders ({', '.join(sorted(split_names))}) with other "
+            f"subfolders ({', '.join(sorted(subfolders - split_names)) or 'none'}): use {directory}/<class>/<image>, "
+            f"or {directory}/train/<class>/<image> with test/ (or val/, validation/) beside it.")
+    if train_name and test_name:
+        classes, train_paths, train_labels = _scan_class_folders(os.path.join(directory, train_name))
+        _, test_paths, test_labels = _scan_class_folders(os.path.join(directory, test_name), classes)
+        return classes, train_paths, train_labels, test_paths, test_labels
+    root = os.path.join(directory, train_name) if train_name else directory
+    classes, paths, labels = _scan_class_folders(root)
+    train_paths, train_labels, test_paths, test_labels = [], [], [], []
+    for path, label in zip(paths, labels, strict=True):
+        digest = hashlib.sha1(os.path.relpath(path, root).encode()).digest()
+        is_test = int.from_bytes(digest[:4], "big") < test_fraction * 2**32
+        (test_paths if is_test else train_paths).append(path)
+        (test_labels if is_test else train_labels).append(label)
+    if not train_paths or not test_paths:
+        raise DatasetError(f"Image folder {directory!r} has too few images for a train and a test split.")
+    return classes, train_paths, train_labels, test_paths, test_labels
+
+
+def load_folder(directory: str, image_size: int | None = 32, test_fraction: float = 0.1,
+                skip_bad_images: bool = False) -> Splits:
+    """Images in `directory/<class>/...`, or `directory/train/<class>/...` beside `test/`, `val/` or
+    `validation/` (the first of these that exists is the test split).
+
+    Every file is checked up front: its first bytes must be an image's (JPEG/PNG/GIF/BMP) and it
+    must decode whole, so a bad file is named before training starts; `skip_bad_images=True`
+    leaves the undecodable ones out instead, saying how many. Images are decoded to RGB and resized
+    to `image_size` squared, or kept at their own sizes with `image_size=None` (the ImageNet-style
+    pipeline then crops them). Without a test split, a file goes to test when the hash of its path
+    relative to the class folders' parent falls in the first `test_fraction` of the range (stable
+    across runs). Fewer than 2 classes is refused.
     """
     directory = os.path.abspath(directory)
-    train_dir, test_dir = os.path.join(directory, "train"), os.path.join(directory, "test")
-    if os.path.isdir(train_dir) and os.path.isdir(test_dir):
-        classes, train_paths, train_labels = _scan_class_folders(train_dir)
-        _, test_paths, test_labels = _scan_class_folders(test_dir, classes)
-    else:
-        classes, paths, labels = _scan_class_folders(directory)
-        train_paths, train_labels, test_paths, test_labels = [], [], [], []
-        for path, label in zip(paths, labels, strict=True):
-            digest = hashlib.sha1(os.path.relpath(path, directory).encode()).digest()
-            is_test = int.from_bytes(digest[:4], "big") < test_fraction * 2**32
-            (test_paths if is_test else train_paths).append(path)
-            (test_labels if is_test else train_labels).append(label)
-        if not train_paths or not test_paths:
-            raise DatasetError(f"Image folder {directory!r} has too few images for a train and a test split.")
+    if not os.path.isdir(directory) or not os.access(directory, os.R_OK | os.X_OK):
+        raise DatasetError(f"Image folder {directory!r} does not exist or cannot be read.")
+    classes, train_paths, train_labels, test_paths, test_labels = _folder_splits(directory, test_fraction)
+    bad = _undecodable(train_paths + test_paths)
+    if bad and not skip_bad_images:
+        listed = "; ".join(f"{path}: {reason}" for path, reason in list(bad.items())[:3])
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise DatasetError(f"{len(bad)} image(s) in {directory!r} do not decode ({listed}{more}); fix or remove "
+                           "them, or pass --skip-bad-images (skip_bad_images=True) to leave them out.")
+    if bad:
+        print(f"warning: leaving out {len(bad)} image(s) of {directory!r} that do not decode", flush=True)
+        keep = [(p, y) for p, y in zip(train_paths, train_labels, strict=True) if p not in bad]
+        train_paths, train_labels = [p for p, _ in keep], [y for _, y in keep]
+        keep = [(p, y) for p, y in zip(test_paths, test_labels, strict=True) if p not in bad]
+        test_paths, test_labels = [p for p, _ in keep], [y for _, y in keep]
 
     def decode(path, label):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)

@@ -17,7 +17,10 @@ at each epoch end, after history.csv), so at most the interrupted epoch is redon
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import glob
 import json
 import os
 import re
@@ -28,6 +31,7 @@ import keras
 import tensorflow as tf
 
 import keras_resnet_v2
+from keras_resnet_v2._files import DirectoryLock, check_writable_directory
 from keras_resnet_v2.resnet import resolve_config
 from keras_resnet_v2.training import callbacks as cb
 from keras_resnet_v2.training import data as data_lib
@@ -60,20 +64,48 @@ class TrainConfig:
     eval_size: int | None = None  # also test at this crop (ImageNet-style data; the paper's 320)
     remat: bool = False  # recompute each unit's activations in the backward pass (less memory)
     fused_batchnorm: bool = True  # train BatchNorm through TensorFlow's fused kernel (runtime.fuse_batchnorm)
+    skip_bad_images: bool = False  # image folders: leave out files that do not decode (default: refuse)
     verbose: int = 1
     recipe_overrides: dict = field(default_factory=dict)  # any `recipes.Recipe` field
 
     @classmethod
-    def from_dict(cls, values: dict) -> TrainConfig:
+    def from_dict(cls, values: dict, source: str = "the settings") -> TrainConfig:
+        """Checks every key and value type (one-line errors naming `source`, e.g. a config file)."""
         known = {f.name for f in dataclasses.fields(cls)}
+        bad_keys = [k for k in values if not isinstance(k, str)]
+        if bad_keys:
+            raise ValueError(f"Keys in {source} must be setting names (strings). Received: key {bad_keys[0]!r}")
         overrides = {k: values[k] for k in values if k in recipes.RECIPE_FIELDS and k not in known}
         unknown = set(values) - known - set(overrides)
         if unknown:
             allowed = sorted(known | set(recipes.RECIPE_FIELDS))
-            raise ValueError(f"Unknown config keys {sorted(unknown)}; allowed: {allowed}")
+            raise ValueError(f"Unknown keys {sorted(unknown)} in {source}; allowed: {allowed}")
+        for owner in (cls, recipes.Recipe):
+            for f in dataclasses.fields(owner):
+                if f.name in values and (owner is cls or f.name in overrides):
+                    _check_type(f.name, values[f.name], f.type, source)
         config = cls(**{k: v for k, v in values.items() if k in known})
         config.recipe_overrides = {**config.recipe_overrides, **overrides}
         return config
+
+
+# Annotation names (this module and recipes use postponed annotations: strings) -> accepted types.
+_TYPES = {"str": (str,), "int": (int,), "float": (float, int), "bool": (bool,), "dict": (dict,),
+          "tuple": (tuple, list), "None": (type(None),)}
+
+
+def _check_type(key: str, value, annotation: str, source: str) -> None:
+    names = [name.strip() for name in str(annotation).split("|")]
+    if any(name not in _TYPES for name in names):
+        return  # a type this check does not know is left to the code that uses it
+    accepted = tuple(t for name in names for t in _TYPES[name])
+    if isinstance(value, bool) and bool not in accepted:  # True is an int to Python, not a count here
+        accepted = ()
+    if not isinstance(value, accepted):
+        expected = " or ".join({"str": "a string", "int": "an integer", "float": "a number", "bool": "true/false",
+                                "dict": "a mapping", "tuple": "a list", "None": "null"}[name] for name in names)
+        raise ValueError(f"`{key}` in {source} must be {expected}. Received: {key}={value!r} "
+                         f"({type(value).__name__})")
 
 
 def parse_model(name: str) -> int:
@@ -99,8 +131,9 @@ def check_config(config: TrainConfig) -> recipes.Recipe:
         value = getattr(config, name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    if not config.run_dir:
+    if not config.run_dir or not isinstance(config.run_dir, str):
         raise ValueError(f"`run_dir` must be a directory path. Received: run_dir={config.run_dir!r}")
+    check_writable_directory(config.run_dir, "`run_dir`")
     # `batch_size` is this run's global batch; the recipe's own batch stays the reference of the
     # linear lr scaling (lr x global batch / recipe batch, FACTS.md: 0.1 at 128 for CIFAR).
     return recipes.get_recipe(config.recipe, **config.recipe_overrides)
@@ -148,8 +181,14 @@ def _check_resume(run_dir: str, effective: dict) -> bool:
     path = os.path.join(run_dir, "config.json")
     if not os.path.exists(os.path.join(run_dir, "backup", "checkpoint")):
         return False
-    with open(path) as f:
-        previous = json.load(f)
+    try:
+        with open(path) as f:
+            previous = json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"Run directory {run_dir!r} holds a backup but no config.json, so it cannot be resumed "
+                         "safely; move its backup/ aside to start over, or use another --run-dir.") from None
+    except ValueError as error:
+        raise ValueError(f"{path} is damaged ({error}); repair it, or move the run directory aside.") from None
     changed = {k: (previous.get(k), effective.get(k)) for k in IDENTITY_FIELDS if previous.get(k) != effective.get(k)}
     if changed:
         raise ValueError(f"Run directory {run_dir!r} holds a run with a different configuration "
@@ -158,13 +197,59 @@ def _check_resume(run_dir: str, effective: dict) -> bool:
     return True
 
 
+def _remove_partial_backups(backup_dir: str) -> None:
+    """TensorFlow writes a backup as `ckpt-N_temp/` and renames it: a kill or full disk leaves that."""
+    for leftover in glob.glob(os.path.join(backup_dir, "ckpt-*_temp*")):
+        if os.path.isdir(leftover):
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            os.remove(leftover)
+
+
+def _restore_newest_readable(checkpoint, manager, backup_dir: str, log) -> str:
+    """Restores the newest backup that reads back whole (two are kept); returns its path.
+
+    A truncated or corrupt newest backup falls back to the previous one, saying so; if none reads,
+    a ValueError names the files.
+    """
+    failures = []
+    for path in reversed(manager.checkpoints):
+        try:
+            checkpoint.restore(path).expect_partial()  # reads every built variable now
+        except Exception as error:  # noqa: BLE001 - a damaged file fails in many ways (DataLossError, IndexError, ...)
+            failures.append(f"{path}: {str(error).strip().splitlines()[0][:200]}")
+            continue
+        if failures:
+            log(f"warning: the newest backup is unreadable ({failures[0]}); resuming from the previous one, {path}")
+        return path
+    raise ValueError(f"Cannot resume: no backup reads back ({'; '.join(failures) or 'none listed'}). "
+                     f"Move {backup_dir} aside to start over.")
+
+
+class DiskFullError(RuntimeError):
+    """The disk filled up during a run; the message says where and how to resume."""
+
+
+def _disk_full(error: BaseException) -> bool:
+    return (isinstance(error, OSError) and error.errno == errno.ENOSPC) or "No space left on device" in str(error)
+
+
 def _log(config, message: str) -> None:
     """Start, resume and end lines; `verbose=0` silences only the progress bar."""
     print(message, flush=True)
 
 
 def run(config: TrainConfig) -> dict:
-    """Trains (or resumes) one run; returns the final test metrics and paths."""
+    """Trains (or resumes) one run; returns the final test metrics and paths.
+
+    The run directory is locked for the run (`RUN_DIR/.lock`): a second run into it is refused at
+    once, naming the first; the kernel releases the lock however the run ends, SIGKILL included.
+    """
+    with contextlib.ExitStack() as held:
+        return _run(config, held)
+
+
+def _run(config: TrainConfig, held: contextlib.ExitStack) -> dict:
     recipe = check_config(config)
     runtime.set_precision(config.precision)  # before any model is built
     strategy = runtime.make_strategy(config.strategy)
@@ -173,7 +258,8 @@ def run(config: TrainConfig) -> dict:
     # Image folders: resized to the input size (CIFAR-style), or kept at their own sizes for the
     # ImageNet-style scale augmentation. Digits: resized; TFDS: the dataset's own sizes.
     folder_size = None if recipe.scale_augmentation else (config.image_size or 32)
-    splits = data_lib.load(config.dataset, data_dir=config.data_dir, image_size=folder_size)
+    splits = data_lib.load(config.dataset, data_dir=config.data_dir, image_size=folder_size,
+                           skip_bad_images=config.skip_bad_images)
     info = splits.info
     image_size = config.image_size or (info.image_shape[0] if info.image_shape else 224)
     if config.eval_size is not None and info.image_shape is not None:
@@ -196,8 +282,11 @@ def run(config: TrainConfig) -> dict:
                  "class_names": list(info.class_names), "keras_resnet_v2": keras_resnet_v2.__version__,
                  "tensorflow": tf.__version__, "keras": keras.__version__}
     run_dir = os.path.abspath(config.run_dir)
-    resuming = _check_resume(run_dir, effective)
     chief = runtime.is_chief(strategy)
+    if chief:  # once the input is known good, before the run directory is read or written; other
+        # workers of a multi-worker run write to their own scratch folders
+        held.enter_context(DirectoryLock(run_dir, "a training run"))
+    resuming = _check_resume(run_dir, effective)
     # Non-chief workers of a multi-worker run write their copies to a scratch directory.
     write_dir = run_dir if chief else os.path.join(run_dir, ".workers", str(strategy.cluster_resolver.task_id))
 
@@ -216,10 +305,14 @@ def run(config: TrainConfig) -> dict:
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, completed_epochs=epoch_var)
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(write_dir, "backup"), max_to_keep=2)
     initial_epoch = 0
+    _remove_partial_backups(os.path.join(write_dir, "backup"))
     if resuming:
-        checkpoint.restore(manager.latest_checkpoint).expect_partial()
+        with strategy.scope():  # every variable exists before the restore, so a bad file fails here
+            optimizer.build(model.trainable_variables)
+        restored = _restore_newest_readable(checkpoint, manager, os.path.join(write_dir, "backup"),
+                                            lambda message: _log(config, message))
         initial_epoch = int(epoch_var.numpy())
-        _log(config, f"resuming {run_dir} after epoch {initial_epoch} ({manager.latest_checkpoint})")
+        _log(config, f"resuming {run_dir} after epoch {initial_epoch} ({restored})")
     if chief:
         os.makedirs(run_dir, exist_ok=True)
         cb.atomic_write(os.path.join(run_dir, "config.json"),
@@ -232,7 +325,11 @@ def run(config: TrainConfig) -> dict:
     class Backup(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             epoch_var.assign(epoch + 1)
-            manager.save(checkpoint_number=epoch + 1)  # every worker saves (collective); chief's is real
+            try:
+                manager.save(checkpoint_number=epoch + 1)  # every worker saves (collective); chief's is real
+            except BaseException:
+                _remove_partial_backups(os.path.join(write_dir, "backup"))
+                raise
 
     def last_good(epoch, step):
         latest = manager.latest_checkpoint
@@ -254,8 +351,16 @@ def run(config: TrainConfig) -> dict:
     train_ds = data_lib.pipeline(splits.train, info, global_batch, training=True, seed=config.seed,
                                  start_step=initial_epoch * steps_per_epoch, image_size=image_size)
     test_ds = data_lib.pipeline(splits.test, info, global_batch, training=False, image_size=image_size)
-    trainer.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=test_ds,
-                callbacks=callbacks, initial_epoch=initial_epoch, verbose=config.verbose, on_non_finite=last_good)
+    try:
+        trainer.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch, validation_data=test_ds,
+                    callbacks=callbacks, initial_epoch=initial_epoch, verbose=config.verbose,
+                    on_non_finite=last_good)
+    except (OSError, tf.errors.OpError) as error:
+        if not _disk_full(error):
+            raise
+        raise DiskFullError(f"no space left on device in {run_dir}; the run stopped after epoch "
+                            f"{int(epoch_var.numpy())} (backup {manager.latest_checkpoint}); free some space "
+                            "and rerun the same command to resume") from None
 
     result = {"run_dir": run_dir, **{f"test_{k}": v for k, v in trainer.evaluate(test_ds).items()}}
     if config.eval_size and config.eval_size != image_size:
