@@ -24,11 +24,17 @@ require("export", __name__)
 
 from keras_resnet_v2._files import DirectoryBusyError
 from keras_resnet_v2.export.onnx import export_onnx
-from keras_resnet_v2.export.savedmodel import export_savedmodel, float32_copy, load_model, training_metadata
+from keras_resnet_v2.export.savedmodel import (
+    export_savedmodel,
+    float32_copy,
+    load_model,
+    serving_preprocessing,
+    training_metadata,
+)
 from keras_resnet_v2.export.verify import VerificationError, verify
 from keras_resnet_v2.export.workflow import export_and_verify
 
 __all__ = [
     "DirectoryBusyError", "VerificationError", "export_and_verify", "export_onnx", "export_savedmodel",
-    "float32_copy", "load_model", "training_metadata", "verify",
+    "float32_copy", "load_model", "serving_preprocessing", "training_metadata", "verify",
 ]

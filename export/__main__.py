@@ -27,7 +27,8 @@ def _run_details(path: str) -> dict:
     from keras_resnet_v2 import export
 
     labels = config.get("class_names") or None
-    return {"extra_metadata": export.training_metadata(config), "labels": labels}
+    return {"extra_metadata": export.training_metadata(config), "labels": labels,
+            "preprocessing": export.serving_preprocessing(config)}
 
 
 def _parser() -> argparse.ArgumentParser:

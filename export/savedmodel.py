@@ -15,6 +15,7 @@ import keras
 import tensorflow as tf
 
 import keras_resnet_v2
+from keras_resnet_v2 import _images as image_ops
 from keras_resnet_v2._files import DirectoryLock, check_writable_directory
 
 
@@ -93,9 +94,12 @@ def _checked_images(images, height: int, width: int, channels: int):
     return tf.ensure_shape(images, [None, height, width, channels])
 
 
-def _serving_archive(model: keras.Model) -> keras.export.ExportArchive:
+def _serving_archive(model: keras.Model, preprocessing: str = "resize") -> keras.export.ExportArchive:
     """Keras' ExportArchive (it tracks the variables the way TF Serving's loader restores
-    them) with three signatures, each returning `probabilities` (float32) and `classes` (int64)."""
+    them) with three signatures, each returning `probabilities` (float32) and `classes` (int64).
+
+    `serve_image_bytes` brings each decoded image to the input size with the function training and
+    evaluation use (`keras_resnet_v2._images.prepare`, mode `preprocessing`)."""
     height, width, channels = model.input_shape[1:]
     shape = [None, height, width, channels]
     classes = model.output_shape[-1]
@@ -111,7 +115,7 @@ def _serving_archive(model: keras.Model) -> keras.export.ExportArchive:
 
     def decode(data):
         image = tf.io.decode_image(data, channels=channels, expand_animations=False)
-        image = tf.image.resize(tf.cast(image, tf.float32), (height, width))
+        image = image_ops.prepare(image, height, width, preprocessing)
         return tf.ensure_shape(image, (height, width, channels))
 
     archive = keras.export.ExportArchive()
@@ -172,6 +176,15 @@ def training_metadata(run_config: dict) -> dict:
     recipe = run_config.get("recipe_values") or {}
     return {"training": {k: run_config.get(k) for k in TRAINING_KEYS if k in run_config},
             "normalization": recipe.get("normalization", "none (raw pixels)")}
+
+
+def serving_preprocessing(run_config: dict) -> str:
+    """How `serve_image_bytes` should size images for a model trained by this run (its config.json):
+    ImageNet-style data (images of varying sizes) was tested on centre crops, the rest resized."""
+    if run_config.get("preprocessing") in image_ops.MODES:
+        return run_config["preprocessing"]
+    info = run_config.get("dataset_info") or {}
+    return "shorter_side_crop" if "image_shape" in info and info["image_shape"] is None else "resize"
 
 
 # What an export writes before publishing: `.tmp-<version>-<random>` (a version being written) and
@@ -239,9 +252,14 @@ class Staged:
 
 
 def check_savedmodel_arguments(model: keras.Model, base_dir: str, version: Optional[int] = None,
-                               labels: Optional[Sequence[str]] = None) -> str:
+                               labels: Optional[Sequence[str]] = None, preprocessing: str = "resize") -> str:
     """Every check that needs no writing, before any export starts; returns the absolute base directory."""
     _check_classifier(model)
+    if preprocessing not in image_ops.MODES:
+        raise ValueError(f"`preprocessing` must be one of {image_ops.MODES}. Received: preprocessing={preprocessing!r}")
+    if preprocessing == "shorter_side_crop" and model.input_shape[1] != model.input_shape[2]:
+        raise ValueError(f"`preprocessing='shorter_side_crop'` needs a square input. Received: input shape "
+                         f"{model.input_shape}")
     if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
         raise ValueError(f"`version` must be a positive integer or None. Received: version={version!r}")
     if labels is not None and len(labels) != model.output_shape[-1]:
@@ -255,7 +273,7 @@ def check_savedmodel_arguments(model: keras.Model, base_dir: str, version: Optio
 
 def stage_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] = None, overwrite: bool = False,
                      labels: Optional[Sequence[str]] = None, keep_mixed_precision: bool = False,
-                     extra_metadata: Optional[dict] = None) -> Staged:
+                     extra_metadata: Optional[dict] = None, preprocessing: str = "resize") -> Staged:
     """Writes the SavedModel into a hidden temporary folder of `base_dir` (whose lock the caller holds).
 
     The version is chosen here (next free by default) and checked against `overwrite`.
@@ -266,14 +284,15 @@ def stage_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] =
     if os.path.exists(final) and not overwrite:
         raise FileExistsError(f"Version {version} already exists at {final}; pass overwrite=True to replace it")
     serving_model = model if keep_mixed_precision else float32_copy(model)
-    archive = _serving_archive(serving_model)
+    archive = _serving_archive(serving_model, preprocessing)
     staged = Staged(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base_dir), final, version_dir=True)
     try:
         archive.write_out(staged.path, verbose=False)
         assets = os.path.join(staged.path, "assets")
         os.makedirs(assets, exist_ok=True)
         with open(os.path.join(assets, "metadata.json"), "w") as handle:
-            json.dump({**metadata(serving_model), **(extra_metadata or {})}, handle, indent=2)
+            json.dump({**metadata(serving_model), "image_bytes_preprocessing": preprocessing,
+                       **(extra_metadata or {})}, handle, indent=2)
         if labels is not None:
             with open(os.path.join(assets, "labels.txt"), "w") as handle:
                 handle.write("\n".join(labels) + "\n")
@@ -285,7 +304,8 @@ def stage_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] =
 
 def export_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] = None,
                       overwrite: bool = False, labels: Optional[Sequence[str]] = None,
-                      keep_mixed_precision: bool = False, extra_metadata: Optional[dict] = None) -> str:
+                      keep_mixed_precision: bool = False, extra_metadata: Optional[dict] = None,
+                      preprocessing: str = "resize") -> str:
     """Writes `base_dir/<version>` for TF Serving and returns its path, unverified.
 
     `export_and_verify` publishes a version only once it has been verified; use it to serve.
@@ -296,13 +316,16 @@ def export_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] 
     Each export first removes what a killed one left (`clean_leftovers`). An existing version is
     replaced only with `overwrite=True`. Mixed-precision models are exported in float32 unless
     `keep_mixed_precision=True`. `extra_metadata` (how the model was trained: unit, shortcut,
-    normalization) is merged into `assets/metadata.json`.
+    normalization) is merged into `assets/metadata.json`. `preprocessing` is how
+    `serve_image_bytes` brings an image to the input size, as the model was trained and tested:
+    "resize" (CIFAR-style: stretched, antialiased) or "shorter_side_crop" (ImageNet-style: shorter
+    side to 256/224 of the crop, centre crop); see `keras_resnet_v2._images`.
 
     Example:
         >>> export_savedmodel(keras_resnet_v2.ResNet20(), "/tmp/serving/resnet20")
         '/tmp/serving/resnet20/1'
     """
-    base_dir = check_savedmodel_arguments(model, base_dir, version, labels)
+    base_dir = check_savedmodel_arguments(model, base_dir, version, labels, preprocessing)
     with DirectoryLock(base_dir, "an export"):
         return stage_savedmodel(model, base_dir, version, overwrite, labels, keep_mixed_precision,
-                                extra_metadata).publish()
+                                extra_metadata, preprocessing).publish()

@@ -17,7 +17,8 @@ from keras_resnet_v2.export.verify import verify
 
 def export_and_verify(model: keras.Model, savedmodel: Optional[str] = None, onnx: Optional[str] = None, *,
                       version: Optional[int] = None, overwrite: bool = False, opset: Optional[int] = None,
-                      labels: Optional[Sequence[str]] = None, extra_metadata: Optional[dict] = None) -> dict:
+                      labels: Optional[Sequence[str]] = None, extra_metadata: Optional[dict] = None,
+                      preprocessing: str = "resize") -> dict:
     """SavedModel under `savedmodel` (a TF Serving base directory) and/or ONNX at `onnx`, verified.
 
     Every argument is checked before anything is written. Both exports are written to hidden
@@ -27,6 +28,7 @@ def export_and_verify(model: keras.Model, savedmodel: Optional[str] = None, onnx
     report, "report_path": path}`. The report (`BASE_DIR/<version>.verification.json`, else
     `FILE.verification.json`) holds the export times (`savedmodel_s`, `onnx_s`) and the parity
     errors; it is written even when verification fails, and `VerificationError` is raised then.
+    `preprocessing` is how `serve_image_bytes` sizes images (`export_savedmodel`).
 
     Example:
         >>> model = keras.saving.load_model("runs/digits/model.keras")
@@ -37,7 +39,7 @@ def export_and_verify(model: keras.Model, savedmodel: Optional[str] = None, onnx
     if not savedmodel and not onnx:
         raise ValueError("Give `savedmodel` (a base directory), `onnx` (a file path) or both. "
                          f"Received: savedmodel={savedmodel!r}, onnx={onnx!r}")
-    base_dir = check_savedmodel_arguments(model, savedmodel, version, labels) if savedmodel else None
+    base_dir = check_savedmodel_arguments(model, savedmodel, version, labels, preprocessing) if savedmodel else None
     onnx_path, opset = check_onnx_arguments(model, onnx, opset) if onnx else (None, None)
     timings, staged = {}, []
     with contextlib.ExitStack() as locks:
@@ -46,7 +48,7 @@ def export_and_verify(model: keras.Model, savedmodel: Optional[str] = None, onnx
                 locks.enter_context(DirectoryLock(base_dir, "an export"))
                 start = time.perf_counter()
                 staged.append(stage_savedmodel(model, base_dir, version, overwrite, labels=labels,
-                                               extra_metadata=extra_metadata))
+                                               extra_metadata=extra_metadata, preprocessing=preprocessing))
                 timings["savedmodel_s"] = round(time.perf_counter() - start, 2)
             if onnx_path:
                 locks.enter_context(onnx_lock(onnx_path))

@@ -164,3 +164,51 @@ def test_published_exports_have_the_usual_modes(tmp_path):
     for root, _dirs, files in os.walk(result["savedmodel"]):
         for name in files:
             assert stat.S_IMODE(os.stat(os.path.join(root, name)).st_mode) & 0o044 == 0o044, name
+
+
+def _striped_folder(root):
+    """train/ and test/ with two classes of 512x384 PNGs with fine stripes, which a resize without
+    antialiasing aliases; returns the test files in the order the test split reads them."""
+    import tensorflow as tf
+
+    test_files = []
+    for split in ("train", "test"):
+        for cls, period in (("coarse", 7), ("fine", 3)):  # sorted: the split's class order
+            for i in range(2):
+                rows = (np.arange(384)[:, None] + i) % period < period // 2 + 1
+                image = np.where(rows[..., None], [250, 240, 10 * i], [5, 20, 200]).astype("uint8")
+                path = root / split / cls / f"{i}.png"
+                os.makedirs(path.parent, exist_ok=True)
+                path.write_bytes(tf.io.encode_png(np.broadcast_to(image, (384, 512, 3))).numpy())
+                if split == "test":
+                    test_files.append(str(path))
+    return test_files
+
+
+@pytest.mark.parametrize("native", [False, True], ids=["resize", "shorter_side_crop"])
+def test_serve_image_bytes_matches_the_evaluation_path(tmp_path, native):
+    import tensorflow as tf
+
+    from keras_resnet_v2.training import data
+
+    test_files = _striped_folder(tmp_path / "images")
+    # As resnet-v2-train loads a folder: resized to the input size, or kept native (ImageNet-style).
+    splits = data.load_folder(str(tmp_path / "images"), image_size=None if native else 32)
+    test = data.pipeline(splits.test, splits.info, 4, training=False, image_size=32)
+    inputs = keras.Input((32, 32, 3))
+    x = krv2.Standardize(mean=[128.0] * 3, variance=[5000.0] * 3)(inputs)
+    model = krv2.ResNet(8, input_tensor=x, classes=2)
+    evaluated = np.concatenate([np.asarray(model(images, training=False)) for images, _ in test])
+    mode = "shorter_side_crop" if native else "resize"
+    version = export.export_savedmodel(model, str(tmp_path / "serving"), preprocessing=mode)
+    meta = json.loads(open(os.path.join(version, "assets", "metadata.json")).read())
+    assert meta["image_bytes_preprocessing"] == mode
+    encoded = tf.constant([open(f, "rb").read() for f in test_files])
+    served = tf.saved_model.load(version).signatures["serve_image_bytes"](image_bytes=encoded)["probabilities"]
+    assert served.shape == evaluated.shape == (4, 2)
+    np.testing.assert_allclose(served.numpy(), evaluated, rtol=1e-5, atol=1e-6)
+    # The other mode would serve these images differently: the check above can fail.
+    other = "resize" if native else "shorter_side_crop"
+    version = export.export_savedmodel(model, str(tmp_path / "serving"), preprocessing=other)
+    served = tf.saved_model.load(version).signatures["serve_image_bytes"](image_bytes=encoded)["probabilities"]
+    assert np.abs(served.numpy() - evaluated).max() > 1e-3

@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 import keras_resnet_v2
+from keras_resnet_v2 import _images as image_ops
 
 AUTOTUNE = tf.data.AUTOTUNE
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -234,8 +235,7 @@ def load_folder(directory: str, image_size: int | None = 32, test_fraction: floa
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
         if image_size is None:
             return image, label
-        image = tf.image.resize(image, (image_size, image_size), antialias=True)
-        return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), label
+        return image_ops.fit_uint8(image, image_size, image_size), label  # as serve_image_bytes does
 
     def dataset(paths, labels):
         ds = tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, "int64")))
@@ -393,23 +393,11 @@ def _scale_augment(image, seed, crop: int, flip: bool = True):
     seeds = tf.random.experimental.stateless_split(seed, 3)
     min_side, max_side = round(256 * crop / 224), round(480 * crop / 224)
     side = tf.random.stateless_uniform([], seeds[0], min_side, max_side + 1, tf.int32)
-    image = _resize_shorter(image, side)
+    image = image_ops.resize_shorter(image, side)
     image = tf.image.stateless_random_crop(image, [crop, crop, 3], seeds[1])
     if flip:
         image = tf.image.stateless_random_flip_left_right(image, seeds[2])
     return image
-
-
-def _resize_shorter(image, side):
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    scale = tf.cast(side, tf.float32) / tf.reduce_min(shape)
-    size = tf.cast(tf.round(shape * scale), tf.int32)
-    return tf.image.resize(image, size, antialias=True)
-
-
-def _centre_crop(image, crop: int, side: int):
-    image = _resize_shorter(image, side)
-    return tf.image.resize_with_crop_or_pad(image, crop, crop)
 
 
 def pipeline(dataset: tf.data.Dataset, info: DatasetInfo, batch_size: int, *, training: bool,
@@ -443,8 +431,9 @@ def pipeline(dataset: tf.data.Dataset, info: DatasetInfo, batch_size: int, *, tr
         ds = ds.cache()
     if not training:
         if not fixed_size:
-            side = resize_side or round(image_size * 256 / 224)
-            ds = ds.map(lambda x, y: (_centre_crop(x, image_size, side), y), num_parallel_calls=AUTOTUNE)
+            # The function serve_image_bytes applies too (keras_resnet_v2._images).
+            side = resize_side or image_ops.default_side(image_size)
+            ds = ds.map(lambda x, y: (image_ops.centre_crop(x, image_size, side), y), num_parallel_calls=AUTOTUNE)
         return ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(AUTOTUNE)
 
     ds = ds.shuffle(min(info.train_examples, 50_000), seed=seed + start_step, reshuffle_each_iteration=True)

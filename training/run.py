@@ -279,7 +279,10 @@ def _run(config: TrainConfig, held: contextlib.ExitStack) -> dict:
                  "strategy_class": runtime.strategy_name(strategy), "epochs_run": epochs,
                  "steps_per_epoch": steps_per_epoch, "image_size": image_size,
                  "dataset_info": {k: v for k, v in dataclasses.asdict(info).items() if k != "class_names"},
-                 "class_names": list(info.class_names), "keras_resnet_v2": keras_resnet_v2.__version__,
+                 "class_names": list(info.class_names),
+                 # how images of any size reach the network at test time (and in serve_image_bytes)
+                 "preprocessing": "resize" if info.image_shape is not None else "shorter_side_crop",
+                 "keras_resnet_v2": keras_resnet_v2.__version__,
                  "tensorflow": tf.__version__, "keras": keras.__version__}
     run_dir = os.path.abspath(config.run_dir)
     chief = runtime.is_chief(strategy)
@@ -387,7 +390,8 @@ def export_run(model: keras.Model, export_dir: str, labels, effective: dict) -> 
 
     result = export.export_and_verify(model, os.path.join(export_dir, "savedmodel"),
                                       os.path.join(export_dir, "model.onnx"), labels=labels,
-                                      extra_metadata=export.training_metadata(effective))
+                                      extra_metadata=export.training_metadata(effective),
+                                      preprocessing=export.serving_preprocessing(effective))
     report = result["report"]
     print(f"exported {result['savedmodel']} and {result['onnx']}; verification passed "
           f"(max relative error SavedModel {report['savedmodel']['max_rel_error']:.1e}, "
