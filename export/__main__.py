@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
     parser.add_argument("--onnx", metavar="FILE", help="ONNX file to write")
     parser.add_argument("--opset", type=int, help="ONNX opset (default 17)")
+    parser.add_argument("--preprocessing", choices=("resize", "shorter_side_crop"),
+                        help="how serve_image_bytes sizes images (default: the run's, else resize)")
     return parser
 
 
@@ -59,8 +61,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            else f"{args.onnx}.verification.json")
             report = export.verify(model, savedmodel_dir=args.savedmodel, onnx_path=args.onnx, report_path=report_path)
         else:
+            details = _run_details(args.model)
+            if args.preprocessing:
+                details["preprocessing"] = args.preprocessing
             result = export.export_and_verify(model, args.savedmodel, args.onnx, version=args.version,
-                                              overwrite=args.overwrite, opset=args.opset, **_run_details(args.model))
+                                              overwrite=args.overwrite, opset=args.opset, **details)
             report, report_path = result["report"], result["report_path"]
             for kind, key in (("SavedModel", "savedmodel"), ("ONNX", "onnx")):
                 if result[key]:
