@@ -32,8 +32,9 @@ def _run_details(path: str) -> dict:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="resnet-v2-export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", help="a .keras file or a directory holding model.keras")
+    parser = argparse.ArgumentParser(prog="resnet-v2-export", description=__doc__.split("\n\n")[0],
+                                     epilog="resnet-v2-export verify --help: check existing exports against a model")
+    parser.add_argument("model", help="a .keras file or a directory holding model.keras (a training run)")
     parser.add_argument("--savedmodel", metavar="BASE_DIR", help="SavedModel base directory (TF Serving)")
     parser.add_argument("--version", type=int, help="version number (default: next free)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
@@ -44,11 +45,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _verify_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="resnet-v2-export verify",
+        description="Run one batch through the Keras model and existing exports; fail above the float32 bound. "
+                    "Writes VERSION_DIR.verification.json (or FILE.verification.json).")
+    parser.add_argument("model", help="a .keras file or a directory holding model.keras (a training run)")
+    parser.add_argument("--savedmodel", metavar="VERSION_DIR", help="an exported SavedModel version, e.g. serving/1")
+    parser.add_argument("--onnx", metavar="FILE", help="an exported ONNX file")
+    return parser
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     argv = list(sys.argv[1:] if argv is None else argv)
     verify_only = bool(argv) and argv[0] == "verify"
-    args = _parser().parse_args(argv[1:] if verify_only else argv)
+    args = (_verify_parser() if verify_only else _parser()).parse_args(argv[1:] if verify_only else argv)
     if not args.savedmodel and not args.onnx:
         print("error: give --savedmodel, --onnx or both", file=sys.stderr)
         return 2

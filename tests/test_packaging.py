@@ -103,7 +103,7 @@ def test_export_and_evaluate_take_every_file_of_a_run(trained_run, user_folder, 
                                    timeout=600)
         assert evaluated.returncode == 0, evaluated.stderr[-3000:]
         report = json.loads(evaluated.stdout[evaluated.stdout.index("{"):])
-        assert report["examples"] == 360 and 0 <= report["top1_error"] <= 100
+        assert report["examples"] == 360 and 0 <= report["top1_error_percent"] <= 100
 
 
 def test_registered_names_say_the_defining_package():

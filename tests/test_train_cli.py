@@ -73,8 +73,8 @@ def test_sigkill_then_rerun_resumes_and_keeps_history(tmp_path):
 
     scores = evaluate(str(run_dir), "digits")
     assert scores["examples"] == 360
-    assert scores["top1_error"] == pytest.approx(100 * (1 - rows[-1]["val_accuracy"]), abs=1e-6)
-    assert scores["top5_error"] <= scores["top1_error"]
+    assert scores["top1_error_percent"] == pytest.approx(100 * (1 - rows[-1]["val_accuracy"]), abs=1e-6)
+    assert scores["top5_error_percent"] <= scores["top1_error_percent"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -149,5 +149,59 @@ def test_imagenet_style_run_trains_at_224_style_crops_and_tests_at_eval_size(tmp
     assert model.input_shape == (None, 64, 64, 3) and model.output_shape == (None, 1000)
     assert model.get_layer("normalization").shape == (3,)  # per-channel statistics: any image size
     assert evaluation["image_size"] == 96 and evaluation["examples"] == 6
-    assert evaluation["top1_error"] == pytest.approx(100 * (1 - result["test_96_accuracy"]))
+    assert evaluation["top1_error_percent"] == pytest.approx(100 * (1 - result["test_96_accuracy"]))
     assert evaluation["loss"] == pytest.approx(result["test_96_loss"], rel=1e-5)
+
+
+def test_no_arguments_print_usage_and_exit_2(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        cli.main([])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and err.startswith("usage: resnet-v2-train")
+    assert "required: --dataset, --model, --run-dir" in err
+
+
+def test_help_names_the_subcommands_and_defaults(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert "resnet-v2-train evaluate" in out and "resnet-v2-train sweep" in out
+    assert "default paper_cifar" in out and "default float32" in out and "sqrt(units)" in out
+    from keras_resnet_v2.export.__main__ import main as export_main
+
+    with pytest.raises(SystemExit):
+        export_main(["verify", "--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: resnet-v2-export verify") and "VERSION_DIR" in out and "--opset" not in out
+
+
+def test_images_per_second_excludes_the_first_step():
+    import time
+
+    import numpy as np
+
+    from keras_resnet_v2.training import loop, runtime
+
+    model = __import__("keras_resnet_v2").ResNet(8, input_shape=(8, 8, 3), classes=2)
+    trainer = loop.Trainer(model, keras.optimizers.SGD(0.01), runtime.make_strategy("default"), 4)
+    x = np.zeros((4, 8, 8, 3), "float32")
+    ds = loop.tf.data.Dataset.from_tensors((x, np.zeros(4, "int64"))).repeat()
+    seen, ends = [], []
+
+    class Spy(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if not ends:  # the start of the first step
+                ends.append(time.perf_counter())
+
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(dict(logs))
+            ends.append(time.perf_counter())
+
+    trainer.fit(ds, epochs=1, steps_per_epoch=6, callbacks=[Spy()], verbose=0)
+    assert "images_per_sec" not in seen[0]  # the first step traces the graph: no rate yet
+    # From the end of the first step to the end of the last: 5 steps of 4 images.
+    steady = 5 * 4 / (ends[-1] - ends[1])
+    with_tracing = 6 * 4 / (ends[-1] - ends[0])
+    assert seen[-1]["images_per_sec"] == pytest.approx(steady, rel=0.2)
+    assert seen[-1]["images_per_sec"] > 1.5 * with_tracing
+    assert runtime.strategy_name(runtime.make_strategy("default")) == "default"

@@ -1,7 +1,8 @@
-"""`resnet-v2-train`: train a paper configuration, or evaluate a saved model.
+"""`resnet-v2-train`: train a paper configuration, evaluate a saved model, or sweep a paper table.
 
     resnet-v2-train --dataset digits --model resnet20 --epochs 30 --batch-size 64 --run-dir runs/digits
     resnet-v2-train evaluate --model runs/digits --dataset digits
+    resnet-v2-train sweep --table 2 --dataset cifar10 --model resnet110 --run-dir runs/table2
 
 Every recipe value can be set by a flag (`--lr 0.05 --warmup-steps 0 ...`) or a JSON/YAML
 `--config` file whose keys are the flags' names with underscores; flags win over the file,
@@ -43,27 +44,42 @@ def _option(text: str):
         return key, value
 
 
+TRAIN_EPILOG = """\
+subcommands:
+  resnet-v2-train evaluate --model RUN_DIR_OR_FILE --dataset NAME   top-1/top-5 error of a saved model
+  resnet-v2-train sweep --table 1|2|3 --run-dir DIR ...              every row of a paper table
+  (each takes --help)
+
+Unset recipe values (lr, momentum, weight decay, warm-up, boundaries, normalization, batch size,
+length) come from --recipe; RUN_DIR/config.json records every effective value.
+"""
+
+REQUIRED = ("dataset", "model", "run_dir")
+
+
 def _train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="resnet-v2-train", description=__doc__.split("\n\n")[0],
-                                argument_default=argparse.SUPPRESS)
-    p.add_argument("--dataset", help="digits, a TFDS name (cifar10, cifar100, imagenet2012) or an image folder")
-    p.add_argument("--model", help="resnet20 ... resnet1202, resnet164, resnet1001, resnet18 ... resnet200")
+                                argument_default=argparse.SUPPRESS, epilog=TRAIN_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", help="required: digits (offline), a TFDS name (cifar10, cifar100, imagenet2012) "
+                                     "or an image folder")
+    p.add_argument("--model", help="required: resnet20 ... resnet1202, resnet164, resnet1001, resnet18 ... resnet200")
+    p.add_argument("--run-dir", help="required: run directory (rerun the same command to resume)")
     p.add_argument("--unit", help="residual unit (Fig. 4), default full_preact")
     p.add_argument("--shortcut", help="shortcut (Fig. 2), default identity")
     p.add_argument("--option", action="append", type=_option, dest="options", metavar="KEY=VALUE",
                    help="variant option, e.g. --option gate_bias=-6 (repeatable)")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=int)
+    length.add_argument("--epochs", type=int, help="default: the recipe's length (paper_cifar: 64k iterations)")
     length.add_argument("--steps", type=int, help="iterations (instead of --epochs)")
-    p.add_argument("--batch-size", type=int, help="global batch (default: the recipe's)")
-    p.add_argument("--run-dir", help="run directory (rerun the same command to resume)")
+    p.add_argument("--batch-size", type=int, help="global batch (default: the recipe's, 128 for paper_cifar)")
     p.add_argument("--recipe", choices=tuple(RECIPES), help="default paper_cifar")
-    p.add_argument("--precision", help=f"one of {PRECISIONS}")
-    p.add_argument("--strategy", help=f"one of {STRATEGIES}")
+    p.add_argument("--precision", help=f"one of {PRECISIONS}, default float32")
+    p.add_argument("--strategy", help=f"one of {STRATEGIES}, default auto")
     p.add_argument("--data-dir", help="TFDS data directory")
     p.add_argument("--config", help="JSON or YAML file of settings")
     p.add_argument("--export-dir", help="export SavedModel + ONNX here at the end, verified")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--image-size", type=int, help="input size (default: the dataset's, or 224)")
     p.add_argument("--eval-size", type=int, help="also test at this crop, ImageNet-style data (the paper's 320)")
     p.add_argument("--nesterov", type=_bool)
@@ -74,7 +90,7 @@ def _train_parser() -> argparse.ArgumentParser:
         p.add_argument("--" + name.replace("_", "-"), type=kind)
     p.add_argument("--fused-batchnorm", type=_bool, help="train BatchNorm through TF's fused kernel (default true)")
     p.add_argument("--remat", action="store_true",
-                   help="rematerialize each residual unit: much less memory, more compute per step")
+                   help="rematerialize runs of about sqrt(units) residual units: less memory, more compute")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="image folders: leave out images that do not decode (default: stop, naming them)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -197,6 +213,19 @@ def _interrupted(argv: Sequence[str]) -> str:
     return f"interrupted {done}; rerun the same command to resume from {os.path.join(run_dir, 'backup')}"
 
 
+def _require_settings(argv: Sequence[str]) -> None:
+    """A training run names its dataset, model and run directory (flags or --config): else usage, exit 2."""
+    parser = _train_parser()
+    args = vars(parser.parse_args(argv))
+    given = set(args)
+    if "config" in args:
+        given |= set(read_config_file(args["config"]))
+    missing = [name for name in REQUIRED if name not in given]
+    if missing:
+        parser.error("the following arguments are required: "
+                     + ", ".join("--" + name.replace("_", "-") for name in missing) + " (as flags or in --config)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -211,13 +240,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             args = _eval_parser().parse_args(argv[1:])
             result = evaluate(args.model, args.dataset, args.data_dir, args.batch_size, args.eval_size)
-            print(json.dumps(result, indent=2))
+            # Printed as the paper reports: errors in percent to two decimals.
+            print(json.dumps({k: round(v, 2 if k.endswith("_percent") else 4) if isinstance(v, float) else v
+                              for k, v in result.items()}, indent=2))
             return 0
         if argv[:1] == ["sweep"]:
             return sweep_main(argv[1:])
         from keras_resnet_v2.training.run import run
 
-        result = run(config_from_args(argv))
+        config = config_from_args(argv)  # checks values and types first
+        _require_settings(argv)
+        result = run(config)
         print(json.dumps(result, indent=2, default=str))
     except (ValueError, DatasetError, FileExistsError, DirectoryBusyError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -112,7 +112,7 @@ class Trainer:
         for epoch in range(initial_epoch, epochs):
             callback_list.on_epoch_begin(epoch)
             loss_sum = correct_sum = 0.0
-            start = time.perf_counter()
+            start = None  # images/s counts from the end of the first step: it excludes tracing
             for step in range(steps_per_epoch):
                 callback_list.on_train_batch_begin(step)
                 loss, correct = self._train_step(next(iterator))
@@ -125,8 +125,11 @@ class Trainer:
                 loss_sum += loss
                 correct_sum += correct
                 done = step + 1
-                logs = {"loss": loss_sum / done, "accuracy": correct_sum / (done * self.global_batch),
-                        "images_per_sec": done * self.global_batch / (time.perf_counter() - start)}
+                logs = {"loss": loss_sum / done, "accuracy": correct_sum / (done * self.global_batch)}
+                if start is None:
+                    start = time.perf_counter()
+                elif step > 0:
+                    logs["images_per_sec"] = step * self.global_batch / (time.perf_counter() - start)
                 callback_list.on_train_batch_end(step, logs)
             sync_moving_statistics(self.strategy, self.moving_statistics)
             logs = dict(logs, lr=self.learning_rate())

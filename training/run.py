@@ -309,9 +309,7 @@ def _run(config: TrainConfig, held: contextlib.ExitStack) -> dict:
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(write_dir, "backup"), max_to_keep=2)
     initial_epoch = 0
     _remove_partial_backups(os.path.join(write_dir, "backup"))
-    if resuming:
-        with strategy.scope():  # every variable exists before the restore, so a bad file fails here
-            optimizer.build(model.trainable_variables)
+    if resuming:  # the Trainer built the optimizer: every variable is read now, so a bad file fails here
         restored = _restore_newest_readable(checkpoint, manager, os.path.join(write_dir, "backup"),
                                             lambda message: _log(config, message))
         initial_epoch = int(epoch_var.numpy())
@@ -373,15 +371,20 @@ def _run(config: TrainConfig, held: contextlib.ExitStack) -> dict:
         model_path = os.path.join(run_dir, "model.keras")
         cb.save_model(model, model_path)
         result["model"] = model_path
-        at_size = (f"; at {config.eval_size}x{config.eval_size}: {result[f'test_{config.eval_size}_accuracy']:.4f}"
-                   if f"test_{config.eval_size}_accuracy" in result else "")
-        _log(config, f"test accuracy {result['test_accuracy']:.4f} (top-5 {result['test_top5_accuracy']:.4f}) at "
-                     f"{image_size}x{image_size}{at_size}; model {model_path}; history {history_path}")
+        key = f"test_{config.eval_size}_accuracy"
+        at_size = f"; at {config.eval_size}x{config.eval_size}: {_error(result[key])}" if key in result else ""
+        _log(config, f"test error {_error(result['test_accuracy'])} (top-5 {_error(result['test_top5_accuracy'])}) "
+                     f"at {image_size}x{image_size}{at_size}; model {model_path}; history {history_path}")
     else:
         shutil.rmtree(write_dir, ignore_errors=True)
     if config.export_dir and chief:
         result["export"] = export_run(model, config.export_dir, list(info.class_names), effective)
     return result
+
+
+def _error(accuracy: float) -> str:
+    """Printed results are errors in percent, two decimals, as the paper reports them."""
+    return f"{100 * (1 - accuracy):.2f}%"
 
 
 def export_run(model: keras.Model, export_dir: str, labels, effective: dict) -> dict:
@@ -401,7 +404,8 @@ def export_run(model: keras.Model, export_dir: str, labels, effective: dict) -> 
 
 def evaluate(model_path: str, dataset: str, data_dir: str | None = None, batch_size: int = 256,
              eval_size: int | None = None) -> dict:
-    """Top-1 and top-5 error (%) of a saved model on the dataset's test split.
+    """Top-1 and top-5 error (percent: `top1_error_percent`, `top5_error_percent`) of a saved model on the
+    dataset's test split.
 
     `eval_size` tests variable-size (ImageNet-style) images at that centre crop of images whose
     shorter side is resized to it (the paper's 320 test); default: the model's input size.
@@ -432,5 +436,5 @@ def evaluate(model_path: str, dataset: str, data_dir: str | None = None, batch_s
         metrics = Trainer(model, keras.optimizers.SGD(), tf.distribute.get_strategy(), batch_size).evaluate(test)
     return {"model": model_path, "dataset": dataset, "examples": splits.info.test_examples,
             "image_size": eval_size or height,
-            "top1_error": 100 * (1 - metrics["accuracy"]), "top5_error": 100 * (1 - metrics["top5_accuracy"]),
-            "loss": metrics["loss"]}
+            "top1_error_percent": 100 * (1 - metrics["accuracy"]),
+            "top5_error_percent": 100 * (1 - metrics["top5_accuracy"]), "loss": metrics["loss"]}

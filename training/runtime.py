@@ -74,8 +74,16 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
     return tf.distribute.TPUStrategy(resolver)
 
 
+# tf.distribute classes by the names `--strategy` takes (the default one's class is private).
+_STRATEGY_NAMES = {"_DefaultDistributionStrategy": "default", "DefaultDistributionStrategy": "default",
+                   "OneDeviceStrategy": "one_device", "MirroredStrategy": "mirrored",
+                   "MultiWorkerMirroredStrategy": "multi_worker", "CollectiveAllReduceStrategy": "multi_worker",
+                   "TPUStrategy": "tpu"}
+
+
 def strategy_name(strategy: tf.distribute.Strategy) -> str:
-    return type(strategy).__name__
+    """The strategy as `--strategy` names it ("default", "mirrored", ...)."""
+    return _STRATEGY_NAMES.get(type(strategy).__name__, type(strategy).__name__)
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
