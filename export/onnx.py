@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
-from typing import Optional
+from typing import Optional, Sequence
 
 import keras
 import tensorflow as tf
@@ -15,6 +16,7 @@ from keras_resnet_v2.export.savedmodel import (
     Staged,
     _check_classifier,
     float32_copy,
+    metadata,
     serving_outputs,
 )
 
@@ -44,7 +46,30 @@ def onnx_lock(path: str) -> DirectoryLock:
     return DirectoryLock(folder, "an ONNX export", lock_name=f".{name}.lock", target=path)
 
 
-def stage_onnx(model: keras.Model, path: str, opset: int) -> Staged:
+def _describe(path: str, serving_model: keras.Model, labels: Optional[Sequence[str]], extra: Optional[dict]) -> None:
+    """`probabilities` first, the batch axis named `batch`, and what the SavedModel's metadata.json
+    says as ONNX `metadata_props` (class names, input size and range, normalization, versions)."""
+    import onnx
+
+    proto = onnx.load(path)
+    outputs = sorted(proto.graph.output, key=lambda value: value.name != "probabilities")
+    del proto.graph.output[:]
+    proto.graph.output.extend(outputs)
+    for value in list(proto.graph.input) + list(proto.graph.output):
+        batch_axis = value.type.tensor_type.shape.dim[0]
+        batch_axis.ClearField("dim_value")
+        batch_axis.dim_param = "batch"
+    props = {**metadata(serving_model), **(extra or {})}
+    if labels is not None:
+        props["class_names"] = list(labels)
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
+    onnx.save(proto, path)
+
+
+def stage_onnx(model: keras.Model, path: str, opset: int, labels: Optional[Sequence[str]] = None,
+               extra_metadata: Optional[dict] = None) -> Staged:
     """Writes the ONNX file to a hidden temporary sibling of `path` (whose `onnx_lock` the caller holds)."""
     import tf2onnx
 
@@ -61,18 +86,22 @@ def stage_onnx(model: keras.Model, path: str, opset: int) -> Staged:
     staged = Staged(tmp, path)
     try:
         tf2onnx.convert.from_function(serve, input_signature=spec, opset=opset, output_path=tmp)
+        _describe(tmp, serving_model, labels, extra_metadata)
     except BaseException:
         staged.discard()
         raise
     return staged
 
 
-def export_onnx(model: keras.Model, path: str, opset: Optional[int] = None) -> str:
+def export_onnx(model: keras.Model, path: str, opset: Optional[int] = None,
+                labels: Optional[Sequence[str]] = None, extra_metadata: Optional[dict] = None) -> str:
     """Writes `model` as ONNX to `path` (atomically) and returns the path, unverified.
 
     Input `images` [batch, H, W, C] float32 pixels 0-255; outputs `probabilities`
-    [batch, classes] float32 and `classes` [batch] int64. `export_and_verify` publishes the
-    file only once it has been verified.
+    [batch, classes] float32 (first) and `classes` [batch] int64. The file's `metadata_props`
+    hold the class names (`labels`), input shape and range, `extra_metadata` (how the model was
+    trained, its normalization) and the versions, each value a string (JSON for non-strings).
+    `export_and_verify` publishes the file only once it has been verified.
 
     Example:
         >>> export_onnx(keras_resnet_v2.ResNet20(), "/tmp/resnet20.onnx")
@@ -80,4 +109,4 @@ def export_onnx(model: keras.Model, path: str, opset: Optional[int] = None) -> s
     """
     path, opset = check_onnx_arguments(model, path, opset)
     with onnx_lock(path):
-        return stage_onnx(model, path, opset).publish()
+        return stage_onnx(model, path, opset, labels, extra_metadata).publish()

@@ -53,7 +53,7 @@ def export_and_verify(model: keras.Model, savedmodel: Optional[str] = None, onnx
             if onnx_path:
                 locks.enter_context(onnx_lock(onnx_path))
                 start = time.perf_counter()
-                staged.append(stage_onnx(model, onnx_path, opset))
+                staged.append(stage_onnx(model, onnx_path, opset, labels, extra_metadata))
                 timings["onnx_s"] = round(time.perf_counter() - start, 2)
             saved = staged[0] if base_dir else None
             converted = staged[-1] if onnx_path else None

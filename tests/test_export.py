@@ -275,3 +275,22 @@ def test_a_second_export_into_a_busy_directory_is_refused_naming_the_first(tmp_p
             export.export_and_verify(model, str(base), str(tmp_path / "m.onnx"))
         assert _listing(base) == [".tmp-1-live"] and not (tmp_path / "m.onnx").exists()
     assert export.export_savedmodel(model, str(base)) == str(base / "1")
+
+
+def test_onnx_file_lists_probabilities_first_names_the_batch_axis_and_carries_metadata(tmp_path):
+    import onnxruntime as ort
+
+    model = _trained_like(krv2.ResNet(8, input_shape=(16, 16, 3), classes=3))
+    path = export.export_onnx(model, str(tmp_path / "m.onnx"), labels=["cat", "dog", "eel"],
+                              extra_metadata={"normalization": "per_channel"})
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["probabilities", "classes"]
+    assert session.get_inputs()[0].shape == ["batch", 16, 16, 3]
+    assert session.get_outputs()[0].shape == ["batch", 3]
+    x = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype("float32")
+    first = session.run(None, {"images": x})[0]  # run(None) gives the probabilities first
+    np.testing.assert_allclose(first, np.asarray(model(x, training=False)), rtol=1e-4, atol=1e-6)
+    props = session.get_modelmeta().custom_metadata_map
+    assert json.loads(props["class_names"]) == ["cat", "dog", "eel"]
+    assert json.loads(props["input_shape"]) == [16, 16, 3] and props["normalization"] == "per_channel"
+    assert props["keras_resnet_v2"] == krv2.__version__ and "0-255" in props["input"]

@@ -3,7 +3,8 @@
 - `resnet-v2-train`, `resnet-v2-export` and `python -m keras_resnet_v2.training` run from a
   directory that holds a user's own `training/` package and an `export/` folder.
 - Every `.keras` file a run writes (model, best, last) loads in a fresh process that imports only
-  `keras_resnet_v2`; `resnet-v2-export` and `resnet-v2-train evaluate` take each of them.
+  `keras_resnet_v2`; `resnet-v2-export` and `resnet-v2-train evaluate` take run directories and
+  checkpoints.
 - Only `keras_resnet_v2` is importable: no top-level `training` or `export`.
 - A fresh virtualenv with the core install and JAX builds and trains ResNet-20 without TensorFlow,
   and importing the training or export code there fails with one line naming the install.
@@ -84,26 +85,23 @@ def test_every_keras_file_of_a_run_loads_after_importing_only_the_model_package(
     np.testing.assert_allclose(outputs["model.keras"], outputs["checkpoints/last.keras"], rtol=1e-6)
 
 
-def test_export_and_evaluate_take_every_file_of_a_run(trained_run, user_folder, tmp_path):
-    for index, name in enumerate(("", "model.keras", "checkpoints/best.keras", "checkpoints/last.keras")):
-        model = str(trained_run / name) if name else str(trained_run)
-        exported = subprocess.run([_script("resnet-v2-export"), model, "--onnx", str(tmp_path / f"m{index}.onnx")],
+def test_export_and_evaluate_take_the_files_of_a_run(trained_run, user_folder, tmp_path):
+    # A run directory (its model.keras, labels and preprocessing) to both formats, and a checkpoint.
+    for index, (model, formats) in enumerate(((trained_run, ["--savedmodel", str(tmp_path / "serving")]),
+                                              (trained_run / "checkpoints" / "last.keras", []))):
+        exported = subprocess.run([_script("resnet-v2-export"), str(model), *formats,
+                                   "--onnx", str(tmp_path / f"m{index}.onnx")],
                                   cwd=user_folder, env=ENV, capture_output=True, text=True, timeout=600)
-        assert exported.returncode == 0, (name, exported.stderr[-3000:])
+        assert exported.returncode == 0, (model, exported.stderr[-3000:])
         assert "verification passed" in exported.stdout
         assert json.loads((tmp_path / f"m{index}.onnx.verification.json").read_text())["passed"] is True
-    saved = subprocess.run([_script("resnet-v2-export"), str(trained_run), "--savedmodel", str(tmp_path / "serving")],
-                           cwd=user_folder, env=ENV, capture_output=True, text=True, timeout=600)
-    assert saved.returncode == 0, saved.stderr[-3000:]
     assert (tmp_path / "serving" / "1" / "saved_model.pb").is_file()
-    for command in ([_script("resnet-v2-train"), "evaluate"], [sys.executable, "-m", "keras_resnet_v2.training",
-                                                               "evaluate"]):
-        evaluated = subprocess.run([*command, "--model", str(trained_run / "checkpoints" / "best.keras"),
-                                    "--dataset", "digits"], cwd=user_folder, env=ENV, capture_output=True, text=True,
-                                   timeout=600)
-        assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-        report = json.loads(evaluated.stdout[evaluated.stdout.index("{"):])
-        assert report["examples"] == 360 and 0 <= report["top1_error_percent"] <= 100
+    evaluated = subprocess.run([_script("resnet-v2-train"), "evaluate", "--model",
+                                str(trained_run / "checkpoints" / "best.keras"), "--dataset", "digits"],
+                               cwd=user_folder, env=ENV, capture_output=True, text=True, timeout=600)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    report = json.loads(evaluated.stdout[evaluated.stdout.index("{"):])
+    assert report["examples"] == 360 and 0 <= report["top1_error_percent"] <= 100
 
 
 def test_registered_names_say_the_defining_package():
