@@ -18,27 +18,28 @@ from typing import Optional, Sequence
 
 
 def _parser() -> argparse.ArgumentParser:
-    from keras_resnet_v2.resnet import SHORTCUT_NAMES, UNITS
+    from keras_resnet_v2.resnet import BLOCKS, SHORTCUT_NAMES, UNITS
 
     parser = argparse.ArgumentParser(prog="python -m keras_resnet_v2", description=__doc__.split("\n\n")[0])
     parser.add_argument("depth", nargs="?", type=int, default=1001, help="network depth (default 1001)")
     parser.add_argument("--unit", default="full_preact", choices=UNITS)
     parser.add_argument("--shortcut", default="identity", choices=SHORTCUT_NAMES)
     parser.add_argument("--family", choices=("cifar", "imagenet"))
+    parser.add_argument("--block", choices=BLOCKS, help="CIFAR units (default: the paper's for the depth)")
     parser.add_argument("--classes", type=int)
     parser.add_argument("--summary", action="store_true", help="print Keras' full layer summary")
     return parser
 
 
 def describe(depth: int, unit: str, shortcut: str, family: Optional[str] = None,
-             classes: Optional[int] = None, summary: bool = False) -> dict:
+             classes: Optional[int] = None, summary: bool = False, block: Optional[str] = None) -> dict:
     """Builds the network, runs one batch (training mode) and returns and prints its figures."""
     import numpy as np
 
     from keras_resnet_v2 import resnet
 
     start = time.perf_counter()
-    model = resnet.ResNet(depth, unit=unit, shortcut=shortcut, family=family, classes=classes)
+    model = resnet.ResNet(depth, unit=unit, shortcut=shortcut, family=family, classes=classes, block=block)
     build_s = time.perf_counter() - start
     batch = np.random.default_rng(0).uniform(0, 1, (2,) + tuple(model.input_shape[1:])).astype("float32")
     start = time.perf_counter()
@@ -69,7 +70,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = _parser().parse_args(argv)
     try:
-        describe(args.depth, args.unit, args.shortcut, args.family, args.classes, args.summary)
+        describe(args.depth, args.unit, args.shortcut, args.family, args.classes, args.summary, args.block)
     except ValueError as error:
         print(f"error: {error}")
         return 2

@@ -30,7 +30,7 @@ from keras_resnet_v2.variants import (
 UNITS: tuple[str, ...] = tuple(UNIT_SPECS)
 SHORTCUT_NAMES: tuple[str, ...] = tuple(SHORTCUTS)
 FAMILIES: tuple[str, ...] = ("cifar", "imagenet")
-BLOCKS: tuple[str, ...] = ("basic", "bottleneck")
+BLOCKS: tuple[str, ...] = ("basic", "bottleneck", "single")
 STRIDE_IN: tuple[str, ...] = ("first", "last")
 POOLINGS: tuple[Optional[str], ...] = (None, "avg", "max")
 
@@ -93,8 +93,11 @@ IMAGENET_DEPTHS: dict[int, tuple[str, tuple[int, ...]]] = {
 
 # CIFAR: depth = 6n + 2 (basic, 2 convs a unit) or 9n + 2 (bottleneck, 3 convs);
 # n units in each of the 3 stages. The paper's own choice where both forms fit.
-CIFAR_LAYERS_PER_UNIT = {"basic": 2, "bottleneck": 3}
-CIFAR_DEPTH_FORMS = {"basic": "6n+2", "bottleneck": "9n+2"}
+# "single" (one 3x3 conv a unit, depth 3n + 2) is Table 3's "ResNet-110 (1-layer skip)": asked
+# for by name only, never picked for a depth.
+CIFAR_LAYERS_PER_UNIT = {"basic": 2, "bottleneck": 3, "single": 1}
+CIFAR_DEPTH_FORMS = {"basic": "6n+2", "bottleneck": "9n+2", "single": "3n+2"}
+CIFAR_DEFAULT_BLOCKS = ("basic", "bottleneck")
 CIFAR_PAPER_BLOCKS: dict[int, str] = {
     20: "basic", 32: "basic", 44: "basic", 56: "basic", 110: "basic", 1202: "basic",
     164: "bottleneck", 1001: "bottleneck",
@@ -168,7 +171,7 @@ def _resolve_depth(depth, family, block) -> tuple[str, str, tuple[int, ...]]:
             )
         return family, table_block, units
 
-    candidates = [block] if block else [CIFAR_PAPER_BLOCKS.get(depth, "basic"), "basic", "bottleneck"]
+    candidates = [block] if block else [CIFAR_PAPER_BLOCKS.get(depth, "basic"), *CIFAR_DEFAULT_BLOCKS]
     for candidate in candidates:
         n = cifar_units_per_stage(depth, candidate)
         if n:
@@ -176,7 +179,7 @@ def _resolve_depth(depth, family, block) -> tuple[str, str, tuple[int, ...]]:
     forms = [
         f"{b} units need {CIFAR_DEPTH_FORMS[b]} "
         f"(nearest: {' or '.join(map(str, _nearest_cifar_depths(depth, b)))})"
-        for b in ([block] if block else BLOCKS)
+        for b in ([block] if block else CIFAR_DEFAULT_BLOCKS)
     ]
     raise ValueError(
         f"`depth` {depth} is not a CIFAR ResNet depth: {'; '.join(forms)}. "
@@ -335,7 +338,9 @@ class _Ops:
 def _residual_branch(ops: _Ops, x, filters: int, stride: int, block: str,
                      stride_conv: int, spec: UnitSpec, name: str):
     """F(x): the convolutions of one unit with BN-ReLU between them (Fig. 4)."""
-    if block == "basic":
+    if block == "single":  # Table 3's 1-layer skip
+        layout = [(filters, 3)]
+    elif block == "basic":
         layout = [(filters, 3), (filters, 3)]
     else:  # bottleneck: 1x1 reduce, 3x3, 1x1 expand to 4x
         layout = [(filters, 1), (filters, 3), (4 * filters, 1)]
@@ -504,7 +509,8 @@ def ResNet(
 
     Args:
         depth: weighted layers. CIFAR: 6n+2 (basic units) or 9n+2 (bottleneck units),
-            e.g. 20, 56, 110, 164, 1001, 1202. ImageNet: 18, 34, 50, 101, 152, 200.
+            e.g. 20, 56, 110, 164, 1001, 1202, or 3n+2 with block="single". ImageNet: 18,
+            34, 50, 101, 152, 200.
         unit: residual-unit variant of Fig. 4, one of `UNITS`: "original",
             "bn_after_addition", "relu_before_addition", "relu_only_preact",
             "full_preact" (default).
@@ -514,7 +520,9 @@ def ResNet(
         family: "cifar" or "imagenet"; None means "imagenet" for the ImageNet depths
             above and "cifar" otherwise.
         block: CIFAR only: "basic" or "bottleneck" where a depth fits both forms
-            (default: the paper's choice, bottleneck for 164 and 1001, else basic).
+            (default: the paper's choice, bottleneck for 164 and 1001, else basic), or
+            "single": units of one 3x3 conv, depth 3n+2 (Table 3's "ResNet-110 (1-layer
+            skip)": `ResNet(110, block="single")`, 1.7M parameters).
         stride_in: "first" (paper, fb.resnet.torch): the first unit of stages 2.. has
             stride 2 and the projection; "last" (keras.applications, TF-slim): the
             last unit of stages ..S-1 has stride 2 and subsamples its shortcut.

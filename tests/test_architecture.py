@@ -250,3 +250,19 @@ def test_option_constants_list_every_variant():
         "2(a)", "2(b)", "2(c)", "2(d)", "2(e)", "2(f)"
     ]
     assert isinstance(krv2.__version__, str) and krv2.__version__.count(".") == 2
+
+
+def test_one_layer_skip_units_of_table3():
+    # FACTS.md Table 3, "ResNet-110 (1-layer skip)": 36 units of one 3x3 conv per stage, 1.7M parameters.
+    for unit in krv2.UNITS:
+        model = krv2.ResNet(110, block="single", unit=unit)
+        convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+        assert len(convs) == 1 + 108 + 2  # stem, one conv a unit, the two projections
+        assert 1.65e6 < trainable_count(model) < 1.75e6, (unit, trainable_count(model))
+        assert model.get_layer("stage3_unit36_1_conv").kernel.shape == (3, 3, 64, 64)
+    assert branch_order(krv2.ResNet(110, block="single"), "stage2_unit2") == ["bn", "relu", "conv", "add"]
+    assert branch_order(krv2.ResNet(110, block="single", unit="original"), "stage2_unit2") == [
+        "conv", "bn", "add", "relu"]
+    assert krv2.ResNet110(block="single").count_params() == krv2.ResNet(110, block="single").count_params()
+    with pytest.raises(ValueError, match="single units need 3n\\+2 \\(nearest: 23 or 26\\)"):
+        krv2.ResNet(24, block="single")

@@ -29,7 +29,12 @@ def test_plan_carries_the_papers_errors():
     table3 = {e["row"]: e["paper_error"] for e in plan(3, "resnet1001", "cifar100", 1, "runs")}
     assert table3 == {"original": "27.82", "full_preact": "22.71"}
     assert all(e["paper_error"] == "" for e in plan(2, "resnet56", "cifar10", 1, "runs"))
-    assert len(PAPER_ERRORS) == 10 + 2 * 5 + 5 * 2 and {len(rows) for rows in TABLES.values()} == {10, 5, 2}
+    assert len(PAPER_ERRORS) == 10 + 2 * 5 + 5 * 2 + 2 and {len(rows) for rows in TABLES.values()} == {10, 5, 4}
+    # Table 3's first line, ResNet-110 with 1-layer skips: only for --model resnet110.
+    table3 = {e["row"]: (e["block"], e["unit"], e["paper_error"]) for e in plan(3, "resnet110", "cifar10", 1, "runs")}
+    assert table3 == {"single_original": ("single", "original", "9.90"),
+                      "single_full_preact": ("single", "full_preact", "8.91"),
+                      "original": (None, "original", "6.61"), "full_preact": (None, "full_preact", "6.37")}
     with pytest.raises(ValueError, match="`table` must be one of"):
         plan(4, "resnet110", "cifar10", 1, "runs")
 
@@ -63,3 +68,13 @@ def test_sweep_runs_rows_and_seeds_writes_results_and_resumes(tmp_path, capsys):
     assert all(os.path.getmtime(os.path.join(d, "sweep_result.json")) == t for d, t in stamps.items())
     assert json.loads(open(os.path.join(rows[0]["run_dir"], "sweep_result.json")).read())["steps"] == 4
     assert "pre-activation" in capsys.readouterr().out
+
+
+def test_table3_dry_run_lists_the_one_layer_skip_rows_for_resnet110(tmp_path, capsys):
+    assert main(["sweep", "--table", "3", "--model", "resnet110", "--dry-run", "--run-dir", str(tmp_path / "t3")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4
+    single = [line for line in lines if "block=single" in line]
+    assert len(single) == 2 and "paper 9.90" in single[0] and "paper 8.91" in single[1]
+    assert main(["sweep", "--table", "3", "--model", "resnet164", "--dry-run", "--run-dir", str(tmp_path / "x")]) == 0
+    assert "block=single" not in capsys.readouterr().out

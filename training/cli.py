@@ -67,6 +67,8 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="required: run directory (rerun the same command to resume)")
     p.add_argument("--unit", help="residual unit (Fig. 4), default full_preact")
     p.add_argument("--shortcut", help="shortcut (Fig. 2), default identity")
+    p.add_argument("--block", help="CIFAR units: basic, bottleneck or single (one 3x3 conv, Table 3's 1-layer "
+                                   "skip); default: the paper's for the depth")
     p.add_argument("--option", action="append", type=_option, dest="options", metavar="KEY=VALUE",
                    help="variant option, e.g. --option gate_bias=-6 (repeatable)")
     length = p.add_mutually_exclusive_group()
@@ -139,7 +141,8 @@ def sweep_main(argv: Sequence[str]) -> int:
                         data_dir=args.data_dir, verbose=0 if args.quiet else 1)
     if args.dry_run:
         for r in results:
-            print(f"table {r['table']} | {r['label']} | unit={r['unit']} shortcut={r['shortcut']} "
+            block = f"block={r['block']} " if r["block"] else ""
+            print(f"table {r['table']} | {r['label']} | {block}unit={r['unit']} shortcut={r['shortcut']} "
                   f"options={json.dumps(r['options'])} seed={r['seed']} | paper {r['paper_error'] or '-'} | "
                   f"{r['run_dir']}")
     else:

@@ -40,7 +40,8 @@ from keras_resnet_v2.training.loop import Trainer
 
 MODEL_PATTERN = re.compile(r"resnet(\d+)")
 # Fields that must match to resume a run directory (the rest, e.g. epochs, may change).
-IDENTITY_FIELDS = ("dataset", "model", "unit", "shortcut", "variant_options", "batch_size", "precision", "seed")
+IDENTITY_FIELDS = ("dataset", "model", "block", "unit", "shortcut", "variant_options", "batch_size", "precision",
+                   "seed")
 
 
 @dataclass
@@ -49,6 +50,7 @@ class TrainConfig:
     model: str = "resnet20"
     unit: str = "full_preact"
     shortcut: str = "identity"
+    block: str | None = None  # CIFAR units: None (the paper's for the depth), basic, bottleneck or single
     variant_options: dict = field(default_factory=dict)
     epochs: int | None = None
     steps: int | None = None
@@ -121,9 +123,9 @@ def check_config(config: TrainConfig) -> recipes.Recipe:
     # The builder's own checks (depth, unit, shortcut, variant options), before any data is read.
     # Precision and strategy names are checked by runtime.set_precision / make_strategy, which
     # run() calls next, also before anything is written.
-    resolve_config(parse_model(config.model), unit=config.unit, shortcut=config.shortcut, family=None, block=None,
-                   stride_in="first", input_shape=None, input_tensor=None, include_top=True, pooling=None,
-                   classes=None, classifier_activation="softmax", weights=None, dtype=None, name=None,
+    resolve_config(parse_model(config.model), unit=config.unit, shortcut=config.shortcut, family=None,
+                   block=config.block, stride_in="first", input_shape=None, input_tensor=None, include_top=True,
+                   pooling=None, classes=None, classifier_activation="softmax", weights=None, dtype=None, name=None,
                    variant_options=config.variant_options, remat=config.remat)
     if config.epochs is not None and config.steps is not None:
         raise ValueError(f"Give `epochs` or `steps`, not both. Received: epochs={config.epochs}, steps={config.steps}")
@@ -144,9 +146,10 @@ def build_model(config: TrainConfig, info: data_lib.DatasetInfo, image_size: int
     shape = info.image_shape[:2] + (3,) if info.image_shape else (image_size, image_size, 3)
     inputs = keras.Input(shape=shape, name="images")
     x = data_lib.normalization_layer(mean, variance)(inputs)
+    block = f"_{config.block}" if config.block else ""
     return keras_resnet_v2.ResNet(parse_model(config.model), unit=config.unit, shortcut=config.shortcut,
-                                  input_tensor=x, classes=info.num_classes, remat=config.remat,
-                                  name=f"{config.model}_{config.unit}", **config.variant_options)
+                                  block=config.block, input_tensor=x, classes=info.num_classes, remat=config.remat,
+                                  name=f"{config.model}{block}_{config.unit}", **config.variant_options)
 
 
 def with_input_size(model: keras.Model, size: int) -> keras.Model:

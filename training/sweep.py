@@ -30,6 +30,8 @@ class Row:
     unit: str
     shortcut: str = "identity"
     options: dict = field(default_factory=dict)
+    block: str | None = None  # CIFAR units (None: the paper's for the depth)
+    models: tuple[str, ...] = ()  # the only --model values the row applies to (empty: any)
 
 
 # (table) -> rows; paper errors (CIFAR-10 test error %, "fail" = above 20%) keyed by (dataset, model).
@@ -57,7 +59,10 @@ TABLES: dict[int, tuple[Row, ...]] = {
         Row("d_relu_only_preact", "(d) ReLU-only pre-activation", "relu_only_preact"),
         Row("e_full_preact", "(e) full pre-activation", "full_preact"),
     ),
-    3: (  # Table 3
+    3: (  # Table 3; its first line, "ResNet-110 (1-layer skip)", has units of one 3x3 conv
+        Row("single_original", "1-layer skip, original", "original", block="single", models=("resnet110",)),
+        Row("single_full_preact", "1-layer skip, pre-activation", "full_preact", block="single",
+            models=("resnet110",)),
         Row("original", "original", "original"),
         Row("full_preact", "pre-activation", "full_preact"),
     ),
@@ -76,9 +81,11 @@ PAPER_ERRORS: dict[tuple[int, str, str, str], str] = {
         ("cifar10", "resnet1001", ("7.61", "4.92")), ("cifar100", "resnet164", ("25.16", "24.33")),
         ("cifar100", "resnet1001", ("27.82", "22.71")))
        for key, error in zip(("original", "full_preact"), pair, strict=True)},
+    (3, "cifar10", "resnet110", "single_original"): "9.90",
+    (3, "cifar10", "resnet110", "single_full_preact"): "8.91",
 }
 
-COLUMNS = ["table", "row", "label", "model", "unit", "shortcut", "options", "seed", "status", "steps",
+COLUMNS = ["table", "row", "label", "model", "block", "unit", "shortcut", "options", "seed", "status", "steps",
            "final_train_loss", "test_error", "paper_error", "run_dir"]
 
 
@@ -89,10 +96,10 @@ def plan(table: int, model: str, dataset: str, seeds: int, run_dir: str) -> list
     if not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"`seeds` must be a positive integer. Received: seeds={seeds!r}")
     return [{"table": table, "row": row.key, "label": row.label, "model": model, "unit": row.unit,
-             "shortcut": row.shortcut, "options": dict(row.options), "seed": seed,
+             "shortcut": row.shortcut, "options": dict(row.options), "block": row.block, "seed": seed,
              "paper_error": PAPER_ERRORS.get((table, dataset, model.lower(), row.key), ""),
              "run_dir": os.path.join(run_dir, f"table{table}_{row.key}_seed{seed}")}
-            for row in TABLES[table] for seed in range(seeds)]
+            for row in TABLES[table] if not row.models or model.lower() in row.models for seed in range(seeds)]
 
 
 def _finished(entry: dict) -> dict | None:
@@ -122,7 +129,7 @@ def run_sweep(table: int, *, run_dir: str, dataset: str = "cifar10", model: str 
     from keras_resnet_v2.training.run import TrainConfig, check_config, run
 
     entries = plan(table, model, dataset, seeds, run_dir)
-    configs = [TrainConfig(dataset=dataset, model=model, unit=e["unit"], shortcut=e["shortcut"],
+    configs = [TrainConfig(dataset=dataset, model=model, unit=e["unit"], shortcut=e["shortcut"], block=e["block"],
                            variant_options=e["options"], seed=e["seed"], run_dir=e["run_dir"], **train_settings)
                for e in entries]
     for config in configs:  # every row's settings are checked before the first run starts
@@ -164,7 +171,7 @@ def write_results(results: list[dict], run_dir: str) -> None:
             writer = csv.DictWriter(f, COLUMNS)
             writer.writeheader()
             for r in results:
-                writer.writerow({k: json.dumps(r[k]) if k == "options" else r[k] for k in COLUMNS})
+                writer.writerow({k: json.dumps(r[k]) if k == "options" else r.get(k) or "" for k in COLUMNS})
 
     cb.atomic_write(os.path.join(run_dir, "results.csv"), write_csv)
     lines = ["| row | unit | shortcut | options | runs | final train loss | test error % (mean ± sd) | paper % |",
