@@ -7,7 +7,23 @@ Example:
     >>> model = keras_resnet_v2.ResNet(110, unit="original", shortcut="exclusive_gating")
 
 Uses `keras` and `keras.ops` only, so the builders run under the TensorFlow, JAX and
-PyTorch backends.
+PyTorch backends (`pip install keras_resnet_v2` installs only Keras and numpy).
+
+Input: the builders contain no preprocessing; they expect standardized images (about zero
+mean and unit variance per channel), as the paper trains them. To feed raw 0..255 pixels, put
+`keras_resnet_v2.Standardize(mean, variance)` in front with your training set's statistics
+(per channel, or a per-pixel mean image), which is what `resnet-v2-train` does:
+
+    >>> inputs = keras.Input((32, 32, 3))
+    >>> x = keras_resnet_v2.Standardize(mean=[125.3, 123.0, 113.9], variance=[3970.0, 3880.0, 4460.0])(inputs)
+    >>> model = keras_resnet_v2.ResNet20(input_tensor=x)
+
+More, with the `train` and `export` extras:
+- `keras_resnet_v2.training`: data (`data.load("digits")`, an offline demo set; TFDS names; image
+  folders), the paper's recipes (`recipes.get_recipe("paper_cifar")`), a distributed loop, and the
+  `resnet-v2-train` command (train, evaluate, sweep a paper table).
+- `keras_resnet_v2.export`: verified SavedModel (TF Serving) and ONNX exports, `resnet-v2-export`.
+- `python -m keras_resnet_v2 DEPTH` describes a network.
 """
 
 from keras_resnet_v2.layers import ConstantScale, GatedSum, Rematerialized, Standardize

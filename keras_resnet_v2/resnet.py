@@ -609,9 +609,11 @@ def _named(depth: int, family: str, paper: str) -> Callable[..., keras.Model]:
     constructor.__name__ = constructor.__qualname__ = f"ResNet{depth}"
     constructor.__doc__ = (
         f"{'CIFAR' if family == 'cifar' else 'ImageNet'} ResNet-{depth} ({paper}).\n\n"
-        "Takes the keyword arguments of `ResNet` (unit, shortcut, include_top, input_shape,\n"
-        "input_tensor, pooling, classes, classifier_activation, weights, dtype, name and the\n"
-        "shortcut options) and returns an uncompiled `keras.Model`.\n\n"
+        "Takes the keyword arguments of `ResNet` (unit, shortcut, family, block, stride_in,\n"
+        "include_top, input_shape, input_tensor, pooling, classes, classifier_activation,\n"
+        "weights, dtype, name, remat and the shortcut options: see `help(keras_resnet_v2.ResNet)`)\n"
+        "and returns an uncompiled `keras.Model`. Inputs are standardized images: see\n"
+        "`help(keras_resnet_v2)` for `Standardize`, which takes raw 0..255 pixels.\n\n"
         f"Example:\n    >>> model = ResNet{depth}()\n"
     )
     return constructor

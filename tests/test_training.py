@@ -322,3 +322,18 @@ def test_statistics_of_variable_size_images_and_the_imagenet_test_split(monkeypa
     with tfds.testing.mock_data(num_examples=3):
         splits = data.load("imagenet2012")
     assert read == ["train", "validation"] and splits.info.image_shape is None and splits.info.num_classes == 1000
+
+
+def test_a_finite_training_pipeline_for_model_fit_without_steps():
+    # The README's plain model.fit example: repeat=False is one epoch of full batches, reshuffled.
+    splits = data.load_digits(image_size=8)
+    steps = recipes.steps_per_epoch(splits.info.train_examples, 64)
+    finite = data.pipeline(splits.train, splits.info, 64, training=True, repeat=False)
+    first = [labels.numpy() for _, labels in finite]
+    second = [labels.numpy() for _, labels in finite]
+    assert len(first) == len(second) == steps == 22 and all(len(b) == 64 for b in first)
+    assert not all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))  # reshuffled each pass
+    model = keras_resnet_v2.ResNet(8, input_shape=(8, 8, 3), classes=10)
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="sparse_categorical_crossentropy")
+    history = model.fit(finite, epochs=2, verbose=0)
+    assert len(history.history["loss"]) == 2 and int(model.optimizer.iterations.numpy()) == 2 * steps

@@ -402,11 +402,13 @@ def _scale_augment(image, seed, crop: int, flip: bool = True):
 
 def pipeline(dataset: tf.data.Dataset, info: DatasetInfo, batch_size: int, *, training: bool,
              seed: int = 0, start_step: int = 0, image_size: int = 224, cache: bool = True,
-             padding: int = 4, resize_side: int | None = None) -> tf.data.Dataset:
+             padding: int = 4, resize_side: int | None = None, repeat: bool = True) -> tf.data.Dataset:
     """Batches a split for training (`training=True`) or evaluation.
 
-    Training data repeats forever (the caller counts steps per epoch): load -> cache -> shuffle
-    -> repeat -> batch (drop remainder) -> augment the whole batch (vectorized) -> prefetch.
+    Training data repeats forever (the caller counts steps per epoch: `steps_per_epoch` of
+    `model.fit`) or, with `repeat=False`, is one epoch of full batches, reshuffled each time it is
+    iterated, so `model.fit(ds, epochs=N)` needs no steps: load -> cache -> shuffle -> repeat ->
+    batch (drop remainder) -> augment the whole batch (vectorized) -> prefetch.
     Variable-size (ImageNet-style) images are augmented one by one before batching. Each
     batch's augmentation is seeded by `(seed, step)`, so a run is deterministic under `seed`
     and a resumed run (`start_step`) draws new crops rather than replaying the first epoch's.
@@ -419,6 +421,7 @@ def pipeline(dataset: tf.data.Dataset, info: DatasetInfo, batch_size: int, *, tr
     Example:
         >>> splits = load("digits")
         >>> images, labels = next(iter(pipeline(splits.train, splits.info, 64, training=True)))
+        >>> model.fit(pipeline(splits.train, splits.info, 64, training=True, repeat=False), epochs=15)
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
@@ -437,7 +440,8 @@ def pipeline(dataset: tf.data.Dataset, info: DatasetInfo, batch_size: int, *, tr
         return ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(AUTOTUNE)
 
     ds = ds.shuffle(min(info.train_examples, 50_000), seed=seed + start_step, reshuffle_each_iteration=True)
-    ds = ds.repeat()
+    if repeat:
+        ds = ds.repeat()
     step_seed = lambda i: tf.stack([tf.cast(seed, tf.int64), i])  # noqa: E731
     if not fixed_size:
         ds = ds.enumerate(start_step * batch_size).map(
