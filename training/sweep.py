@@ -171,7 +171,8 @@ def write_results(results: list[dict], run_dir: str) -> None:
             writer = csv.DictWriter(f, COLUMNS)
             writer.writeheader()
             for r in results:
-                writer.writerow({k: json.dumps(r[k]) if k == "options" else r.get(k) or "" for k in COLUMNS})
+                writer.writerow({k: json.dumps(r[k]) if k == "options" else "" if r.get(k) is None else r[k]
+                                 for k in COLUMNS})
 
     cb.atomic_write(os.path.join(run_dir, "results.csv"), write_csv)
     lines = ["| row | unit | shortcut | options | runs | final train loss | test error % (mean ± sd) | paper % |",
