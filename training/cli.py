@@ -237,6 +237,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from keras_resnet_v2.training.loop import NonFiniteLossError
     from keras_resnet_v2.training.run import DiskFullError
 
+    try:  # --export-dir needs the export extra; without it no VerificationError can occur
+        from keras_resnet_v2.export import VerificationError
+    except ImportError:
+        VerificationError = ()  # noqa: N806 - an except clause that matches nothing
+
     try:
         if argv[:1] == ["evaluate"]:
             from keras_resnet_v2.training.run import evaluate
@@ -261,6 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         return 3
+    except VerificationError as error:  # the trained model is saved; nothing was published
+        print(f"error: {error}", file=sys.stderr)
+        return 5
     except DiskFullError as error:
         print(f"\nerror: {error}", file=sys.stderr)
         return 4
