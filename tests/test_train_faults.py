@@ -224,3 +224,19 @@ def test_a_truncated_jpeg_is_named_before_training_or_skipped(tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert cli.main(["--dataset", str(tmp_path / "images"), "--model", "resnet8", "--run-dir", str(run_dir)]) == 2
     assert "dog/3.jpg" in capsys.readouterr().err and not run_dir.exists()
+
+
+def test_a_failed_export_verification_after_training_is_one_line(tmp_path, capsys, monkeypatch):
+    from keras_resnet_v2 import export
+
+    def failing_verify(*args, **kwargs):
+        raise export.VerificationError("Export parity failed for onnx (injected)")
+
+    monkeypatch.setattr(export.workflow, "verify", failing_verify)
+    run_dir, export_dir = tmp_path / "run", tmp_path / "export"
+    assert cli.main(_args(run_dir, "--export-dir", str(export_dir))) == 5
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "parity failed for onnx (injected)" in err[0]
+    assert (run_dir / "model.keras").is_file()  # the trained model is kept
+    assert [n for n in os.listdir(export_dir / "savedmodel") if not n.startswith(".")] == []  # nothing published
+    assert not (export_dir / "model.onnx").exists()
