@@ -1,4 +1,4 @@
-"""Input-pipeline benchmark: `training.data.pipeline` (CIFAR augmentation) against a naive pipeline.
+"""Input-pipeline benchmark: `keras_resnet_v2.training.data.pipeline` (CIFAR augmentation) against a naive pipeline.
 
     python benchmarks/pipeline.py [--batches 400] [--repeats 3]
 

@@ -9,7 +9,7 @@ cross-entropy, fp32) and is timed in steady state: `--steps` steps after `--warm
 median step time of one run, images/s = batch / that. Peers run alternately, `--repeats` rounds,
 and the table gives each peer's median over rounds and its ratio to PyTorch.
 
-Peers: `ours` (`keras_resnet_v2` through `model.fit` after `training.fuse_batchnorm`, the way
+Peers: `ours` (`keras_resnet_v2` through `model.fit` after `keras_resnet_v2.training.fuse_batchnorm`, the way
 `resnet-v2-train` trains), `ours_keras_bn` (the same without it: Keras' own BatchNorm), `torch` (the same
 network written plainly in PyTorch, channels-last: benchmarks/torch_resnet.py, parameter count
 checked), and for ResNet-50 `keras_applications` (`keras.applications.ResNet50V2`) and

@@ -34,7 +34,7 @@ class Trainer:
         trainer = Trainer(model, optimizer, strategy, global_batch=128)
         trainer.fit(train_ds, epochs=10, steps_per_epoch=390, validation_data=test_ds, callbacks=[...])
 
-    `train_ds` yields global batches forever (see `training.data.pipeline`); `validation_data`
+    `train_ds` yields global batches forever (see `keras_resnet_v2.training.data.pipeline`); `validation_data`
     is finite. Logs per epoch: loss, accuracy, lr, images_per_sec, val_loss, val_accuracy,
     val_top5_accuracy.
     """

@@ -5,7 +5,7 @@
 
 Rows are data (FACTS.md): Table 1 the shortcut variants of Fig. 2 on the original unit (ResNet-110),
 Table 2 the unit variants of Fig. 4, Table 3 original against full pre-activation. Each run is
-`training.run` in `RUN_DIR/table{T}_{row}_seed{S}` (a rerun skips finished rows and resumes an
+`keras_resnet_v2.training.run` in `RUN_DIR/table{T}_{row}_seed{S}` (a rerun skips finished rows and resumes an
 interrupted one), then `RUN_DIR/results.csv`, `results.md` (mean and spread over seeds beside the
 paper's error) and `curves.png` (training loss and test error against iterations, one colour per row,
 like the paper's Figs. 1, 3 and 6) are rewritten from every finished run.
