@@ -16,7 +16,7 @@ import tensorflow as tf
 
 import keras_resnet_v2
 from keras_resnet_v2 import _images as image_ops
-from keras_resnet_v2._files import DirectoryLock, check_writable_directory
+from keras_resnet_v2._files import DirectoryLock, check_writable_directory, usual_modes
 
 
 def _check_classifier(model) -> None:
@@ -193,14 +193,6 @@ def serving_preprocessing(run_config: dict) -> str:
 LEFTOVER = re.compile(r"\.(tmp|old)-(\d+)-")
 
 
-def published_modes(path: str) -> None:
-    """Gives `path` the modes a plain mkdir/open would (0755/0644 under umask 022): mkdtemp and
-    mkstemp make 0700/0600, which a TF Serving process running as another user cannot read."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
-
-
 def clean_leftovers(base_dir: str) -> list[str]:
     """Removes what a killed export (SIGKILL, power loss) left in `base_dir`; returns the names.
 
@@ -233,7 +225,7 @@ class Staged:
 
     def publish(self) -> str:
         """Renames the export into place (atomically) with the usual modes; returns its path."""
-        published_modes(self.path)
+        usual_modes(self.path)
         if self.version_dir and os.path.exists(self.final):  # overwrite: old version aside, new one in
             base, version = os.path.split(self.final)
             old = tempfile.mkdtemp(prefix=f".old-{version}-", dir=base)

@@ -11,7 +11,7 @@ import keras
 
 from keras_resnet_v2._files import DirectoryLock
 from keras_resnet_v2.export.onnx import check_onnx_arguments, onnx_lock, stage_onnx
-from keras_resnet_v2.export.savedmodel import check_savedmodel_arguments, stage_savedmodel
+from keras_resnet_v2.export.savedmodel import check_savedmodel_arguments, float32_copy, stage_savedmodel
 from keras_resnet_v2.export.verify import verify
 
 
@@ -41,6 +41,9 @@ def export_and_verify(model: keras.Model, savedmodel: Optional[str] = None, onnx
                          f"Received: savedmodel={savedmodel!r}, onnx={onnx!r}")
     base_dir = check_savedmodel_arguments(model, savedmodel, version, labels, preprocessing) if savedmodel else None
     onnx_path, opset = check_onnx_arguments(model, onnx, opset) if onnx else (None, None)
+    # Exports and verification all use the float32 network: copy a mixed-precision model once here
+    # (float32_copy returns a float32 model itself, so the steps below do not copy it again).
+    model = float32_copy(model)
     timings, staged = {}, []
     with contextlib.ExitStack() as locks:
         try:

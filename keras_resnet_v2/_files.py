@@ -71,6 +71,14 @@ def _read_holder(fd: int) -> str:
         return "another process"
 
 
+def usual_modes(path: str) -> None:
+    """Gives `path` the modes a plain mkdir/open would (0755/0644 under umask 022): mkdtemp and
+    mkstemp make 0700/0600, which another user (a TF Serving process, say) cannot read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
+
+
 def check_writable_directory(path: str, what: str) -> None:
     """A one-line ValueError if `path` (or its nearest existing parent) is a file or not writable."""
     probe = os.path.abspath(path)

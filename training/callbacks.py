@@ -14,6 +14,8 @@ import tempfile
 
 import keras
 
+from keras_resnet_v2._files import usual_modes
+
 
 def atomic_write(path: str, write) -> None:
     """Calls `write(tmp_path)` and renames the result onto `path` (same directory, same filesystem)."""
@@ -22,9 +24,7 @@ def atomic_write(path: str, write) -> None:
     suffix = "." + os.path.basename(path).split(".", 1)[-1] if "." in os.path.basename(path) else ""
     fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", suffix=suffix, dir=directory)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+    usual_modes(tmp)  # mkstemp makes 0600
     try:
         write(tmp)
         with open(tmp, "rb+") as f:

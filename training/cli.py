@@ -180,10 +180,13 @@ def read_config_file(path: str) -> dict:
     return {k.replace("-", "_"): v for k, v in values.items()}
 
 
-def config_from_args(argv: Sequence[str]):
+def config_from_args(argv: Sequence[str], require: bool = False):
+    """The TrainConfig of a command line (and its --config file). `require`: a training run must name
+    its dataset, model and run directory (flags or --config), else usage and exit 2."""
     from keras_resnet_v2.training.run import TrainConfig
 
-    args = vars(_train_parser().parse_args(argv))
+    parser = _train_parser()
+    args = vars(parser.parse_args(argv))
     source = f"`config` file {args['config']!r}" if "config" in args else "the command line"
     values = read_config_file(args.pop("config")) if "config" in args else {}
     if isinstance(values.get("boundaries"), list):
@@ -197,7 +200,12 @@ def config_from_args(argv: Sequence[str]):
         values.pop("epochs", None)
         values.pop("steps", None)
     values.update(args)
-    return TrainConfig.from_dict(values, source)
+    config = TrainConfig.from_dict(values, source)  # values and types first, then what is missing
+    missing = [name for name in REQUIRED if name not in values]
+    if require and missing:
+        parser.error("the following arguments are required: "
+                     + ", ".join("--" + name.replace("_", "-") for name in missing) + " (as flags or in --config)")
+    return config
 
 
 def _interrupted(argv: Sequence[str]) -> str:
@@ -214,19 +222,6 @@ def _interrupted(argv: Sequence[str]) -> str:
         rows = []
     done = f"after epoch {rows[-1]['epoch']} (step {rows[-1]['step']})" if rows else "before the first epoch ended"
     return f"interrupted {done}; rerun the same command to resume from {os.path.join(run_dir, 'backup')}"
-
-
-def _require_settings(argv: Sequence[str]) -> None:
-    """A training run names its dataset, model and run directory (flags or --config): else usage, exit 2."""
-    parser = _train_parser()
-    args = vars(parser.parse_args(argv))
-    given = set(args)
-    if "config" in args:
-        given |= set(read_config_file(args["config"]))
-    missing = [name for name in REQUIRED if name not in given]
-    if missing:
-        parser.error("the following arguments are required: "
-                     + ", ".join("--" + name.replace("_", "-") for name in missing) + " (as flags or in --config)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -256,9 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return sweep_main(argv[1:])
         from keras_resnet_v2.training.run import run
 
-        config = config_from_args(argv)  # checks values and types first
-        _require_settings(argv)
-        result = run(config)
+        result = run(config_from_args(argv, require=True))
         print(json.dumps(result, indent=2, default=str))
     except (ValueError, DatasetError, FileExistsError, DirectoryBusyError) as error:
         print(f"error: {error}", file=sys.stderr)
