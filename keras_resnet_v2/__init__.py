@@ -26,6 +26,7 @@ More, with the `train` and `export` extras:
 - `python -m keras_resnet_v2 DEPTH` describes a network.
 """
 
+from keras_resnet_v2.convert import copy_weights, to_plain, to_stacked  # noqa: I001  (after resnet)
 from keras_resnet_v2.layers import ConstantScale, GatedSum, Rematerialized, Standardize
 from keras_resnet_v2.resnet import (
     BLOCKS,
@@ -52,6 +53,8 @@ from keras_resnet_v2.resnet import (
     ResNet1202,
     ensure_recursion_limit,
 )
+from keras_resnet_v2.speed import build_optimizer, fuse_batchnorm
+from keras_resnet_v2.stack import UnitStack
 from keras_resnet_v2.variants import SHORTCUTS, UNIT_SPECS
 
 __version__ = "0.1.0"
@@ -64,5 +67,6 @@ __all__ = [
     "STRIDE_IN", "UNITS", "UNIT_SPECS", "ConstantScale", "GatedSum", "Rematerialized", "ResNet", "Standardize",
     "ResNet18", "ResNet20", "ResNet32", "ResNet34", "ResNet44", "ResNet50", "ResNet56",
     "ResNet101", "ResNet110", "ResNet152", "ResNet164", "ResNet200", "ResNet1001",
-    "ResNet1202", "__version__",
+    "ResNet1202", "UnitStack", "__version__", "build_optimizer", "copy_weights", "fuse_batchnorm", "to_plain",
+    "to_stacked",
 ]

@@ -18,6 +18,8 @@ from typing import Any, Callable, Optional, Sequence, Union
 import keras
 
 from keras_resnet_v2.layers import Rematerialized
+from keras_resnet_v2.speed import fuse_batchnorm
+from keras_resnet_v2.stack import UnitStack
 from keras_resnet_v2.variants import (
     SHORTCUTS,
     UNIT_SPECS,
@@ -136,6 +138,7 @@ class Config:
     classes: int
     dtype: Any
     remat: bool = False
+    scan: bool = False
 
 
 def _choices(values: Sequence) -> str:
@@ -255,7 +258,7 @@ def _check_weights_path(weights) -> None:
 def resolve_config(
     depth, *, unit, shortcut, family, block, stride_in, input_shape, input_tensor,
     include_top, pooling, classes, classifier_activation, weights, dtype, name, variant_options,
-    remat: bool = False,
+    remat: bool = False, scan: bool = False, fused_batchnorm: bool = True,
 ) -> Config:
     """Checks every argument of `ResNet` before any layer is built."""
     family, block, units = _resolve_depth(depth, family, block)
@@ -291,6 +294,9 @@ def resolve_config(
     _check_weights_path(weights)
     if not isinstance(remat, bool):
         raise ValueError(f"`remat` must be True or False. Received: remat={remat!r}")
+    for arg, value in (("scan", scan), ("fused_batchnorm", fused_batchnorm)):
+        if not isinstance(value, bool):
+            raise ValueError(f"`{arg}` must be True or False. Received: {arg}={value!r}")
     if remat and shortcut == "dropout":
         raise ValueError("`remat=True` recomputes each unit in the backward pass, which would draw new "
                          "dropout masks: it cannot be combined with shortcut='dropout'. "
@@ -301,7 +307,7 @@ def resolve_config(
         depth=depth, family=family, block=block, units_per_stage=units, unit=unit,
         shortcut=shortcut, shortcut_options=options, stride_in=stride_in,
         input_shape=_resolve_input_shape(input_shape, input_tensor, FAMILY_SPECS[family]),
-        classes=classes, dtype=_resolve_dtype(dtype), remat=remat,
+        classes=classes, dtype=_resolve_dtype(dtype), remat=remat, scan=scan,
     )
 
 
@@ -409,6 +415,41 @@ def _rematerialized_segment(ops: _Ops, x, segment, cfg: Config):
     return Rematerialized(keras.Model(inputs, y, name=f"{name}_block"), name=name, **ops.kw)(x)
 
 
+# JAX: units of a `UnitStack` loop unrolled per iteration (benchmarks/RESULTS.md, "deep").
+SCAN_UNROLL = 5
+
+
+def stack_runs(cfg: Config) -> list[list[tuple[int, int, str]]]:
+    """The units grouped for `scan=True`: each run of 2+ units that keep width and stride (units 2..n
+    of a stage; 2..n-1 with stride_in="last") is one group, every other unit a group of its own."""
+    runs: list[tuple[bool, list[tuple[int, int, str]]]] = []
+    for width, stride, name in _units(cfg):
+        stage = name.split("_")[0]
+        stackable = stride == 1 and not name.endswith("_unit1")
+        if stackable and runs and runs[-1][0] and runs[-1][1][-1][2].startswith(f"{stage}_"):
+            runs[-1][1].append((width, stride, name))
+        else:
+            runs.append((stackable, [(width, stride, name)]))
+    return [units for _, units in runs]
+
+
+def stack_name(first: str, last: str) -> str:
+    """`stage2_unit2_to_unit18`: the name of the `UnitStack` holding those units."""
+    return f"{first}_to_{last.split('_')[1]}"
+
+
+def _stage_features(ops: _Ops, x, cfg: Config):
+    for group in stack_runs(cfg):
+        if len(group) == 1:
+            x = residual_unit(ops, x, group[0][0], group[0][1], cfg, group[0][2])
+        else:
+            x = UnitStack(len(group), group[0][0], block=cfg.block, unit=cfg.unit, shortcut=cfg.shortcut,
+                          shortcut_options=cfg.shortcut_options, unroll=SCAN_UNROLL, remat=cfg.remat,
+                          momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=stack_name(group[0][2], group[-1][2]),
+                          **ops.kw)(x)
+    return x
+
+
 def build_features(ops: _Ops, x, cfg: Config):
     """Stem, stages of residual units, and the head's BN-ReLU (no pooling)."""
     family, spec = FAMILY_SPECS[cfg.family], UNIT_SPECS[cfg.unit]
@@ -417,7 +458,9 @@ def build_features(ops: _Ops, x, cfg: Config):
     if family.stem_pool:
         x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool", **ops.kw)(x)
     units = _units(cfg)
-    if cfg.remat:
+    if cfg.scan:
+        x = _stage_features(ops, x, cfg)
+    elif cfg.remat:
         size = remat_segment_units(len(units))
         for start in range(0, len(units), size):
             x = _rematerialized_segment(ops, x, units[start:start + size], cfg)
@@ -461,6 +504,14 @@ def _load_weights(model: keras.Model, path: str) -> None:
     expected = sorted(tuple(w.shape) for w in model.weights)
     found = sorted(_weight_shapes_in_file(path))
     if found != expected:
+        stacked_file, stacked_model = (any(len(s) == 5 for s in shapes) for shapes in (found, expected))
+        if stacked_file != stacked_model:
+            forms = {True: "stacked form (scan=True)", False: "per-unit form (scan=False)"}
+            raise ValueError(
+                f"`weights` file was saved from the {forms[stacked_file]}, this model is in the "
+                f"{forms[stacked_model]}: build with scan={stacked_file}, or load it into that form and "
+                f"convert with keras_resnet_v2.{'to_plain' if stacked_file else 'to_stacked'}. "
+                f"Received: weights={path!r}")
         raise ValueError(
             f"`weights` file does not fit this architecture: it holds {len(found)} arrays "
             f"({sum(math.prod(s) for s in found):,} values), the model has {len(expected)} "
@@ -503,6 +554,8 @@ def ResNet(
     dtype: Any = None,
     name: Optional[str] = None,
     remat: bool = False,
+    scan: bool = False,
+    fused_batchnorm: bool = True,
     **variant_options: Any,
 ) -> keras.Model:
     """Builds a residual network of He et al. (2016) as an uncompiled functional model.
@@ -542,7 +595,15 @@ def ResNet(
             their input for the backward pass and recompute the rest, for deep nets whose
             activations do not fit in memory (benchmarks/RESULTS.md: peak memory and step
             time of ResNet-1001). Same weights, outputs and gradients; not with
-            shortcut="dropout".
+            shortcut="dropout". With scan=True, each unit of a `UnitStack` is recomputed.
+        scan: build units 2..n of each stage as one `UnitStack` layer that holds their weights
+            stacked on a leading axis and runs them as one loop, traced and compiled once
+            (`jax.lax.scan`, `tf.while_loop`): a 1000-layer net builds in under a second and
+            starts training several times sooner (benchmarks/RESULTS.md, "Deep networks"). The
+            same network: `to_plain` / `to_stacked` convert with the same weights and outputs.
+        fused_batchnorm: under the TensorFlow backend, train BatchNorm through TensorFlow's fused
+            kernel (`keras_resnet_v2.fuse_batchnorm`): the same numbers, faster; config and
+            saved files unchanged. No effect on other backends.
         **variant_options: options of the chosen shortcut: `shortcut_scale` (0.5) and
             `scale_residual` (True) for "constant_scaling"; `gate_bias` (-6.0) for the
             gating shortcuts; `dropout_rate` (0.5) for "dropout".
@@ -564,7 +625,7 @@ def ResNet(
         stride_in=stride_in, input_shape=input_shape, input_tensor=input_tensor,
         include_top=include_top, pooling=pooling, classes=classes,
         classifier_activation=classifier_activation, weights=weights, dtype=dtype,
-        name=name, variant_options=variant_options, remat=remat,
+        name=name, variant_options=variant_options, remat=remat, scan=scan, fused_batchnorm=fused_batchnorm,
     )
 
     # About ten layers a unit; a few frames of Keras' graph walk per layer.
@@ -593,6 +654,8 @@ def ResNet(
     model = keras.Model(inputs, x, name=name or _default_name(cfg.depth, cfg.unit))
     if weights is not None:
         _load_weights(model, weights)
+    if fused_batchnorm:
+        fuse_batchnorm(model)
     return model
 
 
@@ -611,7 +674,8 @@ def _named(depth: int, family: str, paper: str) -> Callable[..., keras.Model]:
         f"{'CIFAR' if family == 'cifar' else 'ImageNet'} ResNet-{depth} ({paper}).\n\n"
         "Takes the keyword arguments of `ResNet` (unit, shortcut, family, block, stride_in,\n"
         "include_top, input_shape, input_tensor, pooling, classes, classifier_activation,\n"
-        "weights, dtype, name, remat and the shortcut options: see `help(keras_resnet_v2.ResNet)`)\n"
+        "weights, dtype, name, remat, scan, fused_batchnorm and the shortcut options: see\n"
+        "`help(keras_resnet_v2.ResNet)`)\n"
         "and returns an uncompiled `keras.Model`. Inputs are standardized images: see\n"
         "`help(keras_resnet_v2)` for `Standardize`, which takes raw 0..255 pixels.\n\n"
         f"Example:\n    >>> model = ResNet{depth}()\n"

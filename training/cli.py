@@ -92,7 +92,11 @@ def _train_parser() -> argparse.ArgumentParser:
         p.add_argument("--" + name.replace("_", "-"), type=kind)
     p.add_argument("--fused-batchnorm", type=_bool, help="train BatchNorm through TF's fused kernel (default true)")
     p.add_argument("--remat", action="store_true",
-                   help="rematerialize runs of about sqrt(units) residual units: less memory, more compute")
+                   help="rematerialize runs of about sqrt(units) residual units (with --scan: each unit): "
+                        "less memory, more compute")
+    p.add_argument("--scan", action="store_true",
+                   help="units 2..n of each stage as one loop (keras_resnet_v2.UnitStack): deep nets start "
+                        "training sooner; the same network and files (convert with keras_resnet_v2.to_plain)")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="image folders: leave out images that do not decode (default: stop, naming them)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -40,8 +40,8 @@ from keras_resnet_v2.training.loop import Trainer
 
 MODEL_PATTERN = re.compile(r"resnet(\d+)")
 # Fields that must match to resume a run directory (the rest, e.g. epochs, may change).
-IDENTITY_FIELDS = ("dataset", "model", "block", "unit", "shortcut", "variant_options", "batch_size", "precision",
-                   "seed")
+IDENTITY_FIELDS = ("dataset", "model", "block", "unit", "shortcut", "variant_options", "scan", "batch_size",
+                   "precision", "seed")
 
 
 @dataclass
@@ -65,6 +65,7 @@ class TrainConfig:
     image_size: int | None = None  # default: the dataset's size, or 224 for ImageNet-style data
     eval_size: int | None = None  # also test at this crop (ImageNet-style data; the paper's 320)
     remat: bool = False  # recompute each unit's activations in the backward pass (less memory)
+    scan: bool = False  # units 2..n of each stage as one UnitStack loop (keras_resnet_v2.ResNet(scan=True))
     fused_batchnorm: bool = True  # train BatchNorm through TensorFlow's fused kernel (runtime.fuse_batchnorm)
     skip_bad_images: bool = False  # image folders: leave out files that do not decode (default: refuse)
     verbose: int = 1
@@ -126,7 +127,7 @@ def check_config(config: TrainConfig) -> recipes.Recipe:
     resolve_config(parse_model(config.model), unit=config.unit, shortcut=config.shortcut, family=None,
                    block=config.block, stride_in="first", input_shape=None, input_tensor=None, include_top=True,
                    pooling=None, classes=None, classifier_activation="softmax", weights=None, dtype=None, name=None,
-                   variant_options=config.variant_options, remat=config.remat)
+                   variant_options=config.variant_options, remat=config.remat, scan=config.scan)
     if config.epochs is not None and config.steps is not None:
         raise ValueError(f"Give `epochs` or `steps`, not both. Received: epochs={config.epochs}, steps={config.steps}")
     for name in ("epochs", "steps", "batch_size", "image_size", "eval_size"):
@@ -149,6 +150,7 @@ def build_model(config: TrainConfig, info: data_lib.DatasetInfo, image_size: int
     block = f"_{config.block}" if config.block else ""
     return keras_resnet_v2.ResNet(parse_model(config.model), unit=config.unit, shortcut=config.shortcut,
                                   block=config.block, input_tensor=x, classes=info.num_classes, remat=config.remat,
+                                  scan=config.scan, fused_batchnorm=config.fused_batchnorm,
                                   name=f"{config.model}{block}_{config.unit}", **config.variant_options)
 
 
@@ -192,6 +194,8 @@ def _check_resume(run_dir: str, effective: dict) -> bool:
                          "safely; move its backup/ aside to start over, or use another --run-dir.") from None
     except ValueError as error:
         raise ValueError(f"{path} is damaged ({error}); repair it, or move the run directory aside.") from None
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # runs saved before a field existed
+    previous = {k: previous.get(k, defaults.get(k)) for k in IDENTITY_FIELDS}
     changed = {k: (previous.get(k), effective.get(k)) for k in IDENTITY_FIELDS if previous.get(k) != effective.get(k)}
     if changed:
         raise ValueError(f"Run directory {run_dir!r} holds a run with a different configuration "
@@ -302,9 +306,7 @@ def _run(config: TrainConfig, held: contextlib.ExitStack) -> dict:
                  f"{epochs} epochs, lr {schedule.values} at {schedule.boundaries}")
     mean, variance = data_lib.normalization_statistics(splits.train, recipe.normalization)
     with strategy.scope():
-        model = build_model(config, info, image_size, mean, variance)
-        if config.fused_batchnorm:
-            runtime.fuse_batchnorm(model)
+        model = build_model(config, info, image_size, mean, variance)  # fused BatchNorm unless turned off
         optimizer = runtime.wrap_optimizer(recipes.make_optimizer(recipe, schedule), config.precision)
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="completed_epochs")
     trainer = Trainer(model, optimizer, strategy, global_batch)

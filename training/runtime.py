@@ -8,6 +8,8 @@ import os
 import keras
 import tensorflow as tf
 
+from keras_resnet_v2.speed import fuse_batchnorm  # noqa: F401  (re-exported: training.fuse_batchnorm)
+
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 
@@ -128,52 +130,3 @@ def sync_moving_statistics(strategy: tf.distribute.Strategy, variables) -> None:
         strategy.run(replica_fn)
 
     sync()
-
-
-def _fused_call(layer: keras.layers.BatchNormalization):
-    """A training-mode BatchNorm `call` for `layer` through TensorFlow's fused kernel."""
-    keras_call = layer.call
-
-    def call(inputs, training=None, mask=None):
-        if not training or mask is not None or inputs.shape.rank != 4:
-            return keras_call(inputs, training=training, mask=mask)  # inference: Keras' own path
-        y, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
-            x=inputs, scale=layer.gamma.value, offset=layer.beta.value, mean=tf.zeros_like(layer.gamma.value),
-            variance=tf.ones_like(layer.gamma.value), epsilon=layer.epsilon, exponential_avg_factor=1.0,
-            data_format="NHWC", is_training=True)
-        # The kernel returns the unbiased (n - 1) batch variance; Keras keeps the biased one.
-        n = tf.cast(tf.reduce_prod(tf.shape(inputs)[:3]), variance.dtype)
-        variance = variance * (n - 1) / n
-        momentum = layer.momentum
-        layer.moving_mean.assign(layer.moving_mean * momentum + mean * (1 - momentum))
-        layer.moving_variance.assign(layer.moving_variance * momentum + variance * (1 - momentum))
-        return y
-
-    return call
-
-
-def fuse_batchnorm(model: keras.Model) -> int:
-    """Trains `model`'s BatchNorm layers through TensorFlow's fused kernel; returns how many.
-
-    Keras 3's BatchNormalization on TensorFlow computes moments, then normalizes, as separate
-    ops, forward and backward: on a 2-core CPU that is over half of a ResNet-164 training step
-    (benchmarks/RESULTS.md). This gives each eligible layer (4D NHWC input, centre and scale,
-    not synchronized) a training-mode `call` through `FusedBatchNormV3` (oneDNN on CPU, cuDNN
-    on GPU), with Keras' semantics: normalization by the biased batch variance, statistics in
-    float32 under mixed precision, and the same moving-average updates. Only these instances
-    change: the model's config, weights, saved files and inference path (which exports trace)
-    stay Keras'. A reloaded model trains unfused until this is called again.
-
-    Example:
-        >>> model = keras_resnet_v2.ResNet164()
-        >>> fuse_batchnorm(model)  # 54 units x 3 + the final BN
-        163
-    """
-    count = 0
-    for layer in model._flatten_layers(include_self=False):
-        if (isinstance(layer, keras.layers.BatchNormalization) and layer.axis in (-1, 3) and layer.center
-                and layer.scale and not layer.synchronized and not getattr(layer, "_fused_for_training", False)):
-            layer.call = _fused_call(layer)
-            layer._fused_for_training = True
-            count += 1
-    return count

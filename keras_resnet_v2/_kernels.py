@@ -1,0 +1,87 @@
+"""TensorFlow kernels for the TensorFlow backend only: fused BatchNorm and the loop of `UnitStack`.
+
+Imported only when `keras.backend.backend() == "tensorflow"`, so the builders keep running under
+JAX and PyTorch without TensorFlow installed. Nothing here changes a model's config, weights or
+saved files: these are faster ways to compute the same numbers.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+def fused_batchnorm_training(x, gamma, beta, epsilon: float):
+    """Training-mode BatchNorm through `FusedBatchNormV3` (oneDNN on CPU, cuDNN on GPU).
+
+    Returns `(y, batch_mean, batch_variance)` with Keras' semantics: normalization by the biased
+    batch variance, and that biased variance (the kernel returns the unbiased one) in float32.
+    """
+    gamma, beta = tf.cast(gamma, tf.float32), tf.cast(beta, tf.float32)
+    y, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
+        x=x, scale=gamma, offset=beta, mean=tf.zeros_like(gamma), variance=tf.ones_like(gamma),
+        epsilon=epsilon, exponential_avg_factor=1.0, data_format="NHWC", is_training=True)
+    n = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), variance.dtype)
+    return y, mean, variance * (n - 1) / n
+
+
+def _fused_call(layer: keras.layers.BatchNormalization):
+    """A training-mode `call` for `layer` through the fused kernel; inference stays Keras'."""
+    keras_call = layer.call
+
+    def call(inputs, training=None, mask=None):
+        if not training or not layer.trainable or mask is not None or inputs.shape.rank != 4:
+            return keras_call(inputs, training=training, mask=mask)
+        y, mean, variance = fused_batchnorm_training(inputs, layer.gamma.value, layer.beta.value, layer.epsilon)
+        momentum = layer.momentum
+        layer.moving_mean.assign(layer.moving_mean * momentum + mean * (1 - momentum))
+        layer.moving_variance.assign(layer.moving_variance * momentum + variance * (1 - momentum))
+        return y
+
+    return call
+
+
+def fuse_batchnorm(model: keras.Model, enable: bool = True) -> int:
+    """Gives `model`'s eligible BatchNorm layers the fused training kernel (or takes it away).
+
+    Eligible: 4D NHWC input, centre and scale, not synchronized. Returns how many layers changed.
+    """
+    count = 0
+    for layer in model._flatten_layers(include_self=False):
+        if not (isinstance(layer, keras.layers.BatchNormalization) and layer.axis in (-1, 3) and layer.center
+                and layer.scale and not layer.synchronized):
+            continue
+        fused = "call" in vars(layer) and getattr(layer, "_fused_for_training", False)
+        if enable and not fused:
+            layer.call = _fused_call(layer)
+            layer._fused_for_training = True
+            count += 1
+        elif not enable and fused:
+            del layer.call  # back to the class's own `call`
+            layer._fused_for_training = False
+            count += 1
+    return count
+
+
+def while_scan(step, x, xs, length: int):
+    """`jax.lax.scan` for TensorFlow: `x, ys = step(x, xs[i])` for i < length, in one `tf.while_loop`.
+
+    Keras' `ops.scan` on TensorFlow needs each step's output shaped like the carry, and the
+    BatchNorm statistics of a unit are not; here they go to TensorArrays of any shape. The first
+    iteration runs before the loop, which gives the outputs' structure.
+    """
+    leaves = keras.tree.flatten(xs)
+    pack = keras.tree.pack_sequence_as
+    x, first = step(x, pack(xs, [a[0] for a in leaves]))
+    first_leaves = keras.tree.flatten(first)
+    if length == 1:
+        return x, pack(first, [t[None] for t in first_leaves])
+    inputs = [tf.TensorArray(a.dtype, size=length, element_shape=a.shape[1:]).unstack(a) for a in leaves]
+    outputs = [tf.TensorArray(t.dtype, size=length, element_shape=t.shape).write(0, t) for t in first_leaves]
+
+    def body(i, x, outputs):
+        x, ys = step(x, pack(xs, [a.read(i) for a in inputs]))
+        return i + 1, x, [o.write(i, y) for o, y in zip(outputs, keras.tree.flatten(ys), strict=True)]
+
+    _, x, outputs = tf.while_loop(lambda i, *_: i < length, body, (tf.constant(1), x, outputs))
+    return x, pack(first, [o.stack() for o in outputs])

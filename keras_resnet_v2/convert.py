@@ -1,0 +1,188 @@
+"""Between the two forms of one network: per-unit layers (`scan=False`) and `UnitStack`s (`scan=True`).
+
+`to_stacked(model)` and `to_plain(model)` read the architecture back from a model built by `ResNet`
+(its layer names and configs, so a model loaded from a file works too), build the other form with
+the same arguments, and copy every weight: a plain unit's `stage1_unit5_1_conv/kernel` is row 3 of
+`stage1_unit2_to_unit18`'s `1_conv_kernel`. Layers in front of the network (a `Standardize`
+layer, as `resnet-v2-train` puts there) are cloned with their weights.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import keras
+import numpy as np
+
+from keras_resnet_v2.layers import ConstantScale, GatedSum, Rematerialized
+from keras_resnet_v2.resnet import CIFAR_LAYERS_PER_UNIT, IMAGENET_DEPTHS, ResNet
+from keras_resnet_v2.stack import UnitStack
+from keras_resnet_v2.variants import UNIT_SPECS
+
+_UNIT_NAME = re.compile(r"^(stage\d+)_unit(\d+)(?:_to_unit(\d+))?(?:_|$)")
+_FIELDS = ("moving_variance", "moving_mean", "kernel", "bias", "gamma", "beta")
+
+
+def _leaf_layers(model: keras.Model) -> dict[str, keras.layers.Layer]:
+    """Every layer by name, looking inside `Rematerialized` blocks."""
+    found = {}
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if not isinstance(layer, (keras.Model, Rematerialized)):
+            found[layer.name] = layer
+    return found
+
+
+def _check_resnet(model, layers: dict) -> None:
+    if not isinstance(model, keras.Model) or "stem_conv" not in layers or not any(
+            _UNIT_NAME.match(name) for name in layers):
+        raise ValueError("`model` must be a network built by keras_resnet_v2.ResNet (or loaded from one). "
+                         f"Received: model={getattr(model, 'name', model)!r}")
+
+
+def _unit_counts(layers: dict) -> tuple[int, ...]:
+    last: dict[int, int] = {}
+    for name in layers:
+        match = _UNIT_NAME.match(name)
+        if match:
+            stage = int(match.group(1)[5:])
+            last[stage] = max(last.get(stage, 0), int(match.group(3) or match.group(2)))
+    return tuple(last[s] for s in sorted(last))
+
+
+def _shortcut(layers: dict, stacks: list) -> tuple[str, dict[str, Any]]:
+    if stacks:
+        return stacks[0].shortcut, dict(stacks[0].shortcut_options)
+    by_type = {type(layer): layer for name, layer in layers.items() if name.startswith("stage1_unit1_")}
+    if GatedSum in by_type:
+        gate = layers["stage1_unit1_gate_conv"].get_config()["bias_initializer"]
+        kind = "exclusive_gating" if by_type[GatedSum].exclusive else "shortcut_only_gating"
+        return kind, {"gate_bias": float(gate["config"]["value"])}
+    if ConstantScale in by_type:
+        return "constant_scaling", {"shortcut_scale": layers["stage1_unit1_shortcut_scale"].scale,
+                                    "scale_residual": "stage1_unit1_residual_scale" in layers}
+    if "stage1_unit1_shortcut_dropout" in layers:
+        return "dropout", {"dropout_rate": float(layers["stage1_unit1_shortcut_dropout"].rate)}
+    plain_units = {m.group(0).rstrip("_") for m in map(_UNIT_NAME.match, layers) if m and not m.group(3)}
+    if all(f"{unit}_shortcut_conv" in layers for unit in plain_units):
+        return "conv1x1", {}
+    return "identity", {}
+
+
+def _unit_variant(layers: dict, convs: int) -> str:
+    seen = {key for key in ("preact_bn", "preact_relu", f"{convs}_bn", f"{convs}_relu", "out_bn", "out_relu")
+            if f"stage1_unit1_{key}" in layers}
+    for name, spec in UNIT_SPECS.items():
+        wanted = ({f"preact_{op}" for op in spec.preact} | {f"{convs}_{op}" for op in spec.post}
+                  | {f"out_{op}" for op in spec.after_add})
+        if wanted == seen:
+            return name
+    raise ValueError(f"`model` has residual units of no known variant (layers {sorted(seen)}).")
+
+
+def resnet_arguments(model: keras.Model) -> dict[str, Any]:
+    """The `ResNet(...)` arguments `model` was built with, read from its layers (not `input_tensor`)."""
+    layers = _leaf_layers(model)
+    _check_resnet(model, layers)
+    stacks = [layer for layer in layers.values() if isinstance(layer, UnitStack)]
+    convs = sum(f"stage1_unit1_{i}_conv" in layers for i in (1, 2, 3))
+    block = {1: "single", 2: "basic", 3: "bottleneck"}[convs]
+    units = _unit_counts(layers)
+    family = "imagenet" if layers["stem_conv"].kernel_size == (7, 7) else "cifar"
+    if family == "cifar":
+        depth = 3 * CIFAR_LAYERS_PER_UNIT[block] * units[0] + 2
+    else:
+        depth = next(d for d, (b, u) in IMAGENET_DEPTHS.items() if (b, u) == (block, units))
+    first_stage_end = f"stage1_unit{units[0]}"
+    strided = any(getattr(layers.get(f"{first_stage_end}_{i}_conv"), "strides", (1, 1)) != (1, 1)
+                  for i in (1, 2, 3))
+    shortcut, options = _shortcut(layers, stacks)
+    top = layers.get("predictions")
+    arguments = dict(
+        depth=depth, unit=_unit_variant(layers, convs), shortcut=shortcut, family=family, block=block,
+        stride_in="last" if strided and len(units) > 1 else "first", include_top=top is not None,
+        pooling=None if top else ("avg" if "avg_pool" in layers else "max" if "max_pool" in layers else None),
+        classes=top.units if top else None,
+        classifier_activation=keras.activations.get(top.get_config()["activation"]) if top else "softmax",
+        dtype=layers["stem_conv"].dtype_policy, name=model.name,
+        remat=any(isinstance(layer, Rematerialized) for layer in model._flatten_layers(include_self=False))
+        or any(stack.remat for stack in stacks),
+        **options,
+    )
+    return arguments
+
+
+def _per_unit(model: keras.Model) -> dict[tuple[str, str], tuple[Any, Any]]:
+    """(layer name, variable name) -> (variable, row): a stack's rows appear as per-unit layers."""
+    found = {}
+    for layer in _leaf_layers(model).values():
+        for variable in layer.weights:
+            if not isinstance(layer, UnitStack):
+                found[(layer.name, variable.name)] = (variable, None)
+                continue
+            match = _UNIT_NAME.match(layer.name)
+            field = next(f for f in _FIELDS if variable.name.endswith(f"_{f}"))
+            key = variable.name[: -len(field) - 1]
+            for row, unit in enumerate(range(int(match.group(2)), int(match.group(3)) + 1)):
+                found[(f"{match.group(1)}_unit{unit}_{key}", field)] = (variable, row)
+    return found
+
+
+def copy_weights(source: keras.Model, target: keras.Model) -> None:
+    """Copies every weight of `source` into `target`, the same network in either form."""
+    have, want = _per_unit(source), _per_unit(target)
+    if set(have) != set(want):
+        missing = sorted(set(want) ^ set(have))[:3]
+        raise ValueError(f"`source` and `target` are not the same network: {missing} is in one only.")
+    rows: dict[int, tuple[Any, dict[int, np.ndarray]]] = {}
+    for key, (variable, row) in want.items():
+        source_variable, source_row = have[key]
+        value = keras.ops.convert_to_numpy(source_variable.value)
+        value = value if source_row is None else value[source_row]
+        if row is None:
+            variable.assign(value)
+        else:
+            rows.setdefault(id(variable), (variable, {}))[1][row] = value
+    for variable, values in rows.values():
+        variable.assign(np.stack([values[i] for i in range(len(values))]))
+
+
+def _convert(model: keras.Model, scan: bool) -> keras.Model:
+    arguments = resnet_arguments(model)
+    stem_input = _leaf_layers(model)["stem_conv"].input
+    if stem_input is model.inputs[0]:
+        converted = ResNet(**arguments, input_shape=model.input_shape[1:], scan=scan)
+    else:  # layers in front of the network (e.g. Standardize): cloned, weights copied below
+        inputs = keras.Input(shape=model.input_shape[1:], dtype=model.inputs[0].dtype, name=model.inputs[0].name)
+        original = keras.Model(model.inputs[0], stem_input)
+        front = keras.models.clone_model(original, input_tensors=inputs)
+        front.set_weights(original.get_weights())
+        converted = ResNet(**{**arguments, "name": None}, input_tensor=front.output, scan=scan)
+        converted = keras.Model(inputs, converted.output, name=arguments["name"])
+    copy_weights(model, converted)
+    return converted
+
+
+def to_stacked(model: keras.Model) -> keras.Model:
+    """The same network with units 2..n of each stage as one `UnitStack` (`scan=True`), same weights.
+
+    Example:
+        >>> plain = keras_resnet_v2.ResNet110()
+        >>> stacked = to_stacked(plain)
+        >>> [layer.name for layer in stacked.layers if isinstance(layer, keras_resnet_v2.UnitStack)]
+        ['stage1_unit2_to_unit18', 'stage2_unit2_to_unit18', 'stage3_unit2_to_unit18']
+    """
+    return _convert(model, scan=True)
+
+
+def to_plain(model: keras.Model) -> keras.Model:
+    """The same network with one set of layers per residual unit (`scan=False`), same weights.
+
+    For tools that walk per-unit layers; exports take either form.
+
+    Example:
+        >>> stacked = keras_resnet_v2.ResNet110(scan=True)
+        >>> len(to_plain(stacked).layers) > len(stacked.layers)
+        True
+    """
+    return _convert(model, scan=False)

@@ -1,0 +1,215 @@
+"""`scan=True` (issue 12): units 2..n of a stage as one `UnitStack` loop is the same network as the
+per-unit layers. Same outputs, same gradients, same BatchNorm moving statistics after a step, under
+TensorFlow here and under JAX and PyTorch in their own processes; conversions both ways; files."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import keras_resnet_v2 as krv2
+
+# Every Fig. 4 unit and every Fig. 2 shortcut inside a stack, single/basic/bottleneck units,
+# stride_in="last" (its stacks end before the strided unit) and the ImageNet family.
+CASES = {
+    "preact_identity": (20, {}),
+    "original_exclusive_gating": (20, {"unit": "original", "shortcut": "exclusive_gating"}),
+    "bn_after_addition_conv1x1": (20, {"unit": "bn_after_addition", "shortcut": "conv1x1"}),
+    "relu_before_addition_shortcut_only_gating": (20, {"unit": "relu_before_addition",
+                                                       "shortcut": "shortcut_only_gating"}),
+    "relu_only_preact_constant_scaling_single": (14, {"unit": "relu_only_preact", "shortcut": "constant_scaling",
+                                                      "block": "single", "scale_residual": False}),
+    "bottleneck_stride_last": (38, {"stride_in": "last"}),
+    "remat_original": (20, {"unit": "original", "remat": True}),
+    "imagenet34_pooling": (34, {"include_top": False, "pooling": "avg", "input_shape": (32, 32, 3)}),
+}
+SMALL = {"input_shape": (16, 16, 3), "classes": 5}
+
+
+def build(depth, kwargs, **extra):
+    arguments = {**SMALL, **kwargs, **extra}
+    if not arguments.get("include_top", True):
+        arguments.pop("classes")
+    return krv2.ResNet(depth, **arguments)
+
+
+def _numpy(value):
+    return np.asarray(keras.ops.convert_to_numpy(value), dtype="float64")
+
+
+def _relative(a, b) -> float:
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+
+
+def compare(depth, kwargs, seed=0) -> dict:
+    """Plain vs its stacked conversion: output and one-SGD-step differences (relative)."""
+    keras.utils.set_random_seed(seed)
+    plain = build(depth, kwargs)
+    stacked = krv2.to_stacked(plain)
+    x = np.random.default_rng(seed).normal(size=(6,) + plain.input_shape[1:]).astype("float32")
+    report = {"stacks": [layer.name for layer in stacked.layers if isinstance(layer, krv2.UnitStack)],
+              "inference": _relative(_numpy(stacked(x, training=False)), _numpy(plain(x, training=False))),
+              "training": _relative(_numpy(stacked(x, training=True)), _numpy(plain(x, training=True)))}
+    # One SGD step (no momentum): weight changes are lr x gradients (a large lr, so that the change
+    # dwarfs the float32 rounding of the weights themselves); moving statistics updated once.
+    before = {w.path: _numpy(w) for w in plain.weights}
+    stacked = krv2.to_stacked(plain)  # the training-mode calls above moved the statistics: same start
+    targets = plain.output_shape[-1]
+    y = (np.arange(len(x)) % targets) if len(plain.output_shape) == 2 else None
+    for model in (plain, stacked):
+        if y is None:  # features: regress onto zeros
+            model.compile(optimizer=keras.optimizers.SGD(100.0), loss="mse")
+            model.fit(x, np.zeros((len(x), targets), "float32"), batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+        else:
+            model.compile(optimizer=keras.optimizers.SGD(100.0), loss="sparse_categorical_crossentropy")
+            model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+    after = {w.path: _numpy(w) for w in krv2.to_plain(stacked).weights}
+    gradients, statistics = 0.0, 0.0
+    for w in plain.weights:
+        want, got = _numpy(w) - before[w.path], after[w.path] - before[w.path]
+        if "moving" in w.path:
+            statistics = max(statistics, _relative(after[w.path], _numpy(w)))
+        elif np.abs(want).max() > 0:
+            gradients = max(gradients, _relative(got, want))
+    report.update(gradients=gradients, statistics=statistics, weights=len(plain.weights))
+    return report
+
+
+def check(report: dict, key: str, gradient_tolerance: float = 1e-4) -> None:
+    assert report["stacks"], key
+    assert report["inference"] <= 1e-6, (key, report)
+    assert report["training"] <= 1e-5, (key, report)
+    assert report["gradients"] <= gradient_tolerance, (key, report)
+    assert report["statistics"] <= 1e-5, (key, report)
+
+
+@pytest.mark.parametrize("key", sorted(CASES))
+def test_stacked_is_the_same_network_under_tensorflow(key):
+    depth, kwargs = CASES[key]
+    check(compare(depth, kwargs), key)
+
+
+def test_stacks_cover_units_two_to_n():
+    model = krv2.ResNet(164, scan=True)
+    stacks = [layer for layer in model.layers if isinstance(layer, krv2.UnitStack)]
+    assert [(s.name, s.units) for s in stacks] == [(f"stage{i}_unit2_to_unit18", 17) for i in (1, 2, 3)]
+    assert stacks[0].get_weight("2_conv_kernel").shape == (17, 3, 3, 16, 16)
+    assert len(model.layers) < 60  # 3,339 layers in the plain ResNet-1001; 57 here
+    plain = krv2.ResNet(164)
+    assert model.count_params() == plain.count_params()
+    last = krv2.ResNet(164, scan=True, stride_in="last")  # units 2..n-1 of stages 1-2, 2..n of stage 3
+    assert [s.name for s in last.layers if isinstance(s, krv2.UnitStack)] == [
+        "stage1_unit2_to_unit17", "stage2_unit2_to_unit17", "stage3_unit2_to_unit18"]
+
+
+def test_stacked_initialization_matches_the_plain_distribution():
+    """He normal over each unit conv's own fan-out, k*k*out (not the stacked shape's fans)."""
+    keras.utils.set_random_seed(3)
+    stacked = krv2.ResNet(164, scan=True)
+    plain = krv2.ResNet(164)
+    for stage, width in ((1, 16), (3, 64)):
+        stack = stacked.get_layer(f"stage{stage}_unit2_to_unit18")
+        for key, kernel, out in (("1_conv", 1, width), ("2_conv", 3, width), ("3_conv", 1, 4 * width)):
+            values = _numpy(stack.get_weight(f"{key}_kernel"))
+            want = np.sqrt(2.0 / (kernel * kernel * out))
+            assert abs(values.std() / want - 1) < 0.03, (stage, key)
+            assert abs(values.mean()) < 0.03 * want
+            per_unit = values.reshape(len(values), -1).std(axis=1)  # every unit drawn alike
+            assert np.all(np.abs(per_unit / want - 1) < 0.25)
+            same = _numpy(plain.get_layer(f"stage{stage}_unit5_{key}").kernel)
+            assert abs(same.std() / values.std() - 1) < 0.25
+    keras.utils.set_random_seed(3)
+    again = krv2.ResNet(164, scan=True)
+    np.testing.assert_array_equal(_numpy(again.weights[-5]), _numpy(stacked.weights[-5]))  # seeded
+
+
+def test_dropout_draws_a_mask_per_unit_and_step(images):
+    keras.utils.set_random_seed(0)
+    plain = build(20, {"shortcut": "dropout", "dropout_rate": 0.5})
+    stacked = krv2.to_stacked(plain)
+    x = images((4, 16, 16, 3))
+    np.testing.assert_allclose(_numpy(stacked(x)), _numpy(plain(x)), rtol=1e-6, atol=1e-7)
+    stack = stacked.get_layer("stage1_unit2_to_unit3")
+    first, second = (_numpy(stack(np.ones((2, 16, 16, 16), "float32"), training=True)) for _ in range(2))
+    assert not np.allclose(first, second)  # a fresh mask each step
+    assert np.isfinite(first).all()
+    with pytest.raises(ValueError, match="remat"):
+        build(20, {"shortcut": "dropout"}, scan=True, remat=True)
+
+
+def test_mixed_precision_stack(images):
+    keras.utils.set_random_seed(0)
+    plain = build(20, {}, dtype="mixed_float16")
+    stacked = krv2.to_stacked(plain)
+    stack = stacked.get_layer("stage1_unit2_to_unit3")
+    assert stack.compute_dtype == "float16" and stack.get_weight("1_conv_kernel").dtype == "float32"
+    x = images((4, 16, 16, 3))
+    np.testing.assert_allclose(_numpy(stacked(x)), _numpy(plain(x)), rtol=2e-2, atol=1e-3)
+    stacked.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    loss = stacked.fit(x, np.arange(4) % 5, epochs=2, verbose=0).history["loss"]
+    assert np.isfinite(loss).all()
+
+
+def test_stacked_files_round_trip_and_weights_of_the_wrong_form(tmp_path, images):
+    stacked = build(20, {"shortcut": "exclusive_gating"}, scan=True)
+    x = images((2, 16, 16, 3))
+    stacked(x, training=True)  # non-trivial moving statistics
+    stacked.save(tmp_path / "stacked.keras")
+    again = keras.models.load_model(tmp_path / "stacked.keras", safe_mode=True)
+    np.testing.assert_array_equal(_numpy(again(x)), _numpy(stacked(x)))
+    assert isinstance(again.get_layer("stage2_unit2_to_unit3"), krv2.UnitStack)
+    stacked.save_weights(tmp_path / "stacked.weights.h5")
+    loaded = build(20, {"shortcut": "exclusive_gating"}, scan=True, weights=str(tmp_path / "stacked.weights.h5"))
+    np.testing.assert_array_equal(_numpy(loaded(x)), _numpy(stacked(x)))
+    with pytest.raises(ValueError, match=r"stacked form \(scan=True\).*scan=True"):
+        build(20, {"shortcut": "exclusive_gating"}, weights=str(tmp_path / "stacked.weights.h5"))
+    krv2.to_plain(stacked).save_weights(tmp_path / "plain.weights.h5")
+    with pytest.raises(ValueError, match=r"per-unit form \(scan=False\).*scan=False"):
+        build(20, {"shortcut": "exclusive_gating"}, scan=True, weights=str(tmp_path / "plain.weights.h5"))
+
+
+def test_conversion_keeps_layers_in_front_and_checks_its_argument(images):
+    inputs = keras.Input((16, 16, 3))
+    x = krv2.Standardize(mean=[100.0, 110.0, 120.0], variance=[900.0, 1000.0, 1100.0], name="normalization")(inputs)
+    plain = krv2.ResNet(20, input_tensor=x, classes=3, name="digits")
+    stacked = krv2.to_stacked(plain)
+    assert stacked.name == "digits" and stacked.get_layer("normalization").shape == (3,)
+    pixels = images((2, 16, 16, 3)) * 255
+    np.testing.assert_allclose(_numpy(stacked(pixels)), _numpy(plain(pixels)), rtol=1e-6)
+    with pytest.raises(ValueError, match="built by keras_resnet_v2.ResNet"):
+        krv2.to_stacked(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]))
+    with pytest.raises(ValueError, match="`scan` must be True or False. Received: scan='yes'"):
+        krv2.ResNet(20, scan="yes")
+
+
+BACKEND_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import keras
+    from test_stack import CASES, compare
+    # Under JAX each case compiles four functions (about 15 s a case here): the two most different.
+    keys = ["original_exclusive_gating", "bottleneck_stride_last"]
+    if keras.backend.backend() == "torch":
+        keys += ["bn_after_addition_conv1x1", "relu_only_preact_constant_scaling_single"]
+    report = {key: compare(*CASES[key]) for key in keys}
+    print("REPORT " + json.dumps({"backend": keras.backend.backend(), "report": report}))
+""")
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_stacked_is_the_same_network_under_other_backends(backend):
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed (the test extra installs it)")
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": os.path.dirname(__file__)}
+    run = subprocess.run([sys.executable, "-c", BACKEND_SCRIPT], env=env, capture_output=True, text=True, timeout=900)
+    lines = [line for line in run.stdout.splitlines() if line.startswith("REPORT ")]
+    assert run.returncode == 0 and lines, run.stderr[-3000:]
+    result = json.loads(lines[-1][len("REPORT "):])
+    assert result["backend"] == backend
+    for key, report in result["report"].items():
+        check(report, key)
