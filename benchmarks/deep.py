@@ -11,8 +11,8 @@ the plain mode of the same run. A step is `model.fit` (SGD, momentum 0.9, Nester
 CIFAR-sized data; "first" is from the constructor call to the end of the first training step
 (building, tracing, compiling), "img/s" the median of the steps after the first two, "loss" Keras'
 epoch mean (PyTorch: the last step's). Peak memory: the process's maximum resident set on CPU, the
-device's peak bytes in use on a GPU. The `torch` mode is the PyTorch peer (benchmarks/torch_resnet.py, eager, channels-last) on the same
-device. `--export` times SavedModel + ONNX export with verification (TensorFlow only).
+device's peak bytes in use on a GPU. The `torch` mode is the PyTorch peer (benchmarks/torch_resnet.py,
+eager, channels-last) on the same device. `--export` times SavedModel + ONNX export with verification (TensorFlow only).
 """
 
 from __future__ import annotations
