@@ -9,10 +9,10 @@ cross-entropy, fp32) and is timed in steady state: `--steps` steps after `--warm
 median step time of one run, images/s = batch / that. Peers run alternately, `--repeats` rounds,
 and the table gives each peer's median over rounds and its ratio to PyTorch.
 
-Peers: `ours` (`keras_resnet_v2` through `model.fit` after `keras_resnet_v2.training.fuse_batchnorm`, the way
-`resnet-v2-train` trains), `ours_keras_bn` (the same without it: Keras' own BatchNorm), `torch` (the same
-network written plainly in PyTorch, channels-last: benchmarks/torch_resnet.py, parameter count
-checked), and for ResNet-50 `keras_applications` (`keras.applications.ResNet50V2`) and
+Peers: `ours` (`keras_resnet_v2.ResNet(depth)` through `model.fit`, as a notebook user gets it: fused
+BatchNorm by default under TensorFlow), `ours_keras_bn` (`fused_batchnorm=False`: Keras' own BatchNorm),
+`torch` (the same network written plainly in PyTorch, channels-last: benchmarks/torch_resnet.py,
+parameter count checked), and for ResNet-50 `keras_applications` (`keras.applications.ResNet50V2`) and
 `keras_hub` (`keras_hub.models.ResNetBackbone`, pre-activation, with an average-pool + dense head).
 
 GFLOP/s counts 3x the forward multiply-adds x 2 (forward, and backward for inputs and weights)
@@ -150,13 +150,8 @@ def keras_hub_resnet50(classes: int) -> keras.Model:
 
 
 def build(peer: str, depth: int, side: int, classes: int):
-    from keras_resnet_v2.training import runtime
-
-    if peer.startswith("ours"):
-        model = krv2.ResNet(depth, input_shape=(side, side, 3), classes=classes)
-        if peer == "ours":
-            runtime.fuse_batchnorm(model)
-        return model
+    if peer.startswith("ours"):  # `ours`: the default, fused BatchNorm under TensorFlow; `ours_keras_bn`: Keras'
+        return krv2.ResNet(depth, input_shape=(side, side, 3), classes=classes, fused_batchnorm=peer == "ours")
     if peer == "keras_applications":
         return keras.applications.ResNet50V2(weights=None, classes=classes)
     if peer == "keras_hub":

@@ -10,7 +10,7 @@ layer, as `resnet-v2-train` puts there) are cloned with their weights.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Optional
 
 import keras
 import numpy as np
@@ -147,8 +147,10 @@ def copy_weights(source: keras.Model, target: keras.Model) -> None:
         variable.assign(np.stack([values[i] for i in range(len(values))]))
 
 
-def _convert(model: keras.Model, scan: bool) -> keras.Model:
+def _convert(model: keras.Model, scan: bool, remat: Optional[bool]) -> keras.Model:
     arguments = resnet_arguments(model)
+    if remat is not None:
+        arguments["remat"] = remat
     stem_input = _leaf_layers(model)["stem_conv"].input
     if stem_input is model.inputs[0]:
         converted = ResNet(**arguments, input_shape=model.input_shape[1:], scan=scan)
@@ -163,8 +165,10 @@ def _convert(model: keras.Model, scan: bool) -> keras.Model:
     return converted
 
 
-def to_stacked(model: keras.Model) -> keras.Model:
+def to_stacked(model: keras.Model, remat: Optional[bool] = None) -> keras.Model:
     """The same network with units 2..n of each stage as one `UnitStack` (`scan=True`), same weights.
+
+    `remat`: None keeps the model's rematerialization setting.
 
     Example:
         >>> plain = keras_resnet_v2.ResNet110()
@@ -172,17 +176,18 @@ def to_stacked(model: keras.Model) -> keras.Model:
         >>> [layer.name for layer in stacked.layers if isinstance(layer, keras_resnet_v2.UnitStack)]
         ['stage1_unit2_to_unit18', 'stage2_unit2_to_unit18', 'stage3_unit2_to_unit18']
     """
-    return _convert(model, scan=True)
+    return _convert(model, scan=True, remat=remat)
 
 
-def to_plain(model: keras.Model) -> keras.Model:
+def to_plain(model: keras.Model, remat: Optional[bool] = None) -> keras.Model:
     """The same network with one set of layers per residual unit (`scan=False`), same weights.
 
-    For tools that walk per-unit layers; exports take either form.
+    For tools that read per-unit tensors (`training.diagnostics`); exports take either form.
+    `remat`: None keeps the model's rematerialization setting.
 
     Example:
         >>> stacked = keras_resnet_v2.ResNet110(scan=True)
         >>> len(to_plain(stacked).layers) > len(stacked.layers)
         True
     """
-    return _convert(model, scan=False)
+    return _convert(model, scan=False, remat=remat)

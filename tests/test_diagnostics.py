@@ -29,9 +29,15 @@ def test_unit_gradient_norms(unit, images, tmp_path):
     assert (tmp_path / "g.png").stat().st_size > 5_000
 
 
-def test_remat_models_are_refused():
-    with pytest.raises(ValueError, match="build it without remat"):
+def test_stacked_and_remat_models_are_measured_on_their_per_unit_copy(images):
+    with pytest.raises(ValueError, match="pass keras_resnet_v2.to_plain"):
         diagnostics.unit_inputs(krv2.ResNet(20, remat=True))
+    plain = krv2.ResNet(20, input_shape=(16, 16, 3))
+    stacked = krv2.to_stacked(plain, remat=True)
+    x, y = images((4, 16, 16, 3)), np.array([0, 1, 2, 3])
+    want, got = diagnostics.unit_gradient_norms(plain, x, y), diagnostics.unit_gradient_norms(stacked, x, y)
+    assert [name for name, _ in got] == [name for name, _ in want] and len(got) == 10
+    np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=1e-5)
 
 
 def test_train_steps_records_each_steps_loss_before_its_update(images, tmp_path):

@@ -24,9 +24,10 @@ import keras_resnet_v2
 
 def unit_inputs(model: keras.Model) -> list[tuple[str, keras.KerasTensor]]:
     """("stage{s}_unit{u}", x_l) for every residual unit of a `keras_resnet_v2` model, in order."""
-    if any(isinstance(layer, keras_resnet_v2.Rematerialized) for layer in model.layers):
-        raise ValueError("Gradient diagnostics need the units' inputs as tensors of the model: build it without "
-                         "remat. Received: a model with Rematerialized segments")
+    if any(isinstance(layer, (keras_resnet_v2.Rematerialized, keras_resnet_v2.UnitStack)) for layer in model.layers):
+        raise ValueError("Gradient diagnostics need the units' inputs as tensors of the model: pass "
+                         "keras_resnet_v2.to_plain(model, remat=False). Received: a model with Rematerialized "
+                         "segments or UnitStack loops")
     found: dict[str, keras.KerasTensor] = {}
     for layer in model.layers:  # topological order: a unit's first layer reads x_l
         parts = layer.name.split("_")
@@ -42,8 +43,11 @@ def unit_gradient_norms(model: keras.Model, images, labels, training: bool = Tru
 
     L is the mean sparse categorical cross-entropy of the model's output (probabilities, or
     logits when the classifier has no softmax). `training=True` uses batch statistics, as in
-    training; the moving statistics are left unchanged.
+    training; the moving statistics are left unchanged. Stacked (`scan=True`) and remat models are
+    measured on their per-unit copy (`keras_resnet_v2.to_plain(model, remat=False)`).
     """
+    if any(isinstance(layer, (keras_resnet_v2.Rematerialized, keras_resnet_v2.UnitStack)) for layer in model.layers):
+        model = keras_resnet_v2.to_plain(model, remat=False)
     names, tensors = zip(*unit_inputs(model), strict=True)
     probe = keras.Model(model.inputs, [model.inputs[0], *tensors, model.outputs[0]])
     moving = [(v, v.numpy()) for v in model.non_trainable_variables]
