@@ -30,10 +30,12 @@ def _replica_copies(arrays):
     return {path: [c[i] for i in sorted(c)] for path, c in copies.items()}
 
 
-@pytest.mark.parametrize("precision", ["float32", "mixed_float16", "mixed_bfloat16"])
-def test_mirrored_two_logical_cpus(tmp_path, precision):
+@pytest.mark.parametrize("precision, form", [("float32", "scan"), ("mixed_float16", "plain"),
+                                             ("mixed_bfloat16", "scan")])
+def test_mirrored_two_logical_cpus(tmp_path, precision, form):
+    # "scan": a stacked model (issue 12), whose per-unit statistics are assigned after the loop.
     out = tmp_path / "vars.npz"
-    result = subprocess.run([sys.executable, SCRIPT, "mirrored", precision, str(out)], env=_env(),
+    result = subprocess.run([sys.executable, SCRIPT, "mirrored", precision, str(out), form], env=_env(),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     arrays = np.load(out)

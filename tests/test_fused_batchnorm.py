@@ -1,5 +1,6 @@
-"""`training.runtime.fuse_batchnorm` (issue 5): BatchNorm trained through TensorFlow's fused kernel
-is the same computation as Keras' BatchNormalization, and the model's config and files do not change."""
+"""`keras_resnet_v2.fuse_batchnorm` (issue 5; the default of `ResNet(...)` under TensorFlow since issue 12):
+BatchNorm trained through TensorFlow's fused kernel is the same computation as Keras' BatchNormalization,
+and the model's config and files do not change."""
 
 import keras
 import numpy as np
@@ -12,8 +13,8 @@ from keras_resnet_v2.training import runtime
 
 def _pair(**kwargs):
     keras.utils.set_random_seed(0)
-    plain = krv2.ResNet(11, input_shape=(16, 16, 3), **kwargs)
-    fused = krv2.ResNet(11, input_shape=(16, 16, 3), **kwargs)
+    plain = krv2.ResNet(11, input_shape=(16, 16, 3), fused_batchnorm=False, **kwargs)
+    fused = krv2.ResNet(11, input_shape=(16, 16, 3), fused_batchnorm=False, **kwargs)
     fused.set_weights(plain.get_weights())
     assert runtime.fuse_batchnorm(fused) == 10  # 3 bottleneck units x 3 + the final BN
     return plain, fused
@@ -77,11 +78,14 @@ def test_fused_training_under_mixed_precision(precision, images):
 
 
 def test_fusing_changes_neither_config_nor_saved_model(tmp_path, images):
-    model = krv2.ResNet(11, input_shape=(16, 16, 3))
+    model = krv2.ResNet(11, input_shape=(16, 16, 3))  # fused by default under TensorFlow
     config = model.get_config()
-    runtime.fuse_batchnorm(model)
-    assert model.get_config() == config
-    assert runtime.fuse_batchnorm(model) == 0  # idempotent
+    assert config == krv2.ResNet(11, input_shape=(16, 16, 3), fused_batchnorm=False).get_config() | {
+        "name": config["name"]}
+    assert runtime.fuse_batchnorm(model) == 0  # already fused; idempotent
+    assert krv2.fuse_batchnorm(model, enable=False) == 10 and krv2.fuse_batchnorm(model, enable=False) == 0
+    assert "call" not in vars(model.get_layer("post_bn"))  # Keras' own call again
+    assert krv2.fuse_batchnorm(model) == 10
     x = images((2, 16, 16, 3))
     path = str(tmp_path / "m.keras")
     model.save(path)

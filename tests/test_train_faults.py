@@ -36,8 +36,13 @@ def _args(run_dir, *extra, epochs="1"):
             "--run-dir", str(run_dir), "--quiet", *extra]
 
 
+# The resume tests train the stacked form (issue 12: --scan), whose UnitStack weights and their
+# optimizer slots live in the same backups: ResNet-20, the shallowest net with a stack of 2 units.
+STACKED = ("--model", "resnet20", "--scan")
+
+
 def _train(run_dir, epochs, timeout=600):
-    return subprocess.run([sys.executable, "-m", "keras_resnet_v2.training", *_args(run_dir, epochs=epochs)],
+    return subprocess.run([sys.executable, "-m", "keras_resnet_v2.training", *_args(run_dir, *STACKED, epochs=epochs)],
                           env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
@@ -110,7 +115,7 @@ def test_a_damaged_history_is_named(two_epoch_run, tmp_path, capsys):
     run_dir = _copy(two_epoch_run, tmp_path)
     with open(run_dir / "history.csv", "a") as f:
         f.write("3,6")  # a truncated row
-    assert cli.main(_args(run_dir, epochs="3")) == 2
+    assert cli.main(_args(run_dir, *STACKED, epochs="3")) == 2
     err = capsys.readouterr().err
     assert "history.csv is damaged at line 4" in err and "Traceback" not in err
 

@@ -1,6 +1,6 @@
 """Runs a few Trainer steps under a strategy and saves every replica's variables.
 
-    python distributed_steps.py mirrored PRECISION OUT.npz      (two logical CPU devices)
+    python distributed_steps.py mirrored PRECISION OUT.npz [scan]   (two logical CPU devices)
     TF_CONFIG=... python distributed_steps.py multi_worker float32 OUT.npz
 """
 
@@ -26,8 +26,11 @@ global_batch = 8
 runtime.per_replica_batch(global_batch, strategy)
 keras.utils.set_random_seed(0)
 with strategy.scope():
-    model = keras_resnet_v2.ResNet(8, input_shape=(16, 16, 3), classes=4)
-    assert runtime.fuse_batchnorm(model) == 7  # as run() trains
+    if sys.argv[4:] == ["scan"]:  # units 2..3 of each stage as one UnitStack loop
+        model = keras_resnet_v2.ResNet(20, input_shape=(16, 16, 3), classes=4, scan=True)
+    else:
+        model = keras_resnet_v2.ResNet(8, input_shape=(16, 16, 3), classes=4)
+    assert runtime.fuse_batchnorm(model) == 0  # ResNet() trains BatchNorm fused under TensorFlow already
     recipe = recipes.get_recipe("paper_cifar", batch_size=global_batch)
     schedule = recipes.resolve(recipe, global_batch, 2, steps=3)
     optimizer = runtime.wrap_optimizer(recipes.make_optimizer(recipe, schedule), precision)
