@@ -11,6 +11,7 @@ import io
 import math
 import os
 import sys
+import warnings
 import zipfile
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Union
@@ -44,6 +45,9 @@ BN_EPSILON = 1e-5
 # when it builds a model and when it loads one. ResNet-1202 is deeper than Python's
 # default limit of 1,000 frames, so the package raises the limit (it never lowers it).
 DEEP_GRAPH_RECURSION_LIMIT = 10_000
+# Above this many residual units, ResNet warns that mixed_float16 training overflows (ResNet-1001: 333).
+FLOAT16_UNIT_LIMIT = 100
+
 # The deepest network built here. The paper's deepest is ResNet-1202; far deeper graphs need more
 # recursion than Python's C stack safely gives Keras' graph walks (the limit is 40 frames a unit).
 MAX_DEPTH = 2_000
@@ -628,6 +632,13 @@ def ResNet(
         name=name, variant_options=variant_options, remat=remat, scan=scan, fused_batchnorm=fused_batchnorm,
     )
 
+    if cfg.dtype.name == "mixed_float16" and sum(cfg.units_per_stage) > FLOAT16_UNIT_LIMIT:
+        warnings.warn(
+            f"ResNet-{cfg.depth} under mixed_float16: networks this deep leave float16's range early in training "
+            "at the paper's lr 0.1 (measured: a NaN loss within 20 steps without warm-up, and 4 steps after 15 "
+            "warm-up steps at lr 0.01; the BatchNorm moving statistics become NaN too). Use mixed_bfloat16 (it "
+            "stayed finite, at the same speed on an H100) or float32 (benchmarks/RESULTS.md, 'Mixed precision "
+            "at depth').", UserWarning, stacklevel=2)
     # About ten layers a unit; a few frames of Keras' graph walk per layer.
     ensure_recursion_limit(max(DEEP_GRAPH_RECURSION_LIMIT, 40 * sum(cfg.units_per_stage)))
     ops = _Ops(cfg.dtype)
