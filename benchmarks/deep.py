@@ -4,15 +4,17 @@ constructor-to-first-finished-step, steady training rate, peak memory, and (Tens
     python benchmarks/deep.py                                    # CPU, TensorFlow, ResNet-164 and -1001
     python benchmarks/deep.py --model resnet1202 --modes plain,stacked --export
     KERAS_BACKEND=jax python benchmarks/deep.py --device gpu --precision mixed_bfloat16 \
-        --batch-size 128 --steps 30 --modes plain,stacked,torch   # a GPU machine without TensorFlow
+        --batch-size 128 --steps 30 --modes torch,plain,stacked   # a GPU machine without TensorFlow
 
-Every (model, mode) runs in a fresh process, modes alternated, and each row's ratio is against
-the plain mode of the same run. A step is `model.fit` (SGD, momentum 0.9, Nesterov) on random
+Every (model, mode) runs in a fresh process, one after another in the order given; each row is
+printed when it is done, with ratios against the plain and torch rows measured before it in the
+same run (so list those first). A step is `model.fit` (SGD, momentum 0.9, Nesterov) on random
 CIFAR-sized data; "first" is from the constructor call to the end of the first training step
 (building, tracing, compiling), "img/s" the median of the steps after the first two, "loss" Keras'
 epoch mean (PyTorch: the last step's). Peak memory: the process's maximum resident set on CPU, the
 device's peak bytes in use on a GPU. The `torch` mode is the PyTorch peer (benchmarks/torch_resnet.py,
-eager, channels-last) on the same device. `--export` times SavedModel + ONNX export with verification (TensorFlow only).
+eager, channels-last) on the same device. `--export` times SavedModel + ONNX export with verification
+(TensorFlow only).
 """
 
 from __future__ import annotations
@@ -133,21 +135,19 @@ def main(argv=None) -> None:
           "| peak x plain | loss | export s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.model or ["resnet164", "resnet1001"]:
-        rows = {}
-        for mode in modes:  # each in a fresh process, one after another
+        rows: dict[str, dict] = {}
+        for mode in modes:  # each in a fresh process, one after another; a row is printed when it is done
             child = {"batch": args.batch_size, "steps": args.steps, "depth": DEPTHS[name], "mode": mode,
                      "device": args.device, "precision": args.precision, "unroll": args.unroll, "lr": args.lr,
                      "export": args.export and mode != "torch", "script": os.path.abspath(__file__)}
             run = subprocess.run([sys.executable, "-c", CHILD, json.dumps(child)], env=env, capture_output=True,
                                  text=True)
             lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
-            rows[mode] = json.loads(lines[-1][7:]) if run.returncode == 0 and lines else (
-                (run.stderr.strip().splitlines() or ["?"])[-1][:150])
-        for mode, r in rows.items():
-            if isinstance(r, str):
-                print(f"| {name} | {mode} | failed: {r} |")
+            if run.returncode or not lines:
+                print(f"| {name} | {mode} | failed: {(run.stderr.strip().splitlines() or ['?'])[-1][:150]} |")
                 continue
-            plain, torch = (rows.get(m) if isinstance(rows.get(m), dict) else None for m in ("plain", "torch"))
+            r = rows[mode] = json.loads(lines[-1][7:])
+            plain, torch = rows.get("plain"), rows.get("torch")  # ratios against the rows measured so far
 
             def ratio(key, peer, r=r):
                 return f"{r[key] / peer[key]:.2f}" if peer else "-"
