@@ -80,6 +80,9 @@ if mode == "torch":
 else:
     import keras
     import keras_resnet_v2 as krv2
+    if args["graph_optimizer"] == "off":  # TensorFlow's Grappler passes on the traced step
+        import tensorflow as tf
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     keras.ops.convert_to_numpy(keras.ops.zeros(1) + 1)  # device start-up is not the model's time
     if args["precision"] != "float32":
         keras.config.set_dtype_policy(args["precision"])
@@ -121,6 +124,8 @@ def main(argv=None) -> None:
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--precision", choices=("float32", "mixed_float16", "mixed_bfloat16"), default="float32")
     parser.add_argument("--unroll", type=int, default=0, help="UnitStack unroll (JAX); 0: the builder's default")
+    parser.add_argument("--graph-optimizer", choices=("default", "off"), default="default",
+                        help="TensorFlow only: 'off' disables Grappler (the graph optimizer) for the run")
     parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (no warm-up)")
     parser.add_argument("--export", action="store_true", help="also time SavedModel + ONNX export (TensorFlow)")
     args = parser.parse_args(argv)
@@ -130,7 +135,8 @@ def main(argv=None) -> None:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     print(f"backend {os.environ.get('KERAS_BACKEND', 'tensorflow')}, device {args.device}, {args.precision}, "
-          f"batch {args.batch_size}, {args.steps} steps, lr {args.lr}, unroll {args.unroll or 'default'}")
+          f"batch {args.batch_size}, {args.steps} steps, lr {args.lr}, unroll {args.unroll or 'default'}, "
+          f"graph optimizer {args.graph_optimizer}")
     print("| model | mode | build s | first step s | img/s | img/s x plain | img/s x torch | first x plain | peak GiB "
           "| peak x plain | loss | export s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -139,6 +145,7 @@ def main(argv=None) -> None:
         for mode in modes:  # each in a fresh process, one after another; a row is printed when it is done
             child = {"batch": args.batch_size, "steps": args.steps, "depth": DEPTHS[name], "mode": mode,
                      "device": args.device, "precision": args.precision, "unroll": args.unroll, "lr": args.lr,
+                     "graph_optimizer": args.graph_optimizer,
                      "export": args.export and mode != "torch", "script": os.path.abspath(__file__)}
             run = subprocess.run([sys.executable, "-c", CHILD, json.dumps(child)], env=env, capture_output=True,
                                  text=True)
