@@ -11,3 +11,4 @@ python benchmarks/pipeline.py
 python benchmarks/resnet1001.py
 python benchmarks/export_time.py --depth 164 --depth 1001
 python benchmarks/build.py
+python benchmarks/deep.py --model resnet1001 --modes plain,stacked,stacked_remat --steps 6
