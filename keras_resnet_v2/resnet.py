@@ -635,8 +635,8 @@ def ResNet(
     if cfg.dtype.name == "mixed_float16" and sum(cfg.units_per_stage) > FLOAT16_UNIT_LIMIT:
         warnings.warn(
             f"ResNet-{cfg.depth} under mixed_float16: networks this deep leave float16's range early in training "
-            "at the paper's lr 0.1 (measured: a NaN loss within 20 steps without warm-up, and 4 steps after 15 "
-            "warm-up steps at lr 0.01; the BatchNorm moving statistics become NaN too). Use mixed_bfloat16 (it "
+            "(measured: a NaN loss within 20 steps at lr 0.1, also after 15 warm-up steps at lr 0.01, and in one "
+            "of two runs at lr 0.01; the BatchNorm moving statistics become NaN too). Use mixed_bfloat16 (it "
             "stayed finite, at the same speed on an H100) or float32 (benchmarks/RESULTS.md, 'Mixed precision "
             "at depth').", UserWarning, stacklevel=2)
     # About ten layers a unit; a few frames of Keras' graph walk per layer.
