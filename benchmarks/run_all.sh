@@ -12,3 +12,4 @@ python benchmarks/resnet1001.py
 python benchmarks/export_time.py --depth 164 --depth 1001
 python benchmarks/build.py
 python benchmarks/deep.py --model resnet1001 --modes plain,stacked,stacked_remat --steps 6
+python benchmarks/startup.py --rounds 7

@@ -22,19 +22,15 @@ from keras_resnet_v2._extras import check_import_name, require
 check_import_name(__name__, "keras_resnet_v2.export")
 require("export", __name__)
 
-from keras_resnet_v2._files import DirectoryBusyError
-from keras_resnet_v2.export.onnx import export_onnx
-from keras_resnet_v2.export.savedmodel import (
-    export_savedmodel,
-    float32_copy,
-    load_model,
-    serving_preprocessing,
-    training_metadata,
-)
-from keras_resnet_v2.export.verify import VerificationError, verify
-from keras_resnet_v2.export.workflow import export_and_verify
+from keras_resnet_v2._files import DirectoryBusyError  # noqa: E402, F401  (standard library only)
+from keras_resnet_v2._lazy import lazy_package  # noqa: E402
 
-__all__ = [
-    "DirectoryBusyError", "VerificationError", "export_and_verify", "export_onnx", "export_savedmodel",
-    "float32_copy", "load_model", "serving_preprocessing", "training_metadata", "verify",
-]
+# Public names by defining module, imported on first use (keras_resnet_v2._lazy).
+EXPORTS = {
+    "onnx": ("export_onnx",),
+    "savedmodel": ("export_savedmodel", "float32_copy", "load_model", "serving_preprocessing", "training_metadata"),
+    "verify": ("VerificationError", "verify"),
+    "workflow": ("export_and_verify",),
+}
+__getattr__, __dir__, _names = lazy_package(__name__, EXPORTS)
+__all__ = ["DirectoryBusyError", *_names]

@@ -14,7 +14,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from keras_resnet_v2._files import describe_os_error
+from keras_resnet_v2._files import describe_os_error, model_file
+from keras_resnet_v2._startup import VERBOSE_HELP, announce, start_backend
 
 
 def _run_details(path: str) -> dict:
@@ -42,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=int, help="ONNX opset (default 17)")
     parser.add_argument("--preprocessing", choices=("resize", "shorter_side_crop"),
                         help="how serve_image_bytes sizes images (default: the run's, else resize)")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     return parser
 
 
@@ -53,17 +55,28 @@ def _verify_parser() -> argparse.ArgumentParser:
     parser.add_argument("model", help="a .keras file or a directory holding model.keras (a training run)")
     parser.add_argument("--savedmodel", metavar="VERSION_DIR", help="an exported SavedModel version, e.g. serving/1")
     parser.add_argument("--onnx", metavar="FILE", help="an exported ONNX file")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Arguments checked first (no TensorFlow yet), one line saying what runs, then TensorFlow, quietly."""
     argv = list(sys.argv[1:] if argv is None else argv)
     verify_only = bool(argv) and argv[0] == "verify"
     args = (_verify_parser() if verify_only else _parser()).parse_args(argv[1:] if verify_only else argv)
     if not args.savedmodel and not args.onnx:
         print("error: give --savedmodel, --onnx or both", file=sys.stderr)
         return 2
+    try:
+        model_file(args.model)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    targets = " and ".join(p for p in (args.savedmodel, args.onnx) if p)
+    announce("resnet-v2-export verify" if verify_only else "resnet-v2-export",
+             f"{'checking' if verify_only else 'exporting'} {args.model} {'against' if verify_only else 'to'} "
+             f"{targets}; starting TensorFlow")
+    start_backend(args.verbose)
     from keras_resnet_v2 import export
 
     try:

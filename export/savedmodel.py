@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import tempfile
-import zipfile
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -16,7 +15,7 @@ import tensorflow as tf
 
 import keras_resnet_v2
 from keras_resnet_v2 import _images as image_ops
-from keras_resnet_v2._files import DirectoryLock, check_writable_directory, usual_modes
+from keras_resnet_v2._files import DirectoryLock, check_writable_directory, model_file, usual_modes
 
 
 def _check_classifier(model) -> None:
@@ -152,12 +151,7 @@ def metadata(model: keras.Model) -> dict:
 
 def load_model(path: str) -> keras.Model:
     """Loads a `.keras` file, or `model.keras` in a training run directory, with a clear error."""
-    candidate = os.path.join(path, "model.keras") if os.path.isdir(path) else path
-    if not (os.path.isfile(candidate) and candidate.endswith(".keras")):
-        raise ValueError(f"MODEL must be a .keras file or a directory holding model.keras. Received: {path!r}")
-    if not zipfile.is_zipfile(candidate):  # Keras would say "File not found" of an existing file
-        raise ValueError(f"MODEL {candidate!r} exists but is not a .keras archive (a .keras file is a zip "
-                         "archive; this one is truncated, damaged or of another format)")
+    candidate = model_file(path)
     try:
         # compile=False: serving and evaluation need no optimizer, and files a user compiled with
         # an optimizer of their own load without it.

@@ -7,7 +7,8 @@ Example:
     >>> model = keras_resnet_v2.ResNet(110, unit="original", shortcut="exclusive_gating")
 
 Uses `keras` and `keras.ops` only, so the builders run under the TensorFlow, JAX and
-PyTorch backends (`pip install keras_resnet_v2` installs only Keras and numpy).
+PyTorch backends (`pip install keras_resnet_v2` installs only Keras, numpy and wrapt). Importing
+the package loads no backend: each name is imported on first use.
 
 Input: the builders contain no preprocessing; they expect standardized images (about zero
 mean and unit variance per channel), as the paper trains them. To feed raw 0..255 pixels, put
@@ -23,50 +24,36 @@ More, with the `train` and `export` extras:
   folders), the paper's recipes (`recipes.get_recipe("paper_cifar")`), a distributed loop, and the
   `resnet-v2-train` command (train, evaluate, sweep a paper table).
 - `keras_resnet_v2.export`: verified SavedModel (TF Serving) and ONNX exports, `resnet-v2-export`.
-- `python -m keras_resnet_v2 DEPTH` describes a network.
+- `python -m keras_resnet_v2 DEPTH` (or `keras-resnet-v2 DEPTH`) describes a network.
 """
 
-from keras_resnet_v2.convert import copy_weights, to_plain, to_stacked  # noqa: I001  (after resnet)
-from keras_resnet_v2.layers import ConstantScale, GatedSum, Rematerialized, Standardize
-from keras_resnet_v2.resnet import (
-    BLOCKS,
-    FAMILIES,
-    IMAGENET_DEPTHS,
-    POOLINGS,
-    SHORTCUT_NAMES,
-    STRIDE_IN,
-    UNITS,
-    ResNet,
-    ResNet18,
-    ResNet20,
-    ResNet32,
-    ResNet34,
-    ResNet44,
-    ResNet50,
-    ResNet56,
-    ResNet101,
-    ResNet110,
-    ResNet152,
-    ResNet164,
-    ResNet200,
-    ResNet1001,
-    ResNet1202,
-    ensure_recursion_limit,
-)
-from keras_resnet_v2.speed import build_optimizer, fuse_batchnorm
-from keras_resnet_v2.stack import UnitStack
-from keras_resnet_v2.variants import SHORTCUTS, UNIT_SPECS
+from keras_resnet_v2._lazy import lazy_package
 
 __version__ = "0.1.0"
 
-# Saved ResNet-1202s load with `keras.models.load_model` once this package is imported.
-ensure_recursion_limit()
+# Public names by the module that defines them; each module is imported on first use, so
+# `import keras_resnet_v2` is instant and loads no backend (keras_resnet_v2._lazy).
+EXPORTS = {
+    "convert": ("copy_weights", "to_plain", "to_stacked"),
+    "layers": ("ConstantScale", "GatedSum", "Rematerialized", "Standardize"),
+    "names": ("BLOCKS", "FAMILIES", "POOLINGS", "SHORTCUT_NAMES", "STRIDE_IN", "UNITS"),
+    "resnet": ("IMAGENET_DEPTHS", "ResNet", "ResNet18", "ResNet20", "ResNet32", "ResNet34", "ResNet44", "ResNet50",
+               "ResNet56", "ResNet101", "ResNet110", "ResNet152", "ResNet164", "ResNet200", "ResNet1001", "ResNet1202",
+               "ensure_recursion_limit"),
+    "speed": ("build_optimizer", "fuse_batchnorm"),
+    "stack": ("UnitStack",),
+    "variants": ("SHORTCUTS", "UNIT_SPECS"),
+}
 
-__all__ = [
-    "BLOCKS", "FAMILIES", "IMAGENET_DEPTHS", "POOLINGS", "SHORTCUTS", "SHORTCUT_NAMES",
-    "STRIDE_IN", "UNITS", "UNIT_SPECS", "ConstantScale", "GatedSum", "Rematerialized", "ResNet", "Standardize",
-    "ResNet18", "ResNet20", "ResNet32", "ResNet34", "ResNet44", "ResNet50", "ResNet56",
-    "ResNet101", "ResNet110", "ResNet152", "ResNet164", "ResNet200", "ResNet1001",
-    "ResNet1202", "UnitStack", "__version__", "build_optimizer", "copy_weights", "fuse_batchnorm", "to_plain",
-    "to_stacked",
-]
+
+def _keras_loaded() -> None:
+    # Saved ResNet-1202s load with `keras.models.load_model` once this package is imported.
+    from keras_resnet_v2.resnet import ensure_recursion_limit
+
+    ensure_recursion_limit()
+
+
+# When Keras is imported (before or after this package), the modules defining our layers run, so
+# `keras.models.load_model` finds them (resnet imports layers and stack).
+__getattr__, __dir__, _names = lazy_package(__name__, EXPORTS, register=("resnet",), on_register=_keras_loaded)
+__all__ = ["__version__", *_names]

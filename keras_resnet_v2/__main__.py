@@ -12,22 +12,25 @@ Example:
 from __future__ import annotations
 
 import argparse
-import os
+import sys
 import time
 from typing import Optional, Sequence
 
+from keras_resnet_v2._startup import VERBOSE_HELP, announce, start_backend
+
 
 def _parser() -> argparse.ArgumentParser:
-    from keras_resnet_v2.resnet import BLOCKS, SHORTCUT_NAMES, UNITS
+    from keras_resnet_v2.names import BLOCKS, FAMILIES, SHORTCUT_NAMES, UNITS
 
     parser = argparse.ArgumentParser(prog="python -m keras_resnet_v2", description=__doc__.split("\n\n")[0])
     parser.add_argument("depth", nargs="?", type=int, default=1001, help="network depth (default 1001)")
     parser.add_argument("--unit", default="full_preact", choices=UNITS)
     parser.add_argument("--shortcut", default="identity", choices=SHORTCUT_NAMES)
-    parser.add_argument("--family", choices=("cifar", "imagenet"))
+    parser.add_argument("--family", choices=FAMILIES)
     parser.add_argument("--block", choices=BLOCKS, help="CIFAR units (default: the paper's for the depth)")
     parser.add_argument("--classes", type=int)
     parser.add_argument("--summary", action="store_true", help="print Keras' full layer summary")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     return parser
 
 
@@ -67,12 +70,14 @@ def describe(depth: int, unit: str, shortcut: str, family: Optional[str] = None,
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Arguments first (no backend yet), one line saying what runs, then the backend, quietly."""
     args = _parser().parse_args(argv)
+    announce("keras-resnet-v2", f"building ResNet-{args.depth} ({args.unit}, {args.shortcut}); starting Keras")
+    start_backend(args.verbose)
     try:
         describe(args.depth, args.unit, args.shortcut, args.family, args.classes, args.summary, args.block)
     except ValueError as error:
-        print(f"error: {error}")
+        print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
 

@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import time
+import zipfile
 
 LOCK_NAME = ".lock"
 
@@ -98,3 +99,17 @@ def describe_os_error(error: OSError) -> str:
     if error.errno in (errno.EACCES, errno.EPERM):
         return f"permission denied{where}"
     return f"{error.strerror or error}{where}"
+
+
+def model_file(path: str) -> str:
+    """The `.keras` archive MODEL names (a file, or `model.keras` in a training run directory).
+
+    A one-line ValueError otherwise; checked by the command lines before Keras is imported.
+    """
+    candidate = os.path.join(path, "model.keras") if os.path.isdir(path) else path
+    if not (os.path.isfile(candidate) and candidate.endswith(".keras")):
+        raise ValueError(f"MODEL must be a .keras file or a directory holding model.keras. Received: {path!r}")
+    if not zipfile.is_zipfile(candidate):  # Keras would say "File not found" of an existing file
+        raise ValueError(f"MODEL {candidate!r} exists but is not a .keras archive (a .keras file is a zip "
+                         "archive; this one is truncated, damaged or of another format)")
+    return candidate

@@ -19,8 +19,9 @@ from typing import Any, Callable, Optional, Sequence, Union
 import keras
 
 from keras_resnet_v2.layers import Rematerialized
+from keras_resnet_v2.names import BLOCKS, FAMILIES, POOLINGS, SHORTCUT_NAMES, STRIDE_IN, UNITS, check_choice, choices
 from keras_resnet_v2.speed import fuse_batchnorm
-from keras_resnet_v2.stack import UnitStack
+from keras_resnet_v2.stack import UnitStack, branch_layout
 from keras_resnet_v2.variants import (
     SHORTCUTS,
     UNIT_SPECS,
@@ -29,13 +30,6 @@ from keras_resnet_v2.variants import (
     kernel_initializer,
     resolve_shortcut_options,
 )
-
-UNITS: tuple[str, ...] = tuple(UNIT_SPECS)
-SHORTCUT_NAMES: tuple[str, ...] = tuple(SHORTCUTS)
-FAMILIES: tuple[str, ...] = ("cifar", "imagenet")
-BLOCKS: tuple[str, ...] = ("basic", "bottleneck", "single")
-STRIDE_IN: tuple[str, ...] = ("first", "last")
-POOLINGS: tuple[Optional[str], ...] = (None, "avg", "max")
 
 # BatchNorm as in the authors' Torch code: momentum 0.1 there is 0.9 here, eps 1e-5.
 BN_MOMENTUM = 0.9
@@ -145,30 +139,21 @@ class Config:
     scan: bool = False
 
 
-def _choices(values: Sequence) -> str:
-    return ", ".join(repr(v) for v in values)
-
-
-def _check_choice(arg: str, value, allowed: Sequence) -> None:
-    if value not in allowed:
-        raise ValueError(f"`{arg}` must be one of {_choices(allowed)}. Received: {arg}={value!r}")
-
-
 def _resolve_depth(depth, family, block) -> tuple[str, str, tuple[int, ...]]:
     if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
         raise ValueError(f"`depth` must be a positive integer. Received: depth={depth!r}")
     if depth > MAX_DEPTH:
         raise ValueError(f"`depth` must be at most {MAX_DEPTH:,} (the paper's deepest is 1202). "
                          f"Received: depth={depth!r}")
-    _check_choice("family", family, (None,) + FAMILIES)
-    _check_choice("block", block, (None,) + BLOCKS)
+    check_choice("family", family, (None,) + FAMILIES)
+    check_choice("block", block, (None,) + BLOCKS)
     if family is None:  # the named depth sets of the two families do not overlap
         family = "imagenet" if depth in IMAGENET_DEPTHS else "cifar"
 
     if family == "imagenet":
         if depth not in IMAGENET_DEPTHS:
             raise ValueError(
-                f"`depth` for family='imagenet' must be one of {_choices(sorted(IMAGENET_DEPTHS))}. "
+                f"`depth` for family='imagenet' must be one of {choices(sorted(IMAGENET_DEPTHS))}. "
                 f"Received: depth={depth!r}"
             )
         table_block, units = IMAGENET_DEPTHS[depth]
@@ -190,7 +175,7 @@ def _resolve_depth(depth, family, block) -> tuple[str, str, tuple[int, ...]]:
     ]
     raise ValueError(
         f"`depth` {depth} is not a CIFAR ResNet depth: {'; '.join(forms)}. "
-        f"ImageNet depths are {_choices(sorted(IMAGENET_DEPTHS))}. Received: depth={depth!r}"
+        f"ImageNet depths are {choices(sorted(IMAGENET_DEPTHS))}. Received: depth={depth!r}"
     )
 
 
@@ -266,13 +251,13 @@ def resolve_config(
 ) -> Config:
     """Checks every argument of `ResNet` before any layer is built."""
     family, block, units = _resolve_depth(depth, family, block)
-    _check_choice("unit", unit, UNITS)
-    _check_choice("shortcut", shortcut, SHORTCUT_NAMES)
+    check_choice("unit", unit, UNITS)
+    check_choice("shortcut", shortcut, SHORTCUT_NAMES)
     options = resolve_shortcut_options(shortcut, variant_options)
-    _check_choice("stride_in", stride_in, STRIDE_IN)
+    check_choice("stride_in", stride_in, STRIDE_IN)
     if not isinstance(include_top, bool):
         raise ValueError(f"`include_top` must be True or False. Received: include_top={include_top!r}")
-    _check_choice("pooling", pooling, POOLINGS)
+    check_choice("pooling", pooling, POOLINGS)
     if include_top and pooling is not None:
         raise ValueError(
             "`pooling` applies only when include_top=False (the classifier head always "
@@ -296,9 +281,7 @@ def resolve_config(
             f"keras.config.image_data_format()={keras.config.image_data_format()!r}"
         )
     _check_weights_path(weights)
-    if not isinstance(remat, bool):
-        raise ValueError(f"`remat` must be True or False. Received: remat={remat!r}")
-    for arg, value in (("scan", scan), ("fused_batchnorm", fused_batchnorm)):
+    for arg, value in (("remat", remat), ("scan", scan), ("fused_batchnorm", fused_batchnorm)):
         if not isinstance(value, bool):
             raise ValueError(f"`{arg}` must be True or False. Received: {arg}={value!r}")
     if remat and shortcut == "dropout":
@@ -348,12 +331,7 @@ class _Ops:
 def _residual_branch(ops: _Ops, x, filters: int, stride: int, block: str,
                      stride_conv: int, spec: UnitSpec, name: str):
     """F(x): the convolutions of one unit with BN-ReLU between them (Fig. 4)."""
-    if block == "single":  # Table 3's 1-layer skip
-        layout = [(filters, 3)]
-    elif block == "basic":
-        layout = [(filters, 3), (filters, 3)]
-    else:  # bottleneck: 1x1 reduce, 3x3, 1x1 expand to 4x
-        layout = [(filters, 1), (filters, 3), (4 * filters, 1)]
+    layout = branch_layout(block, filters)  # the same table UnitStack reads
     for i, (width, kernel) in enumerate(layout, start=1):
         x = ops.conv(x, width, kernel, stride if i - 1 == stride_conv else 1, f"{name}_{i}_conv")
         x = ops.apply(x, ("bn", "relu") if i < len(layout) else spec.post, f"{name}_{i}")

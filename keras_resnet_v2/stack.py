@@ -24,6 +24,7 @@ import numpy as np
 from keras import ops
 
 from keras_resnet_v2.layers import PACKAGE
+from keras_resnet_v2.names import BLOCKS, SHORTCUT_NAMES, UNITS, check_choice
 from keras_resnet_v2.variants import SHORTCUTS, UNIT_SPECS, resolve_shortcut_options
 
 BN_FIELDS = ("gamma", "beta", "moving_mean", "moving_variance")
@@ -123,13 +124,9 @@ class UnitStack(keras.layers.Layer):
         for arg, value in (("units", units), ("filters", filters), ("unroll", unroll)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"`{arg}` must be a positive integer. Received: {arg}={value!r}")
-        if block not in ("single", "basic", "bottleneck"):
-            raise ValueError(f"`block` must be one of 'single', 'basic', 'bottleneck'. Received: block={block!r}")
-        if unit not in UNIT_SPECS:
-            raise ValueError(f"`unit` must be one of {', '.join(map(repr, UNIT_SPECS))}. Received: unit={unit!r}")
-        if shortcut not in SHORTCUTS:
-            raise ValueError(f"`shortcut` must be one of {', '.join(map(repr, SHORTCUTS))}. "
-                             f"Received: shortcut={shortcut!r}")
+        check_choice("block", block, BLOCKS)
+        check_choice("unit", unit, UNITS)
+        check_choice("shortcut", shortcut, SHORTCUT_NAMES)
         if remat and shortcut == "dropout":
             raise ValueError("`remat=True` would draw new dropout masks when recomputing: not with "
                              f"shortcut='dropout'. Received: remat={remat!r}")

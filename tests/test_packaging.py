@@ -12,6 +12,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,18 @@ import keras_resnet_v2 as krv2
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+# As a user runs the commands: no log level of their own, so TensorFlow's start-up lines are ours to hide.
+USER_ENV = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+# Lines TensorFlow's C++ logging writes (absl's notice, "I0000 ...", "E0000 ... cuInit").
+TF_LOG_LINE = re.compile(r"^(WARNING: All log messages before absl|[IWE]\d{4} |To enable the following instructions)")
+
+
+def _ours_first(result, command):
+    """The command's own line comes first and no TensorFlow start-up line is shown."""
+    lines = (result.stderr + result.stdout).splitlines()
+    assert lines and lines[0].startswith(command + ": "), lines[:5]
+    noise = [line for line in result.stderr.splitlines() if TF_LOG_LINE.match(line)]
+    assert noise == [], noise
 
 
 def _script(name):
@@ -53,8 +66,9 @@ def trained_run(user_folder):
     run_dir = user_folder / "runs" / "r8"
     result = subprocess.run([_script("resnet-v2-train"), "--dataset", "digits", "--model", "resnet8", "--steps", "6",
                              "--batch-size", "64", "--run-dir", str(run_dir), "--quiet"],
-                            cwd=user_folder, env=ENV, capture_output=True, text=True, timeout=600)
+                            cwd=user_folder, env=USER_ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    _ours_first(result, "resnet-v2-train")
     return run_dir
 
 
@@ -95,8 +109,9 @@ def test_export_and_evaluate_take_the_files_of_a_run(trained_run, user_folder, t
     # The run directory (its model.keras, labels and preprocessing) to both formats, verified.
     exported = subprocess.run([_script("resnet-v2-export"), str(trained_run), "--savedmodel", str(tmp_path / "serving"),
                                "--onnx", str(tmp_path / "m.onnx")],
-                              cwd=user_folder, env=ENV, capture_output=True, text=True, timeout=600)
+                              cwd=user_folder, env=USER_ENV, capture_output=True, text=True, timeout=600)
     assert exported.returncode == 0, exported.stderr[-3000:]
+    _ours_first(exported, "resnet-v2-export")
     assert "verification passed" in exported.stdout
     # One report, beside the SavedModel version (it covers the ONNX file too).
     assert json.loads((tmp_path / "serving" / "1.verification.json").read_text())["passed"] is True
@@ -104,9 +119,10 @@ def test_export_and_evaluate_take_the_files_of_a_run(trained_run, user_folder, t
     # A checkpoint file, evaluated by the console script.
     evaluated = subprocess.run([_script("resnet-v2-train"), "evaluate", "--model",
                                 str(trained_run / "checkpoints" / "best.keras"), "--dataset", "digits"],
-                               cwd=user_folder, env=ENV, capture_output=True, text=True, timeout=600)
+                               cwd=user_folder, env=USER_ENV, capture_output=True, text=True, timeout=600)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    report = json.loads(evaluated.stdout[evaluated.stdout.index("{"):])
+    _ours_first(evaluated, "resnet-v2-train evaluate")
+    report = json.loads(evaluated.stdout)  # stdout holds only the result
     assert report["examples"] == 360 and 0 <= report["top1_error_percent"] <= 100
 
 

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 import keras_resnet_v2
 from keras_resnet_v2.training import callbacks as cb
-from keras_resnet_v2.training import data, recipes, runtime
+from keras_resnet_v2.training import data, optimizers, recipes, runtime
 from keras_resnet_v2.training.loop import NonFiniteLossError, Trainer
 
 
@@ -27,7 +27,7 @@ def test_paper_cifar_schedule_matches_the_paper():
     assert s.total_steps == 64_000
     assert s.boundaries == (400, 32_000, 48_000)
     assert s.values == (0.01, 0.1, 0.01, 0.001)
-    sched = recipes.StepSchedule(s.boundaries, s.values)
+    sched = optimizers.StepSchedule(s.boundaries, s.values)
     at = {step: float(sched(step)) for step in (0, 399, 400, 31_999, 32_000, 47_999, 48_000, 63_999)}
     assert at == pytest.approx({0: 0.01, 399: 0.01, 400: 0.1, 31_999: 0.1, 32_000: 0.01, 47_999: 0.01,
                                 48_000: 0.001, 63_999: 0.001})
@@ -50,11 +50,11 @@ def test_short_run_stretches_schedule():
 
 
 def test_schedule_and_optimizer_serialize():
-    sched = recipes.StepSchedule([3, 5], [1.0, 0.5, 0.25])
-    opt = recipes.SGD(sched, momentum=0.9, nesterov=True, weight_decay=1e-4, decay="all")
+    sched = optimizers.StepSchedule([3, 5], [1.0, 0.5, 0.25])
+    opt = optimizers.SGD(sched, momentum=0.9, nesterov=True, weight_decay=1e-4, decay="all")
     clone = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
-    assert isinstance(clone, recipes.SGD) and clone.coupled_weight_decay == 1e-4 and clone.decay == "all"
-    assert isinstance(clone.learning_rate, recipes.StepSchedule) or callable(clone._learning_rate)
+    assert isinstance(clone, optimizers.SGD) and clone.coupled_weight_decay == 1e-4 and clone.decay == "all"
+    assert isinstance(clone.learning_rate, optimizers.StepSchedule) or callable(clone._learning_rate)
     assert [float(clone._learning_rate(i)) for i in (2, 3, 5)] == [1.0, 0.5, 0.25]
 
 
@@ -71,7 +71,7 @@ def test_coupled_weight_decay_is_added_to_the_gradient_before_momentum():
     # Torch/Caffe: v <- m v + (g + wd w); w <- w - lr v  (plain momentum here)
     kernel = keras.Variable(np.full((2,), 2.0, "float32"), name="kernel")
     bias = keras.Variable(np.full((2,), 2.0, "float32"), name="bias")
-    opt = recipes.SGD(0.1, momentum=0.9, nesterov=False, weight_decay=0.01)
+    opt = optimizers.SGD(0.1, momentum=0.9, nesterov=False, weight_decay=0.01)
     grad = np.full((2,), 0.5, "float32")
     w, v = 2.0, 0.0
     for _ in range(2):
@@ -195,7 +195,7 @@ def _tiny_model(classes=3):
 
 def test_non_finite_loss_stops_with_the_checkpoint_named():
     strategy = tf.distribute.get_strategy()
-    trainer = Trainer(_tiny_model(), recipes.SGD(0.1), strategy, 4)
+    trainer = Trainer(_tiny_model(), optimizers.SGD(0.1), strategy, 4)
     images = np.full((4, 8, 8, 3), np.nan, "float32")
     ds = tf.data.Dataset.from_tensors((images, np.zeros(4, "int64"))).repeat()
     with pytest.raises(NonFiniteLossError, match="epoch 1, step 1.*last good: ckpt-7"):
@@ -208,7 +208,7 @@ def test_callbacks_work_in_model_fit(tmp_path):
     model = keras_resnet_v2.ResNet(8, input_shape=(8, 8, 3), classes=10)
     recipe = recipes.get_recipe("paper_cifar")  # lr 0.1 at batch 128; resolve scales it to 64
     schedule = recipes.resolve(recipe, 64, 22, epochs=2)
-    model.compile(optimizer=recipes.make_optimizer(recipe, schedule), loss="sparse_categorical_crossentropy",
+    model.compile(optimizer=optimizers.make_optimizer(recipe, schedule), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     history_path, png = str(tmp_path / "history.csv"), str(tmp_path / "curves.png")
     model.fit(data.pipeline(splits.train, splits.info, 64, training=True), epochs=2, steps_per_epoch=22,
@@ -253,7 +253,7 @@ def test_precision_and_strategy_names_are_checked():
         runtime.per_replica_batch(3, _FakeStrategy(2))
     assert runtime.per_replica_batch(8, _FakeStrategy(2)) == 4
     assert runtime.set_precision("mixed_bfloat16").compute_dtype == "bfloat16"
-    opt = runtime.wrap_optimizer(recipes.SGD(0.1), "mixed_float16")
+    opt = runtime.wrap_optimizer(optimizers.SGD(0.1), "mixed_float16")
     assert isinstance(opt, keras.optimizers.LossScaleOptimizer)
 
 

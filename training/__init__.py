@@ -16,22 +16,20 @@ from keras_resnet_v2._extras import check_import_name, require
 check_import_name(__name__, "keras_resnet_v2.training")
 require("train", __name__)
 
-from keras_resnet_v2.training.callbacks import AtomicModelCheckpoint, HistoryCSV, TrainingCurves
-from keras_resnet_v2.training.data import DatasetError, load, normalization_layer, normalization_statistics, pipeline
-from keras_resnet_v2.training.loop import NonFiniteLossError, Trainer
-from keras_resnet_v2.training.recipes import RECIPES, SGD, Recipe, StepSchedule, get_recipe, make_optimizer, resolve
-from keras_resnet_v2.training.run import TrainConfig, evaluate, run
-from keras_resnet_v2.training.runtime import (
-    fuse_batchnorm,
-    make_strategy,
-    set_precision,
-    sync_moving_statistics,
-    wrap_optimizer,
-)
+from keras_resnet_v2._lazy import lazy_package  # noqa: E402  (after the extra is known to be installed)
 
-__all__ = [
-    "RECIPES", "SGD", "AtomicModelCheckpoint", "DatasetError", "HistoryCSV", "NonFiniteLossError", "Recipe",
-    "StepSchedule", "TrainConfig", "Trainer", "TrainingCurves", "evaluate", "get_recipe", "load",
-    "fuse_batchnorm", "make_optimizer", "make_strategy", "normalization_layer", "normalization_statistics", "pipeline",
-    "resolve", "run", "set_precision", "sync_moving_statistics", "wrap_optimizer",
-]
+# Public names by defining module, imported on first use (keras_resnet_v2._lazy): the command
+# line parses and checks its arguments before TensorFlow is imported.
+EXPORTS = {
+    "callbacks": ("AtomicModelCheckpoint", "HistoryCSV", "TrainingCurves"),
+    "config": ("TrainConfig", "check_settings"),
+    "data": ("DatasetError", "load", "normalization_layer", "normalization_statistics", "pipeline"),
+    "loop": ("NonFiniteLossError", "Trainer"),
+    "optimizers": ("SGD", "StepSchedule", "make_optimizer"),
+    "recipes": ("RECIPES", "Recipe", "get_recipe", "resolve"),
+    "run": ("evaluate", "run"),
+    "runtime": ("fuse_batchnorm", "make_strategy", "set_precision", "sync_moving_statistics", "wrap_optimizer"),
+}
+
+# The optimizer and schedule are registered Keras classes: their module runs when Keras loads.
+__getattr__, __dir__, __all__ = lazy_package(__name__, EXPORTS, register=("optimizers",))

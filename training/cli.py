@@ -17,8 +17,11 @@ import os
 import sys
 from typing import Sequence
 
+from keras_resnet_v2._files import model_file
+from keras_resnet_v2._startup import VERBOSE_HELP, announce, start_backend
+from keras_resnet_v2.names import BLOCKS, SHORTCUT_NAMES, UNITS
+from keras_resnet_v2.training.config import PRECISIONS, STRATEGIES, TrainConfig, check_settings
 from keras_resnet_v2.training.recipes import RECIPES
-from keras_resnet_v2.training.runtime import PRECISIONS, STRATEGIES
 
 RECIPE_FLAGS = {  # recipe field -> type (batch_size has its own flag)
     "lr": float, "momentum": float, "weight_decay": float, "decay": str, "warmup_steps": int,
@@ -65,10 +68,10 @@ def _train_parser() -> argparse.ArgumentParser:
                                      "or an image folder")
     p.add_argument("--model", help="required: resnet20 ... resnet1202, resnet164, resnet1001, resnet18 ... resnet200")
     p.add_argument("--run-dir", help="required: run directory (rerun the same command to resume)")
-    p.add_argument("--unit", help="residual unit (Fig. 4), default full_preact")
-    p.add_argument("--shortcut", help="shortcut (Fig. 2), default identity")
-    p.add_argument("--block", help="CIFAR units: basic, bottleneck or single (one 3x3 conv, Table 3's 1-layer "
-                                   "skip); default: the paper's for the depth")
+    p.add_argument("--unit", choices=UNITS, help="residual unit (Fig. 4), default full_preact")
+    p.add_argument("--shortcut", choices=SHORTCUT_NAMES, help="shortcut (Fig. 2), default identity")
+    p.add_argument("--block", choices=BLOCKS, help="CIFAR units; single is one 3x3 conv (Table 3's 1-layer "
+                                                   "skip); default: the paper's for the depth")
     p.add_argument("--option", action="append", type=_option, dest="options", metavar="KEY=VALUE",
                    help="variant option, e.g. --option gate_bias=-6 (repeatable)")
     length = p.add_mutually_exclusive_group()
@@ -76,8 +79,8 @@ def _train_parser() -> argparse.ArgumentParser:
     length.add_argument("--steps", type=int, help="iterations (instead of --epochs)")
     p.add_argument("--batch-size", type=int, help="global batch (default: the recipe's, 128 for paper_cifar)")
     p.add_argument("--recipe", choices=tuple(RECIPES), help="default paper_cifar")
-    p.add_argument("--precision", help=f"one of {PRECISIONS}, default float32")
-    p.add_argument("--strategy", help=f"one of {STRATEGIES}, default auto")
+    p.add_argument("--precision", choices=PRECISIONS, help="default float32")
+    p.add_argument("--strategy", choices=STRATEGIES, help="default auto")
     p.add_argument("--data-dir", help="TFDS data directory")
     p.add_argument("--config", help="JSON or YAML file of settings")
     p.add_argument("--export-dir", help="export SavedModel + ONNX here at the end, verified")
@@ -100,6 +103,7 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad-images", action="store_true",
                    help="image folders: leave out images that do not decode (default: stop, naming them)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     return p
 
 
@@ -111,6 +115,7 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--eval-size", type=int, help="test crop for ImageNet-style data (e.g. 320; default: model's)")
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     return p
 
 
@@ -127,18 +132,19 @@ def _sweep_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", required=True)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--recipe", choices=tuple(RECIPES), default="paper_cifar")
-    p.add_argument("--precision", default="float32", help=f"one of {PRECISIONS}")
-    p.add_argument("--strategy", default="auto", help=f"one of {STRATEGIES}")
+    p.add_argument("--precision", default="float32", choices=PRECISIONS)
+    p.add_argument("--strategy", default="auto", choices=STRATEGIES)
     p.add_argument("--data-dir")
     p.add_argument("--dry-run", action="store_true", help="list the rows and run directories, train nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     return p
 
 
-def sweep_main(argv: Sequence[str]) -> int:
+def sweep_main(args: argparse.Namespace) -> int:
+    """Runs (or, with --dry-run, lists) the parsed `resnet-v2-train sweep` command."""
     from keras_resnet_v2.training.sweep import run_sweep
 
-    args = _sweep_parser().parse_args(argv)
     results = run_sweep(args.table, run_dir=args.run_dir, dataset=args.dataset, model=args.model, seeds=args.seeds,
                         dry_run=args.dry_run, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size,
                         recipe=args.recipe, precision=args.precision, strategy=args.strategy,
@@ -184,13 +190,17 @@ def read_config_file(path: str) -> dict:
     return {k.replace("-", "_"): v for k, v in values.items()}
 
 
-def config_from_args(argv: Sequence[str], require: bool = False):
+def config_from_args(argv: Sequence[str], require: bool = False) -> TrainConfig:
     """The TrainConfig of a command line (and its --config file). `require`: a training run must name
     its dataset, model and run directory (flags or --config), else usage and exit 2."""
-    from keras_resnet_v2.training.run import TrainConfig
+    return _train_settings(argv, require)[0]
 
+
+def _train_settings(argv: Sequence[str], require: bool) -> tuple[TrainConfig, bool]:
+    """(TrainConfig, --verbose) of a training command line; needs no Keras or TensorFlow."""
     parser = _train_parser()
     args = vars(parser.parse_args(argv))
+    verbose = args.pop("verbose", False)
     source = f"`config` file {args['config']!r}" if "config" in args else "the command line"
     values = read_config_file(args.pop("config")) if "config" in args else {}
     if isinstance(values.get("boundaries"), list):
@@ -209,7 +219,7 @@ def config_from_args(argv: Sequence[str], require: bool = False):
     if require and missing:
         parser.error("the following arguments are required: "
                      + ", ".join("--" + name.replace("_", "-") for name in missing) + " (as flags or in --config)")
-    return config
+    return config, verbose
 
 
 def _interrupted(argv: Sequence[str]) -> str:
@@ -229,8 +239,37 @@ def _interrupted(argv: Sequence[str]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """`resnet-v2-train`: arguments parsed and checked first (no TensorFlow yet: usage errors exit 2
+    at once), then one line saying what runs, then TensorFlow, started quietly."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    command = "resnet-v2-train"
+    try:
+        if argv[:1] == ["evaluate"]:
+            command, args = "resnet-v2-train evaluate", _eval_parser().parse_args(argv[1:])
+            model_file(args.model)
+            verbose, plan = args.verbose, f"error of {args.model} on the {args.dataset} test split"
+        elif argv[:1] == ["sweep"]:
+            command, args = "resnet-v2-train sweep", _sweep_parser().parse_args(argv[1:])
+            verbose, plan = args.verbose, f"table {args.table}, {args.model} on {args.dataset}, into {args.run_dir}"
+        else:
+            args, verbose = _train_settings(argv, require=True)
+            check_settings(args)
+            block = f", {args.block} units" if args.block else ""
+            plan = (f"training {args.model} ({args.unit}, {args.shortcut}{block}) on {args.dataset} "
+                    f"into {args.run_dir}")
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    announce(command, f"{plan}; starting TensorFlow")
+    try:
+        start_backend(verbose)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    return _execute(argv, args)
+
+
+def _execute(argv: Sequence[str], args) -> int:
     from keras_resnet_v2._files import DirectoryBusyError, describe_os_error
     from keras_resnet_v2.training.data import DatasetError
     from keras_resnet_v2.training.loop import NonFiniteLossError
@@ -245,17 +284,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv[:1] == ["evaluate"]:
             from keras_resnet_v2.training.run import evaluate
 
-            args = _eval_parser().parse_args(argv[1:])
             result = evaluate(args.model, args.dataset, args.data_dir, args.batch_size, args.eval_size)
             # Printed as the paper reports: errors in percent to two decimals.
             print(json.dumps({k: round(v, 2 if k.endswith("_percent") else 4) if isinstance(v, float) else v
                               for k, v in result.items()}, indent=2))
             return 0
         if argv[:1] == ["sweep"]:
-            return sweep_main(argv[1:])
+            return sweep_main(args)
         from keras_resnet_v2.training.run import run
 
-        result = run(config_from_args(argv, require=True))
+        result = run(args)
         print(json.dumps(result, indent=2, default=str))
     except (ValueError, DatasetError, FileExistsError, DirectoryBusyError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -81,11 +81,11 @@ def train_steps(model: keras.Model, dataset: tf.data.Dataset, steps: int, learni
     Example:
         >>> losses = train_steps(model, data_lib.pipeline(...), steps=300)
     """
-    from keras_resnet_v2.training import recipes
+    from keras_resnet_v2.training import optimizers
 
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"`steps` must be a positive integer. Received: steps={steps!r}")
-    optimizer = recipes.SGD(learning_rate=learning_rate, momentum=0.9, nesterov=True)
+    optimizer = optimizers.SGD(learning_rate=learning_rate, momentum=0.9, nesterov=True)
     optimizer.build(model.trainable_variables)
 
     @tf.function
@@ -138,7 +138,7 @@ def main(argv=None) -> None:
     from keras_resnet_v2.training import data as data_lib
     from keras_resnet_v2.training import runtime
     from keras_resnet_v2.training.callbacks import atomic_write
-    from keras_resnet_v2.training.run import parse_model
+    from keras_resnet_v2.training.config import parse_model
 
     parser = argparse.ArgumentParser(description="||dL/dx_l|| across depth on a batch of the digits data at "
                                      "initialization and after --steps SGD steps at the warm-up lr 0.01 (Eqn. 5), "

@@ -1,4 +1,4 @@
-"""The paper's training recipes as data, the learning-rate schedule and the optimizer.
+"""The paper's training recipes as data, and the schedule each resolves to for one run.
 
 Sources (FACTS.md, "Training recipe (appendix)"):
 - CIFAR: SGD momentum 0.9 (Nesterov in the authors' code), batch 128, weight decay 1e-4,
@@ -13,7 +13,7 @@ its length in iterations but never more than 5% of the run. `resolve` returns th
 numbers, which the CLI writes to config.json.
 
 Weight decay in the paper's frameworks adds `weight_decay * w` to the gradient before the
-momentum update (an L2 penalty of weight_decay / 2 * ||w||^2). `SGD` here does exactly that
+momentum update (an L2 penalty of weight_decay / 2 * ||w||^2). `optimizers.SGD` does exactly that
 (Keras' own `SGD(weight_decay=...)` is decoupled and differs under momentum). By default it
 decays convolution and dense kernels only, not BatchNorm's gamma/beta nor biases: every conv
 is followed by BN, so decaying a kernel only rescales it and raises its effective learning rate,
@@ -27,10 +27,6 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-import keras
-from keras import ops
-
-PACKAGE = "keras_resnet_v2.training"  # registered names say the defining package
 DECAY_TARGETS = ("kernels", "all")
 
 
@@ -145,83 +141,6 @@ def resolve(recipe: Recipe, global_batch: int, steps_per_epoch: int, *, epochs: 
     rounded = tuple(float(f"{v:.6g}") for v in values)
     return Schedule(total, float(f"{lr:.6g}"), warmup, recipe.warmup_lr * scale if warmup else 0.0,
                     tuple(decay_at), rounded)
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class StepSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """Piecewise-constant learning rate: `values[i]` for `boundaries[i-1] <= step < boundaries[i]`.
-
-    The paper's schedules (warm-up, then division by 10 at fixed iterations) are all of this
-    form. Serializable, so optimizers saved in `.keras` files and backups carry it.
-
-    Example:
-        >>> sched = StepSchedule([400, 32000, 48000], [0.01, 0.1, 0.01, 0.001])
-        >>> float(sched(399)), float(sched(400)), float(sched(48000))
-        (0.01, 0.1, 0.001)
-    """
-
-    def __init__(self, boundaries, values):
-        boundaries, values = [int(b) for b in boundaries], [float(v) for v in values]
-        if len(values) != len(boundaries) + 1:
-            raise ValueError(f"`values` must have one more entry than `boundaries`. Received: "
-                             f"boundaries={boundaries}, values={values}")
-        if boundaries != sorted(boundaries):
-            raise ValueError(f"`boundaries` must be increasing. Received: boundaries={boundaries}")
-        self.boundaries, self.values = boundaries, values
-
-    def __call__(self, step):
-        step = ops.cast(step, "int64")
-        index = ops.sum(ops.cast(ops.greater_equal(step, ops.convert_to_tensor(self.boundaries or [2**62],
-                                                                               "int64")), "int32"))
-        table = ops.convert_to_tensor(self.values, "float32")
-        return ops.take(table, index)
-
-    def get_config(self):
-        return {"boundaries": self.boundaries, "values": self.values}
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class SGD(keras.optimizers.SGD):
-    """SGD with momentum and *coupled* weight decay: `g <- g + weight_decay * w` before momentum.
-
-    That is the paper's (Torch/Caffe) weight decay. `decay="kernels"` decays variables named
-    `kernel` only (conv and dense weights); `decay="all"` decays every trainable variable.
-
-    Example:
-        >>> opt = SGD(StepSchedule([400], [0.01, 0.1]), momentum=0.9, nesterov=True, weight_decay=1e-4)
-    """
-
-    def __init__(self, learning_rate=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4, decay="kernels",
-                 name="sgd", **kwargs):
-        if decay not in DECAY_TARGETS:
-            raise ValueError(f"`decay` must be one of {DECAY_TARGETS}. Received: decay={decay!r}")
-        super().__init__(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov, name=name, **kwargs)
-        self.coupled_weight_decay = float(weight_decay)
-        self.decay = decay
-
-    def decays(self, variable) -> bool:
-        """Whether `variable` (a Keras variable) gets weight decay."""
-        return self.coupled_weight_decay > 0 and (self.decay == "all" or variable.name == "kernel")
-
-    def build(self, variables):
-        super().build(variables)
-        # The backend may hand update_step its own variable type; remember decayed ones by key.
-        self._decayed_keys = {self._var_key(v) for v in variables if self.decays(v)}
-
-    def update_step(self, gradient, variable, learning_rate):
-        if self._var_key(variable) in self._decayed_keys:
-            gradient = ops.add(gradient, ops.multiply(ops.cast(variable, gradient.dtype),
-                                                      ops.cast(self.coupled_weight_decay, gradient.dtype)))
-        super().update_step(gradient, variable, learning_rate)
-
-    def get_config(self):
-        return {**super().get_config(), "weight_decay": self.coupled_weight_decay, "decay": self.decay}
-
-
-def make_optimizer(recipe: Recipe, schedule: Schedule) -> SGD:
-    """The recipe's optimizer over the run's schedule."""
-    return SGD(StepSchedule(schedule.boundaries, schedule.values), momentum=recipe.momentum,
-               nesterov=recipe.nesterov, weight_decay=recipe.weight_decay, decay=recipe.decay)
 
 
 def steps_per_epoch(train_examples: int, global_batch: int) -> int:

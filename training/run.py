@@ -23,123 +23,30 @@ import errno
 import glob
 import json
 import os
-import re
 import shutil
-from dataclasses import dataclass, field
 
 import keras
 import tensorflow as tf
 
 import keras_resnet_v2
-from keras_resnet_v2._files import DirectoryLock, check_writable_directory
+from keras_resnet_v2._files import DirectoryLock
 from keras_resnet_v2.resnet import resolve_config
 from keras_resnet_v2.training import callbacks as cb
 from keras_resnet_v2.training import data as data_lib
-from keras_resnet_v2.training import recipes, runtime
+from keras_resnet_v2.training import optimizers, recipes, runtime
+from keras_resnet_v2.training.config import IDENTITY_FIELDS, TrainConfig, check_settings, parse_model
 from keras_resnet_v2.training.loop import Trainer
-
-MODEL_PATTERN = re.compile(r"resnet(\d+)")
-# Fields that must match to resume a run directory (the rest, e.g. epochs, may change).
-IDENTITY_FIELDS = ("dataset", "model", "block", "unit", "shortcut", "variant_options", "scan", "batch_size",
-                   "precision", "seed")
-
-
-@dataclass
-class TrainConfig:
-    dataset: str = "digits"
-    model: str = "resnet20"
-    unit: str = "full_preact"
-    shortcut: str = "identity"
-    block: str | None = None  # CIFAR units: None (the paper's for the depth), basic, bottleneck or single
-    variant_options: dict = field(default_factory=dict)
-    epochs: int | None = None
-    steps: int | None = None
-    batch_size: int | None = None  # global; default: the recipe's
-    run_dir: str = "runs/default"
-    recipe: str = "paper_cifar"
-    precision: str = "float32"
-    strategy: str = "auto"
-    data_dir: str | None = None
-    export_dir: str | None = None
-    seed: int = 0
-    image_size: int | None = None  # default: the dataset's size, or 224 for ImageNet-style data
-    eval_size: int | None = None  # also test at this crop (ImageNet-style data; the paper's 320)
-    remat: bool = False  # recompute each unit's activations in the backward pass (less memory)
-    scan: bool = False  # units 2..n of each stage as one UnitStack loop (keras_resnet_v2.ResNet(scan=True))
-    fused_batchnorm: bool = True  # train BatchNorm through TensorFlow's fused kernel (runtime.fuse_batchnorm)
-    skip_bad_images: bool = False  # image folders: leave out files that do not decode (default: refuse)
-    verbose: int = 1
-    recipe_overrides: dict = field(default_factory=dict)  # any `recipes.Recipe` field
-
-    @classmethod
-    def from_dict(cls, values: dict, source: str = "the settings") -> TrainConfig:
-        """Checks every key and value type (one-line errors naming `source`, e.g. a config file)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        bad_keys = [k for k in values if not isinstance(k, str)]
-        if bad_keys:
-            raise ValueError(f"Keys in {source} must be setting names (strings). Received: key {bad_keys[0]!r}")
-        overrides = {k: values[k] for k in values if k in recipes.RECIPE_FIELDS and k not in known}
-        unknown = set(values) - known - set(overrides)
-        if unknown:
-            allowed = sorted(known | set(recipes.RECIPE_FIELDS))
-            raise ValueError(f"Unknown keys {sorted(unknown)} in {source}; allowed: {allowed}")
-        for owner in (cls, recipes.Recipe):
-            for f in dataclasses.fields(owner):
-                if f.name in values and (owner is cls or f.name in overrides):
-                    _check_type(f.name, values[f.name], f.type, source)
-        config = cls(**{k: v for k, v in values.items() if k in known})
-        config.recipe_overrides = {**config.recipe_overrides, **overrides}
-        return config
-
-
-# Annotation names (this module and recipes use postponed annotations: strings) -> accepted types.
-_TYPES = {"str": (str,), "int": (int,), "float": (float, int), "bool": (bool,), "dict": (dict,),
-          "tuple": (tuple, list), "None": (type(None),)}
-
-
-def _check_type(key: str, value, annotation: str, source: str) -> None:
-    names = [name.strip() for name in str(annotation).split("|")]
-    if any(name not in _TYPES for name in names):
-        return  # a type this check does not know is left to the code that uses it
-    accepted = tuple(t for name in names for t in _TYPES[name])
-    if isinstance(value, bool) and bool not in accepted:  # True is an int to Python, not a count here
-        accepted = ()
-    if not isinstance(value, accepted):
-        expected = " or ".join({"str": "a string", "int": "an integer", "float": "a number", "bool": "true/false",
-                                "dict": "a mapping", "tuple": "a list", "None": "null"}[name] for name in names)
-        raise ValueError(f"`{key}` in {source} must be {expected}. Received: {key}={value!r} "
-                         f"({type(value).__name__})")
-
-
-def parse_model(name: str) -> int:
-    match = MODEL_PATTERN.fullmatch(str(name).lower())
-    if not match:
-        raise ValueError(f"`model` must be 'resnet' followed by a depth, e.g. resnet20, resnet164, resnet50. "
-                         f"Received: model={name!r}")
-    return int(match.group(1))
 
 
 def check_config(config: TrainConfig) -> recipes.Recipe:
     """Validates everything that needs no data or devices; returns the effective recipe."""
-    # The builder's own checks (depth, unit, shortcut, variant options), before any data is read.
-    # Precision and strategy names are checked by runtime.set_precision / make_strategy, which
-    # run() calls next, also before anything is written.
+    # The builder's own checks (depth, unit, shortcut, variant options), before any data is read;
+    # then the settings' own (`config.check_settings`, which the command line runs first).
     resolve_config(parse_model(config.model), unit=config.unit, shortcut=config.shortcut, family=None,
                    block=config.block, stride_in="first", input_shape=None, input_tensor=None, include_top=True,
                    pooling=None, classes=None, classifier_activation="softmax", weights=None, dtype=None, name=None,
                    variant_options=config.variant_options, remat=config.remat, scan=config.scan)
-    if config.epochs is not None and config.steps is not None:
-        raise ValueError(f"Give `epochs` or `steps`, not both. Received: epochs={config.epochs}, steps={config.steps}")
-    for name in ("epochs", "steps", "batch_size", "image_size", "eval_size"):
-        value = getattr(config, name)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    if not config.run_dir or not isinstance(config.run_dir, str):
-        raise ValueError(f"`run_dir` must be a directory path. Received: run_dir={config.run_dir!r}")
-    check_writable_directory(config.run_dir, "`run_dir`")
-    # `batch_size` is this run's global batch; the recipe's own batch stays the reference of the
-    # linear lr scaling (lr x global batch / recipe batch, FACTS.md: 0.1 at 128 for CIFAR).
-    return recipes.get_recipe(config.recipe, **config.recipe_overrides)
+    return check_settings(config)
 
 
 def build_model(config: TrainConfig, info: data_lib.DatasetInfo, image_size: int, mean, variance) -> keras.Model:
@@ -307,7 +214,7 @@ def _run(config: TrainConfig, held: contextlib.ExitStack) -> dict:
     mean, variance = data_lib.normalization_statistics(splits.train, recipe.normalization)
     with strategy.scope():
         model = build_model(config, info, image_size, mean, variance)  # fused BatchNorm unless turned off
-        optimizer = runtime.wrap_optimizer(recipes.make_optimizer(recipe, schedule), config.precision)
+        optimizer = runtime.wrap_optimizer(optimizers.make_optimizer(recipe, schedule), config.precision)
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="completed_epochs")
     trainer = Trainer(model, optimizer, strategy, global_batch)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, completed_epochs=epoch_var)

@@ -9,9 +9,7 @@ import keras
 import tensorflow as tf
 
 from keras_resnet_v2.speed import fuse_batchnorm  # noqa: F401  (re-exported: training.fuse_batchnorm)
-
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
+from keras_resnet_v2.training.config import PRECISIONS, STRATEGIES
 
 
 def set_precision(precision: str) -> keras.DTypePolicy:

@@ -125,8 +125,9 @@ def run_sweep(table: int, *, run_dir: str, dataset: str = "cifar10", model: str 
     recipe, precision, strategy, data_dir, verbose, ...). A run whose loss becomes NaN or Inf is
     recorded with status `diverged` (the paper's "fail" rows may do that) and the sweep goes on.
     """
+    from keras_resnet_v2.training.config import TrainConfig
     from keras_resnet_v2.training.loop import NonFiniteLossError
-    from keras_resnet_v2.training.run import TrainConfig, check_config, run
+    from keras_resnet_v2.training.run import check_config, run
 
     entries = plan(table, model, dataset, seeds, run_dir)
     configs = [TrainConfig(dataset=dataset, model=model, unit=e["unit"], shortcut=e["shortcut"], block=e["block"],

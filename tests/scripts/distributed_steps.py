@@ -17,7 +17,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_resnet_v2  # noqa: E402
-from keras_resnet_v2.training import recipes, runtime  # noqa: E402
+from keras_resnet_v2.training import optimizers, recipes, runtime  # noqa: E402
 from keras_resnet_v2.training.loop import Trainer  # noqa: E402
 
 runtime.set_precision(precision)
@@ -33,7 +33,7 @@ with strategy.scope():
     assert runtime.fuse_batchnorm(model) == 0  # ResNet() trains BatchNorm fused under TensorFlow already
     recipe = recipes.get_recipe("paper_cifar", batch_size=global_batch)
     schedule = recipes.resolve(recipe, global_batch, 2, steps=3)
-    optimizer = runtime.wrap_optimizer(recipes.make_optimizer(recipe, schedule), precision)
+    optimizer = runtime.wrap_optimizer(optimizers.make_optimizer(recipe, schedule), precision)
 trainer = Trainer(model, optimizer, strategy, global_batch)
 rng = np.random.default_rng(1)
 images = rng.uniform(0, 1, (64, 16, 16, 3)).astype("float32")

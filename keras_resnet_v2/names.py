@@ -1,0 +1,37 @@
+"""The builder's vocabulary as plain data: every name `ResNet(...)` accepts, and its check.
+
+Nothing here imports Keras, so the command lines offer these names as choices (and refuse a
+wrong one) before any backend starts. `variants.py` keys its Fig. 4 and Fig. 2 tables by the same
+names (tests/test_architecture.py checks they agree).
+
+Example:
+    >>> from keras_resnet_v2.names import UNITS, check_choice
+    >>> check_choice("unit", "preact", UNITS)
+    Traceback (most recent call last):
+    ValueError: `unit` must be one of 'original', ... Received: unit='preact'
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+# Fig. 4 (a)-(e): where BN and ReLU sit in a residual unit.
+UNITS: tuple[str, ...] = ("original", "bn_after_addition", "relu_before_addition", "relu_only_preact", "full_preact")
+# Fig. 2 (a)-(f): what the shortcut does.
+SHORTCUT_NAMES: tuple[str, ...] = ("identity", "constant_scaling", "exclusive_gating", "shortcut_only_gating",
+                                   "conv1x1", "dropout")
+FAMILIES: tuple[str, ...] = ("cifar", "imagenet")
+BLOCKS: tuple[str, ...] = ("basic", "bottleneck", "single")
+STRIDE_IN: tuple[str, ...] = ("first", "last")
+POOLINGS: tuple[Optional[str], ...] = (None, "avg", "max")
+
+
+def choices(values: Sequence) -> str:
+    """`'a', 'b', 'c'`: allowed values as an error message lists them."""
+    return ", ".join(repr(v) for v in values)
+
+
+def check_choice(arg: str, value, allowed: Sequence) -> None:
+    """A one-line ValueError naming `arg`, the allowed values and the received one."""
+    if value not in allowed:
+        raise ValueError(f"`{arg}` must be one of {choices(allowed)}. Received: {arg}={value!r}")

@@ -1,0 +1,192 @@
+"""Light imports and quick command lines (issue 15): no backend until one is needed.
+
+- `import keras_resnet_v2` (and `.training`, `.export`) imports no Keras, TensorFlow, JAX or
+  PyTorch; names load on first use; Keras' registry knows our classes whatever the import order.
+- `--help` and argument errors of every command line are answered before any backend is
+  imported (exit codes and messages checked); the time is measured in benchmarks/startup.py.
+- TensorFlow's start-up lines are captured while it starts and replayed only if starting fails.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import keras_resnet_v2 as krv2
+from keras_resnet_v2 import _startup
+from keras_resnet_v2.names import BLOCKS, SHORTCUT_NAMES, UNITS
+from keras_resnet_v2.variants import SHORTCUTS, UNIT_SPECS
+
+BACKENDS = ("keras", "tensorflow", "jax", "torch")
+
+
+def _python(code, env=None, timeout=300, drop=()):
+    env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in drop}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+def test_the_names_module_lists_the_variant_tables_keys():
+    assert UNITS == tuple(UNIT_SPECS) and SHORTCUT_NAMES == tuple(SHORTCUTS)
+    assert krv2.UNITS is UNITS and set(BLOCKS) == {"basic", "bottleneck", "single"}
+
+
+def test_importing_the_packages_loads_no_backend_and_names_load_on_first_use():
+    result = _python(f"""
+        import json, sys
+        import keras_resnet_v2, keras_resnet_v2.training, keras_resnet_v2.export
+        before = [m for m in {BACKENDS!r} if m in sys.modules]
+        names = sorted(set(keras_resnet_v2.__all__) - set(dir(keras_resnet_v2)))
+        units = keras_resnet_v2.UNITS  # plain data: still no backend
+        light = [m for m in {BACKENDS!r} if m in sys.modules]
+        try:
+            keras_resnet_v2.ResNet21
+        except AttributeError as error:
+            missing = str(error)
+        model = keras_resnet_v2.ResNet20(input_shape=(16, 16, 3), classes=3)
+        print(json.dumps({{"before": before, "light": light, "not_in_dir": names, "missing": missing,
+                          "params": model.count_params(), "keras": "keras" in sys.modules,
+                          "sgd": keras_resnet_v2.training.SGD.__module__}}))
+    """)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["before"] == [] and report["light"] == [] and report["not_in_dir"] == []
+    assert report["missing"] == "module 'keras_resnet_v2' has no attribute 'ResNet21'"
+    assert report["keras"] and report["params"] == krv2.ResNet20(input_shape=(16, 16, 3), classes=3).count_params()
+    assert report["sgd"] == "keras_resnet_v2.training.optimizers"
+
+
+@pytest.fixture(scope="module")
+def saved_files(tmp_path_factory):
+    """A stacked ResNet with a Standardize front, and a compiled one (the training package's SGD)."""
+    from keras_resnet_v2.training import optimizers
+
+    folder = tmp_path_factory.mktemp("saved")
+    inputs = keras.Input((16, 16, 3))
+    x = krv2.Standardize(mean=[120.0, 110.0, 100.0], variance=[3000.0, 3000.0, 3000.0])(inputs)
+    model = krv2.ResNet20(input_tensor=x, classes=3, scan=True)
+    model.save(folder / "stacked.keras")
+    model.compile(optimizer=optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    model.save(folder / "compiled.keras")
+    x = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype("float32")
+    return folder, np.asarray(model(x, training=False))
+
+
+# Ways a user might import before `keras.models.load_model`: the package, then Keras; a submodule
+# that imports Keras from its first lines (registration then waits for it to finish); the training
+# package (its SGD). Keras first, then the package: tests/test_packaging.py's LOAD_SCRIPT.
+ORDERS = {
+    "package_then_keras": "import keras_resnet_v2\nimport keras",
+    "layers_module_first": "from keras_resnet_v2.layers import Standardize\nimport keras",
+    "tensorflow_kernels_first": "import keras_resnet_v2._kernels\nimport keras",
+    "training_then_keras": "import keras_resnet_v2.training\nimport keras",
+}
+
+
+@pytest.mark.parametrize("order", sorted(ORDERS))
+def test_saved_models_load_whatever_the_import_order(saved_files, order):
+    folder, expected = saved_files
+    name = "compiled.keras" if order.startswith("training") else "stacked.keras"
+    result = _python(ORDERS[order] + textwrap.dedent(f"""
+        import json, numpy as np
+        model = keras.models.load_model({str(folder / name)!r})
+        x = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype("float32")
+        print(json.dumps({{"y": np.asarray(model(x, training=False)).tolist(),
+                          "layers": sorted({{type(layer).__name__ for layer in model.layers}}),
+                          "optimizer": type(model.optimizer).__module__ if getattr(model, "optimizer", None)
+                                       else None}}))
+    """), env={"TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {"Standardize", "UnitStack"} <= set(report["layers"])
+    np.testing.assert_allclose(report["y"], expected, rtol=1e-5, atol=1e-6)
+    if order.startswith("training"):
+        assert report["optimizer"] == "keras_resnet_v2.training.optimizers"
+
+
+# (command-line module, argv, exit code, what the output must hold): parsed and refused, or
+# answered, before any backend is imported.
+FAST = {
+    "train_help": ("keras_resnet_v2.training.cli", ["--help"], 0, "resnet-v2-train evaluate"),
+    "train_no_arguments": ("keras_resnet_v2.training.cli", [], 2, "the following arguments are required"),
+    "train_bad_unit": ("keras_resnet_v2.training.cli", ["--dataset", "digits", "--model", "resnet20", "--run-dir",
+                                                        "r", "--unit", "preact"], 2, "invalid choice: 'preact'"),
+    "train_bad_model": ("keras_resnet_v2.training.cli", ["--dataset", "digits", "--model", "vgg16", "--run-dir", "r"],
+                        2, "`model` must be 'resnet' followed by a depth"),
+    "train_zero_epochs": ("keras_resnet_v2.training.cli", ["--dataset", "digits", "--model", "resnet20", "--run-dir",
+                                                           "r", "--epochs", "0"], 2, "Received: epochs=0"),
+    "train_bad_precision": ("keras_resnet_v2.training.cli", ["--dataset", "digits", "--model", "resnet20",
+                                                             "--run-dir", "r", "--precision", "fp16"], 2,
+                            "invalid choice: 'fp16'"),
+    "evaluate_help": ("keras_resnet_v2.training.cli", ["evaluate", "--help"], 0, "--eval-size"),
+    "evaluate_missing_model": ("keras_resnet_v2.training.cli", ["evaluate", "--model", "nothing.keras", "--dataset",
+                                                                "digits"], 2, "MODEL must be a .keras file"),
+    "sweep_bad_table": ("keras_resnet_v2.training.cli", ["sweep", "--table", "4", "--run-dir", "r"], 2,
+                        "invalid choice: 4"),
+    "export_help": ("keras_resnet_v2.export.__main__", ["--help"], 0, "--savedmodel"),
+    "export_verify_help": ("keras_resnet_v2.export.__main__", ["verify", "--help"], 0, "VERSION_DIR"),
+    "export_missing_model": ("keras_resnet_v2.export.__main__", ["nothing.keras", "--onnx", "m.onnx"], 1,
+                             "MODEL must be a .keras file"),
+    "describe_help": ("keras_resnet_v2.__main__", ["--help"], 0, "--shortcut"),
+    "describe_bad_shortcut": ("keras_resnet_v2.__main__", ["110", "--shortcut", "gate"], 2, "invalid choice: 'gate'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FAST))
+def test_help_and_argument_errors_come_before_any_backend(case, tmp_path):
+    module, argv, code, expected = FAST[case]
+    result = _python(f"""
+        import contextlib, io, json, sys
+        from {module} import main
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            try:
+                code = main({argv!r})
+            except SystemExit as stop:
+                code = stop.code
+        print(json.dumps({{"code": code, "out": out.getvalue(),
+                          "backends": [m for m in {BACKENDS!r} if m in sys.modules]}}))
+    """)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["code"] == code and expected in report["out"], report
+    assert report["backends"] == [], f"{case} imported {report['backends']}"
+    if code:  # one line saying what is wrong (argparse adds its usage lines before it)
+        assert report["out"].strip().splitlines()[-1].startswith(("error: ", "resnet-v2-train: error:",
+                                                                  "resnet-v2-train sweep: error:",
+                                                                  "python -m keras_resnet_v2: error:"))
+
+
+def test_captured_start_up_lines_are_hidden_and_replayed_on_failure():
+    result = _python("""
+        import os, sys
+        from keras_resnet_v2._startup import _stderr_captured
+        with _stderr_captured():
+            os.write(2, b"hidden start-up line\\n")
+        try:
+            with _stderr_captured():
+                os.write(2, b"the reason it failed\\n")
+                raise ImportError("backend missing")
+        except ImportError:
+            pass
+        os.write(2, b"after\\n")
+    """)
+    assert result.returncode == 0
+    assert result.stderr == "the reason it failed\nafter\n"
+
+
+def test_start_backend_quiets_tensorflow_unless_verbose_or_set_by_the_user(monkeypatch):
+    levels = []  # TF_CPP_MIN_LOG_LEVEL as the backend would see it when it starts
+    monkeypatch.setattr(_startup, "_start", lambda: levels.append(os.environ.get("TF_CPP_MIN_LOG_LEVEL")))
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    _startup.start_backend(verbose=True)
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    _startup.start_backend()
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    _startup.start_backend()
+    assert levels == [None, _startup.QUIET_LEVEL, "0"] and _startup.QUIET_LEVEL == "2"

@@ -1,0 +1,124 @@
+"""A training run's settings (`TrainConfig`), checked without importing Keras or TensorFlow.
+
+The command line builds a `TrainConfig` from its flags and `--config` file and checks every key,
+type and name here, so a mistyped setting is one line in well under a second; `run.check_config`
+then adds the builder's own checks (depth, unit, shortcut, variant options).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+
+from keras_resnet_v2._files import check_writable_directory
+from keras_resnet_v2.training import recipes
+
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
+MODEL_PATTERN = re.compile(r"resnet(\d+)")
+# Fields that must match to resume a run directory (the rest, e.g. epochs, may change).
+IDENTITY_FIELDS = ("dataset", "model", "block", "unit", "shortcut", "variant_options", "scan", "batch_size",
+                   "precision", "seed")
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "digits"
+    model: str = "resnet20"
+    unit: str = "full_preact"
+    shortcut: str = "identity"
+    block: str | None = None  # CIFAR units: None (the paper's for the depth), basic, bottleneck or single
+    variant_options: dict = field(default_factory=dict)
+    epochs: int | None = None
+    steps: int | None = None
+    batch_size: int | None = None  # global; default: the recipe's
+    run_dir: str = "runs/default"
+    recipe: str = "paper_cifar"
+    precision: str = "float32"
+    strategy: str = "auto"
+    data_dir: str | None = None
+    export_dir: str | None = None
+    seed: int = 0
+    image_size: int | None = None  # default: the dataset's size, or 224 for ImageNet-style data
+    eval_size: int | None = None  # also test at this crop (ImageNet-style data; the paper's 320)
+    remat: bool = False  # recompute each unit's activations in the backward pass (less memory)
+    scan: bool = False  # units 2..n of each stage as one UnitStack loop (keras_resnet_v2.ResNet(scan=True))
+    fused_batchnorm: bool = True  # train BatchNorm through TensorFlow's fused kernel (runtime.fuse_batchnorm)
+    skip_bad_images: bool = False  # image folders: leave out files that do not decode (default: refuse)
+    verbose: int = 1
+    recipe_overrides: dict = field(default_factory=dict)  # any `recipes.Recipe` field
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "the settings") -> TrainConfig:
+        """Checks every key and value type (one-line errors naming `source`, e.g. a config file)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        bad_keys = [k for k in values if not isinstance(k, str)]
+        if bad_keys:
+            raise ValueError(f"Keys in {source} must be setting names (strings). Received: key {bad_keys[0]!r}")
+        overrides = {k: values[k] for k in values if k in recipes.RECIPE_FIELDS and k not in known}
+        unknown = set(values) - known - set(overrides)
+        if unknown:
+            allowed = sorted(known | set(recipes.RECIPE_FIELDS))
+            raise ValueError(f"Unknown keys {sorted(unknown)} in {source}; allowed: {allowed}")
+        for owner in (cls, recipes.Recipe):
+            for f in dataclasses.fields(owner):
+                if f.name in values and (owner is cls or f.name in overrides):
+                    _check_type(f.name, values[f.name], f.type, source)
+        config = cls(**{k: v for k, v in values.items() if k in known})
+        config.recipe_overrides = {**config.recipe_overrides, **overrides}
+        return config
+
+
+# Annotation names (this module and recipes use postponed annotations: strings) -> accepted types.
+_TYPES = {"str": (str,), "int": (int,), "float": (float, int), "bool": (bool,), "dict": (dict,),
+          "tuple": (tuple, list), "None": (type(None),)}
+
+
+def _check_type(key: str, value, annotation: str, source: str) -> None:
+    names = [name.strip() for name in str(annotation).split("|")]
+    if any(name not in _TYPES for name in names):
+        return  # a type this check does not know is left to the code that uses it
+    accepted = tuple(t for name in names for t in _TYPES[name])
+    if isinstance(value, bool) and bool not in accepted:  # True is an int to Python, not a count here
+        accepted = ()
+    if not isinstance(value, accepted):
+        expected = " or ".join({"str": "a string", "int": "an integer", "float": "a number", "bool": "true/false",
+                                "dict": "a mapping", "tuple": "a list", "None": "null"}[name] for name in names)
+        raise ValueError(f"`{key}` in {source} must be {expected}. Received: {key}={value!r} "
+                         f"({type(value).__name__})")
+
+
+def parse_model(name: str) -> int:
+    match = MODEL_PATTERN.fullmatch(str(name).lower())
+    if not match:
+        raise ValueError(f"`model` must be 'resnet' followed by a depth, e.g. resnet20, resnet164, resnet50. "
+                         f"Received: model={name!r}")
+    return int(match.group(1))
+
+
+def check_settings(config: TrainConfig) -> recipes.Recipe:
+    """Every check that needs no Keras, data or devices; returns the effective recipe.
+
+    Model name (not yet its depth), lengths, sizes, run directory, precision, strategy, recipe
+    and its overrides. Example:
+        >>> check_settings(TrainConfig(model="resnet20", epochs=0))
+        Traceback (most recent call last):
+        ValueError: `epochs` must be a positive integer. Received: epochs=0
+    """
+    parse_model(config.model)
+    if config.epochs is not None and config.steps is not None:
+        raise ValueError(f"Give `epochs` or `steps`, not both. Received: epochs={config.epochs}, steps={config.steps}")
+    for name in ("epochs", "steps", "batch_size", "image_size", "eval_size"):
+        value = getattr(config, name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+    for name, allowed in (("precision", PRECISIONS), ("strategy", STRATEGIES)):
+        if getattr(config, name) not in allowed:
+            raise ValueError(f"`{name}` must be one of {allowed}. Received: {name}={getattr(config, name)!r}")
+    if not config.run_dir or not isinstance(config.run_dir, str):
+        raise ValueError(f"`run_dir` must be a directory path. Received: run_dir={config.run_dir!r}")
+    check_writable_directory(config.run_dir, "`run_dir`")
+    # `batch_size` is this run's global batch; the recipe's own batch stays the reference of the
+    # linear lr scaling (lr x global batch / recipe batch, FACTS.md: 0.1 at 128 for CIFAR).
+    return recipes.get_recipe(config.recipe, **config.recipe_overrides)
