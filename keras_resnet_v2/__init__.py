@@ -35,9 +35,10 @@ __version__ = "0.1.0"
 # `import keras_resnet_v2` is instant and loads no backend (keras_resnet_v2._lazy).
 EXPORTS = {
     "convert": ("copy_weights", "to_plain", "to_stacked"),
+    "depths": ("IMAGENET_DEPTHS", "resolve_depth"),
     "layers": ("ConstantScale", "GatedSum", "Rematerialized", "Standardize"),
     "names": ("BLOCKS", "FAMILIES", "POOLINGS", "SHORTCUT_NAMES", "STRIDE_IN", "UNITS"),
-    "resnet": ("IMAGENET_DEPTHS", "ResNet", "ResNet18", "ResNet20", "ResNet32", "ResNet34", "ResNet44", "ResNet50",
+    "resnet": ("ResNet", "ResNet18", "ResNet20", "ResNet32", "ResNet34", "ResNet44", "ResNet50",
                "ResNet56", "ResNet101", "ResNet110", "ResNet152", "ResNet164", "ResNet200", "ResNet1001", "ResNet1202",
                "ensure_recursion_limit"),
     "speed": ("build_optimizer", "fuse_batchnorm"),

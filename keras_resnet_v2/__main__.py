@@ -17,6 +17,7 @@ import time
 from typing import Optional, Sequence
 
 from keras_resnet_v2._startup import VERBOSE_HELP, announce, start_backend
+from keras_resnet_v2.depths import resolve_depth
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,6 +73,11 @@ def describe(depth: int, unit: str, shortcut: str, family: Optional[str] = None,
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Arguments first (no backend yet), one line saying what runs, then the backend, quietly."""
     args = _parser().parse_args(argv)
+    try:
+        resolve_depth(args.depth, args.family, args.block)  # before any backend starts
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     announce("keras-resnet-v2", f"building ResNet-{args.depth} ({args.unit}, {args.shortcut}); starting Keras")
     start_backend(args.verbose)
     try:

@@ -15,8 +15,9 @@ from typing import Any, Optional
 import keras
 import numpy as np
 
+from keras_resnet_v2.depths import CIFAR_LAYERS_PER_UNIT, IMAGENET_DEPTHS
 from keras_resnet_v2.layers import ConstantScale, GatedSum, Rematerialized
-from keras_resnet_v2.resnet import CIFAR_LAYERS_PER_UNIT, IMAGENET_DEPTHS, ResNet
+from keras_resnet_v2.resnet import ResNet
 from keras_resnet_v2.stack import UnitStack
 from keras_resnet_v2.variants import UNIT_SPECS
 

@@ -7,19 +7,22 @@ named constructors (`ResNet1001`, `ResNet50`, ...) are thin wrappers over it.
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import sys
 import warnings
-import zipfile
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Union
 
 import keras
 
+from keras_resnet_v2.depths import (
+    FAMILY_SPECS,
+    Family,
+    resolve_depth,
+)
 from keras_resnet_v2.layers import Rematerialized
-from keras_resnet_v2.names import BLOCKS, FAMILIES, POOLINGS, SHORTCUT_NAMES, STRIDE_IN, UNITS, check_choice, choices
+from keras_resnet_v2.names import POOLINGS, SHORTCUT_NAMES, STRIDE_IN, UNITS, check_choice
 from keras_resnet_v2.speed import fuse_batchnorm
 from keras_resnet_v2.stack import UnitStack, branch_layout
 from keras_resnet_v2.variants import (
@@ -30,6 +33,7 @@ from keras_resnet_v2.variants import (
     kernel_initializer,
     resolve_shortcut_options,
 )
+from keras_resnet_v2.weights import check_weights_path, load_weights
 
 # BatchNorm as in the authors' Torch code: momentum 0.1 there is 0.9 here, eps 1e-5.
 BN_MOMENTUM = 0.9
@@ -42,79 +46,10 @@ DEEP_GRAPH_RECURSION_LIMIT = 10_000
 # Above this many residual units, ResNet warns that mixed_float16 training overflows (ResNet-1001: 333).
 FLOAT16_UNIT_LIMIT = 100
 
-# The deepest network built here. The paper's deepest is ResNet-1202; far deeper graphs need more
-# recursion than Python's C stack safely gives Keras' graph walks (the limit is 40 frames a unit).
-MAX_DEPTH = 2_000
-
-
 def ensure_recursion_limit(limit: int = DEEP_GRAPH_RECURSION_LIMIT) -> None:
     """Raises Python's recursion limit to at least `limit` (called at import)."""
     if sys.getrecursionlimit() < limit:
         sys.setrecursionlimit(limit)
-
-
-# ------------------------------------------------------------------- depth tables
-
-
-@dataclass(frozen=True)
-class Family:
-    """The fixed parts of a network layout (FACTS.md "CIFAR/ImageNet architecture")."""
-
-    widths: tuple[int, ...]  # basic-unit width per stage; bottleneck inner width
-    stem_kernel: int
-    stem_stride: int
-    stem_pool: bool  # 3x3/2 max pool after the stem
-    bottleneck_stride_conv: int  # which conv of a bottleneck carries the stride
-    input_shape: tuple[int, int, int]
-    classes: int
-
-    @property
-    def total_stride(self) -> int:
-        return self.stem_stride * (2 if self.stem_pool else 1) * 2 ** (len(self.widths) - 1)
-
-
-FAMILY_SPECS: dict[str, Family] = {
-    # 3x3 stem, 16 filters; stages at 32/16/8. The authors' CIFAR code puts the
-    # stride of a bottleneck on its first 1x1 conv (index 0).
-    "cifar": Family((16, 32, 64), 3, 1, False, 0, (32, 32, 3), 10),
-    # 7x7/2 stem + 3x3/2 max pool; fb.resnet.torch puts the stride on the 3x3 (index 1).
-    "imagenet": Family((64, 128, 256, 512), 7, 2, True, 1, (224, 224, 3), 1000),
-}
-
-# ImageNet: units per stage (paper / FACTS.md). A new depth is one line.
-IMAGENET_DEPTHS: dict[int, tuple[str, tuple[int, ...]]] = {
-    18: ("basic", (2, 2, 2, 2)),
-    34: ("basic", (3, 4, 6, 3)),
-    50: ("bottleneck", (3, 4, 6, 3)),
-    101: ("bottleneck", (3, 4, 23, 3)),
-    152: ("bottleneck", (3, 8, 36, 3)),
-    200: ("bottleneck", (3, 24, 36, 3)),
-}
-
-# CIFAR: depth = 6n + 2 (basic, 2 convs a unit) or 9n + 2 (bottleneck, 3 convs);
-# n units in each of the 3 stages. The paper's own choice where both forms fit.
-# "single" (one 3x3 conv a unit, depth 3n + 2) is Table 3's "ResNet-110 (1-layer skip)": asked
-# for by name only, never picked for a depth.
-CIFAR_LAYERS_PER_UNIT = {"basic": 2, "bottleneck": 3, "single": 1}
-CIFAR_DEPTH_FORMS = {"basic": "6n+2", "bottleneck": "9n+2", "single": "3n+2"}
-CIFAR_DEFAULT_BLOCKS = ("basic", "bottleneck")
-CIFAR_PAPER_BLOCKS: dict[int, str] = {
-    20: "basic", 32: "basic", 44: "basic", 56: "basic", 110: "basic", 1202: "basic",
-    164: "bottleneck", 1001: "bottleneck",
-}
-
-
-def cifar_units_per_stage(depth: int, block: str) -> Optional[int]:
-    """n for a CIFAR depth of `block` units, or None if `depth` is not of that form."""
-    per_unit = 3 * CIFAR_LAYERS_PER_UNIT[block]
-    n, rest = divmod(depth - 2, per_unit)
-    return n if rest == 0 and n >= 1 else None
-
-
-def _nearest_cifar_depths(depth: int, block: str) -> tuple[int, ...]:
-    per_unit = 3 * CIFAR_LAYERS_PER_UNIT[block]
-    below = (depth - 2) // per_unit * per_unit + 2
-    return tuple(d for d in (below, below + per_unit) if d >= per_unit + 2)
 
 
 # -------------------------------------------------------------------- validation
@@ -137,46 +72,6 @@ class Config:
     dtype: Any
     remat: bool = False
     scan: bool = False
-
-
-def _resolve_depth(depth, family, block) -> tuple[str, str, tuple[int, ...]]:
-    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
-        raise ValueError(f"`depth` must be a positive integer. Received: depth={depth!r}")
-    if depth > MAX_DEPTH:
-        raise ValueError(f"`depth` must be at most {MAX_DEPTH:,} (the paper's deepest is 1202). "
-                         f"Received: depth={depth!r}")
-    check_choice("family", family, (None,) + FAMILIES)
-    check_choice("block", block, (None,) + BLOCKS)
-    if family is None:  # the named depth sets of the two families do not overlap
-        family = "imagenet" if depth in IMAGENET_DEPTHS else "cifar"
-
-    if family == "imagenet":
-        if depth not in IMAGENET_DEPTHS:
-            raise ValueError(
-                f"`depth` for family='imagenet' must be one of {choices(sorted(IMAGENET_DEPTHS))}. "
-                f"Received: depth={depth!r}"
-            )
-        table_block, units = IMAGENET_DEPTHS[depth]
-        if block not in (None, table_block):
-            raise ValueError(
-                f"ImageNet ResNet-{depth} uses {table_block!r} units. Received: block={block!r}"
-            )
-        return family, table_block, units
-
-    candidates = [block] if block else [CIFAR_PAPER_BLOCKS.get(depth, "basic"), *CIFAR_DEFAULT_BLOCKS]
-    for candidate in candidates:
-        n = cifar_units_per_stage(depth, candidate)
-        if n:
-            return family, candidate, (n,) * len(FAMILY_SPECS["cifar"].widths)
-    forms = [
-        f"{b} units need {CIFAR_DEPTH_FORMS[b]} "
-        f"(nearest: {' or '.join(map(str, _nearest_cifar_depths(depth, b)))})"
-        for b in ([block] if block else CIFAR_DEFAULT_BLOCKS)
-    ]
-    raise ValueError(
-        f"`depth` {depth} is not a CIFAR ResNet depth: {'; '.join(forms)}. "
-        f"ImageNet depths are {choices(sorted(IMAGENET_DEPTHS))}. Received: depth={depth!r}"
-    )
 
 
 def _resolve_input_shape(input_shape, input_tensor, family: Family) -> tuple:
@@ -226,31 +121,13 @@ def _resolve_dtype(dtype):
         ) from error
 
 
-def _check_weights_path(weights) -> None:
-    if weights is None:
-        return
-    if not isinstance(weights, (str, os.PathLike)):
-        raise ValueError(
-            "`weights` must be None or the path of a `.keras` or `.weights.h5` file. "
-            f"Received: weights={weights!r}"
-        )
-    path = os.fspath(weights)
-    if not (path.endswith(".keras") or path.endswith(".weights.h5")):
-        raise ValueError(
-            "`weights` must be None or the path of a `.keras` or `.weights.h5` file "
-            f"(pretrained downloads are not offered). Received: weights={weights!r}"
-        )
-    if not os.path.isfile(path):
-        raise ValueError(f"`weights` file does not exist. Received: weights={weights!r}")
-
-
 def resolve_config(
     depth, *, unit, shortcut, family, block, stride_in, input_shape, input_tensor,
     include_top, pooling, classes, classifier_activation, weights, dtype, name, variant_options,
     remat: bool = False, scan: bool = False, fused_batchnorm: bool = True,
 ) -> Config:
     """Checks every argument of `ResNet` before any layer is built."""
-    family, block, units = _resolve_depth(depth, family, block)
+    family, block, units = resolve_depth(depth, family, block)
     check_choice("unit", unit, UNITS)
     check_choice("shortcut", shortcut, SHORTCUT_NAMES)
     options = resolve_shortcut_options(shortcut, variant_options)
@@ -280,7 +157,7 @@ def resolve_config(
             "keras_resnet_v2 builds channels_last models. Received: "
             f"keras.config.image_data_format()={keras.config.image_data_format()!r}"
         )
-    _check_weights_path(weights)
+    check_weights_path(weights)
     for arg, value in (("remat", remat), ("scan", scan), ("fused_batchnorm", fused_batchnorm)):
         if not isinstance(value, bool):
             raise ValueError(f"`{arg}` must be True or False. Received: {arg}={value!r}")
@@ -452,63 +329,6 @@ def build_features(ops: _Ops, x, cfg: Config):
     return ops.apply(x, spec.head, "post")
 
 
-# ---------------------------------------------------------------- weights
-
-
-def _weight_shapes_in_file(path: str) -> list[tuple]:
-    import h5py  # a Keras dependency
-
-    def shapes(handle) -> list[tuple]:
-        found: list[tuple] = []
-        layers = handle.get("layers")
-        if layers is not None:
-            layers.visititems(
-                lambda _, obj: found.append(tuple(obj.shape)) if isinstance(obj, h5py.Dataset) else None
-            )
-        return found
-
-    try:
-        if path.endswith(".keras"):
-            with zipfile.ZipFile(path) as archive:
-                data = archive.read("model.weights.h5")
-            with h5py.File(io.BytesIO(data), "r") as handle:
-                return shapes(handle)
-        with h5py.File(path, "r") as handle:
-            return shapes(handle)
-    except (OSError, KeyError, zipfile.BadZipFile) as error:
-        raise ValueError(
-            f"`weights` is not a readable Keras weights file ({error}). Received: weights={path!r}"
-        ) from error
-
-
-def _load_weights(model: keras.Model, path: str) -> None:
-    path = os.fspath(path)
-    expected = sorted(tuple(w.shape) for w in model.weights)
-    found = sorted(_weight_shapes_in_file(path))
-    if found != expected:
-        stacked_file, stacked_model = (any(len(s) == 5 for s in shapes) for shapes in (found, expected))
-        if stacked_file != stacked_model:
-            forms = {True: "stacked form (scan=True)", False: "per-unit form (scan=False)"}
-            raise ValueError(
-                f"`weights` file was saved from the {forms[stacked_file]}, this model is in the "
-                f"{forms[stacked_model]}: build with scan={stacked_file}, or load it into that form and "
-                f"convert with keras_resnet_v2.{'to_plain' if stacked_file else 'to_stacked'}. "
-                f"Received: weights={path!r}")
-        raise ValueError(
-            f"`weights` file does not fit this architecture: it holds {len(found)} arrays "
-            f"({sum(math.prod(s) for s in found):,} values), the model has {len(expected)} "
-            f"({sum(math.prod(s) for s in expected):,} values). Build the architecture it was "
-            "saved from (same depth, unit, shortcut, classes and include_top). "
-            f"Received: weights={path!r}"
-        )
-    try:
-        model.load_weights(path)
-    except ValueError as error:
-        raise ValueError(
-            f"`weights` file does not fit this architecture ({error}). Received: weights={path!r}"
-        ) from error
-
-
 # ---------------------------------------------------------------- public API
 
 
@@ -642,7 +462,7 @@ def ResNet(
 
     model = keras.Model(inputs, x, name=name or _default_name(cfg.depth, cfg.unit))
     if weights is not None:
-        _load_weights(model, weights)
+        load_weights(model, weights)
     if fused_batchnorm:
         fuse_batchnorm(model)
     return model

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 
 from keras_resnet_v2._files import check_writable_directory
+from keras_resnet_v2.depths import resolve_depth
 from keras_resnet_v2.training import recipes
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -100,13 +101,13 @@ def parse_model(name: str) -> int:
 def check_settings(config: TrainConfig) -> recipes.Recipe:
     """Every check that needs no Keras, data or devices; returns the effective recipe.
 
-    Model name (not yet its depth), lengths, sizes, run directory, precision, strategy, recipe
-    and its overrides. Example:
+    Model name and depth (`depths.resolve_depth`; unit, shortcut and options are the builder's to
+    check), lengths, sizes, run directory, precision, strategy, recipe and its overrides. Example:
         >>> check_settings(TrainConfig(model="resnet20", epochs=0))
         Traceback (most recent call last):
         ValueError: `epochs` must be a positive integer. Received: epochs=0
     """
-    parse_model(config.model)
+    resolve_depth(parse_model(config.model), None, config.block)
     if config.epochs is not None and config.steps is not None:
         raise ValueError(f"Give `epochs` or `steps`, not both. Received: epochs={config.epochs}, steps={config.steps}")
     for name in ("epochs", "steps", "batch_size", "image_size", "eval_size"):
