@@ -1,6 +1,7 @@
 """Shared fixtures. Tests run on the TensorFlow backend on CPU unless a test says otherwise."""
 
 import os
+import re
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -8,6 +9,15 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+# The line a command prints before it starts TensorFlow (keras_resnet_v2._startup.announce).
+ANNOUNCEMENT = re.compile(r"^(resnet-v2-train|resnet-v2-export|keras-resnet-v2)( \w+)?: .*; starting \w+$")
+
+
+def message_lines(stderr: str) -> list[str]:
+    """A command's stderr without blank lines and without its own start line: the messages."""
+    return [line for line in stderr.splitlines() if line.strip() and not ANNOUNCEMENT.match(line)]
+
 
 KINDS = {"Conv2D": "conv", "BatchNormalization": "bn", "ReLU": "relu", "Add": "add"}
 

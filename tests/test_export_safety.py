@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import keras_resnet_v2 as krv2
+from conftest import message_lines
 from keras_resnet_v2 import export
 
 
@@ -137,7 +138,7 @@ def test_an_unwritable_directory_is_one_line(tmp_path, monkeypatch, capsys):
     from keras_resnet_v2.export.__main__ import main
 
     assert main([str(tmp_path / "model.keras"), "--onnx", str(locked / "m.onnx")]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
+    err = message_lines(capsys.readouterr().err)
     assert len(err) == 1 and "not writable" in err[0], err
 
 
@@ -157,7 +158,7 @@ def test_a_full_disk_says_so_in_one_line_and_leaves_nothing(tmp_path, monkeypatc
     out = tmp_path / "out"
     out.mkdir()
     code = main([str(tmp_path / "model.keras"), "--savedmodel", str(out / "serving"), "--onnx", str(out / "m.onnx")])
-    err = capsys.readouterr().err.strip().splitlines()
+    err = message_lines(capsys.readouterr().err)
     assert code == 1 and len(err) == 1 and "no space left on device writing" in err[0], err
     # The SavedModel was written first, but nothing is published and no temporary is left.
     assert _published(out / "serving") == [] and _published(out) == ["serving"]

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import message_lines
 from keras_resnet_v2._files import DirectoryLock
 from keras_resnet_v2.training import callbacks as cb
 from keras_resnet_v2.training import cli, data
@@ -51,8 +52,8 @@ def test_a_second_run_into_a_locked_run_directory_is_refused_at_once(tmp_path, c
     with DirectoryLock(str(run_dir), "a training run"):
         started = time.monotonic()
         assert cli.main(_args(run_dir)) == 2
-        err = capsys.readouterr().err.strip()
-    assert f"in use by a training run (pid {os.getpid()}" in err and len(err.splitlines()) == 1, err
+        err = message_lines(capsys.readouterr().err)
+    assert len(err) == 1 and f"in use by a training run (pid {os.getpid()}" in err[0], err
     assert time.monotonic() - started < 60 and not (run_dir / "history.csv").exists()
 
 
@@ -129,7 +130,7 @@ def test_a_full_disk_stops_in_one_line_and_leaves_no_debris(tmp_path, capsys, mo
     monkeypatch.setattr(tf.train.CheckpointManager, "save", full_disk_save)
     run_dir = tmp_path / "run"
     assert cli.main(_args(run_dir)) == 4
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    err = message_lines(capsys.readouterr().err)
     assert len(err) == 1 and err[0].startswith("error: no space left on device in"), err
     assert "rerun the same command to resume" in err[0]
     debris = [n for _, dirs, files in os.walk(run_dir) for n in dirs + files if "_temp" in n or n.startswith(".tmp")]
@@ -146,7 +147,7 @@ def test_a_full_disk_while_saving_a_checkpoint_removes_the_temporary(tmp_path, c
     monkeypatch.setattr(keras.Model, "save", full_disk)
     run_dir = tmp_path / "run"
     assert cli.main(_args(run_dir)) == 4
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    err = message_lines(capsys.readouterr().err)
     assert len(err) == 1 and "no space left on device" in err[0], err
     assert [n for _, _, files in os.walk(run_dir) for n in files if n.startswith(".tmp")] == []
 
@@ -181,8 +182,8 @@ def test_ctrl_c_says_where_it_stopped_and_how_to_resume(tmp_path):
 def test_config_file_errors_name_the_file_and_the_key(tmp_path, capsys, name, text, message):
     (tmp_path / name).write_text(text)
     assert cli.main(["--config", str(tmp_path / name)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and pytest.importorskip("re").search(message, err), err
+    err = message_lines(capsys.readouterr().err)
+    assert len(err) == 1 and pytest.importorskip("re").search(message, err[0]), err
 
 
 def _png(path, value, size=(10, 12)):
@@ -241,7 +242,7 @@ def test_a_failed_export_verification_after_training_is_one_line(tmp_path, capsy
     monkeypatch.setattr(export.workflow, "verify", failing_verify)
     run_dir, export_dir = tmp_path / "run", tmp_path / "export"
     assert cli.main(_args(run_dir, "--export-dir", str(export_dir))) == 5
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    err = message_lines(capsys.readouterr().err)
     assert len(err) == 1 and "parity failed for onnx (injected)" in err[0]
     assert (run_dir / "model.keras").is_file()  # the trained model is kept
     assert [n for n in os.listdir(export_dir / "savedmodel") if not n.startswith(".")] == []  # nothing published
