@@ -46,11 +46,11 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["keras_resnet_v2", "keras_resnet_v2.training", "keras_resnet_v2.export"],
+    packages=["keras_resnet_v2", "keras_resnet_v2.plumbing", "keras_resnet_v2.training", "keras_resnet_v2.export"],
     package_dir={"keras_resnet_v2": "keras_resnet_v2", "keras_resnet_v2.training": "training",
                  "keras_resnet_v2.export": "export"},
     # wrapt: a post-import hook registers our Keras classes when Keras loads, so the package itself
-    # imports lazily (keras_resnet_v2._lazy) and the command lines start in a fraction of a second.
+    # imports lazily (keras_resnet_v2.plumbing.lazy) and the command lines start in a fraction of a second.
     install_requires=["keras>=3.8", "numpy", "wrapt>=1.14"],
     extras_require={
         "train": TRAIN,

@@ -17,15 +17,15 @@ Needs the `export` extra: `pip install "keras_resnet_v2[export]"` (TensorFlow, t
 ONNX Runtime).
 """
 
-from keras_resnet_v2._extras import check_import_name, require
+from keras_resnet_v2.plumbing.extras import check_import_name, require
 
 check_import_name(__name__, "keras_resnet_v2.export")
 require("export", __name__)
 
-from keras_resnet_v2._files import DirectoryBusyError  # noqa: E402, F401  (standard library only)
-from keras_resnet_v2._lazy import lazy_package  # noqa: E402
+from keras_resnet_v2.plumbing.files import DirectoryBusyError  # noqa: E402, F401  (standard library only)
+from keras_resnet_v2.plumbing.lazy import lazy_package  # noqa: E402
 
-# Public names by defining module, imported on first use (keras_resnet_v2._lazy).
+# Public names by defining module, imported on first use (keras_resnet_v2.plumbing.lazy).
 EXPORTS = {
     "onnx": ("export_onnx",),
     "savedmodel": ("export_savedmodel", "float32_copy", "load_model", "serving_preprocessing", "training_metadata"),

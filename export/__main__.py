@@ -14,8 +14,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from keras_resnet_v2._files import describe_os_error, model_file
-from keras_resnet_v2._startup import VERBOSE_HELP, announce, start_backend
+from keras_resnet_v2.plumbing.files import describe_os_error, model_file
+from keras_resnet_v2.plumbing.startup import VERBOSE_HELP, announce, start_backend
 
 
 def _run_details(path: str) -> dict:

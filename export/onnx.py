@@ -11,7 +11,6 @@ from typing import Optional, Sequence
 import keras
 import tensorflow as tf
 
-from keras_resnet_v2._files import DirectoryLock, check_writable_directory
 from keras_resnet_v2.export.savedmodel import (
     Staged,
     _check_classifier,
@@ -19,6 +18,7 @@ from keras_resnet_v2.export.savedmodel import (
     metadata,
     serving_outputs,
 )
+from keras_resnet_v2.plumbing.files import DirectoryLock, check_writable_directory
 
 DEFAULT_OPSET = 17
 # `.tmp-NAME.onnx-<random>.onnx`: an ONNX file being written (or left by a killed export).

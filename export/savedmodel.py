@@ -14,8 +14,8 @@ import keras
 import tensorflow as tf
 
 import keras_resnet_v2
-from keras_resnet_v2 import _images as image_ops
-from keras_resnet_v2._files import DirectoryLock, check_writable_directory, model_file, usual_modes
+from keras_resnet_v2.plumbing import images as image_ops
+from keras_resnet_v2.plumbing.files import DirectoryLock, check_writable_directory, model_file, usual_modes
 
 
 def _check_classifier(model) -> None:
@@ -98,7 +98,7 @@ def _serving_archive(model: keras.Model, preprocessing: str = "resize") -> keras
     them) with three signatures, each returning `probabilities` (float32) and `classes` (int64).
 
     `serve_image_bytes` brings each decoded image to the input size with the function training and
-    evaluation use (`keras_resnet_v2._images.prepare`, mode `preprocessing`)."""
+    evaluation use (`keras_resnet_v2.plumbing.images.prepare`, mode `preprocessing`)."""
     height, width, channels = model.input_shape[1:]
     shape = [None, height, width, channels]
     classes = model.output_shape[-1]
@@ -305,7 +305,7 @@ def export_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] 
     normalization) is merged into `assets/metadata.json`. `preprocessing` is how
     `serve_image_bytes` brings an image to the input size, as the model was trained and tested:
     "resize" (CIFAR-style: stretched, antialiased) or "shorter_side_crop" (ImageNet-style: shorter
-    side to 256/224 of the crop, centre crop); see `keras_resnet_v2._images`.
+    side to 256/224 of the crop, centre crop); see `keras_resnet_v2.plumbing.images`.
 
     Example:
         >>> export_savedmodel(keras_resnet_v2.ResNet20(), "/tmp/serving/resnet20")

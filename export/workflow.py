@@ -9,10 +9,10 @@ from typing import Optional, Sequence
 
 import keras
 
-from keras_resnet_v2._files import DirectoryLock
 from keras_resnet_v2.export.onnx import check_onnx_arguments, onnx_lock, stage_onnx
 from keras_resnet_v2.export.savedmodel import check_savedmodel_arguments, float32_copy, stage_savedmodel
 from keras_resnet_v2.export.verify import verify
+from keras_resnet_v2.plumbing.files import DirectoryLock
 
 
 def export_and_verify(model: keras.Model, savedmodel: Optional[str] = None, onnx: Optional[str] = None, *,

@@ -27,12 +27,12 @@ More, with the `train` and `export` extras:
 - `python -m keras_resnet_v2 DEPTH` (or `keras-resnet-v2 DEPTH`) describes a network.
 """
 
-from keras_resnet_v2._lazy import lazy_package
+from keras_resnet_v2.plumbing.lazy import lazy_package
 
 __version__ = "0.1.0"
 
 # Public names by the module that defines them; each module is imported on first use, so
-# `import keras_resnet_v2` is instant and loads no backend (keras_resnet_v2._lazy).
+# `import keras_resnet_v2` is instant and loads no backend (keras_resnet_v2.plumbing.lazy).
 EXPORTS = {
     "convert": ("copy_weights", "to_plain", "to_stacked"),
     "depths": ("IMAGENET_DEPTHS", "resolve_depth"),

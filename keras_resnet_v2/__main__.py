@@ -16,8 +16,8 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from keras_resnet_v2._startup import VERBOSE_HELP, announce, start_backend
 from keras_resnet_v2.depths import resolve_depth
+from keras_resnet_v2.plumbing.startup import VERBOSE_HELP, announce, start_backend
 
 
 def _parser() -> argparse.ArgumentParser:

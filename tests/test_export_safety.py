@@ -219,9 +219,9 @@ def test_serve_image_bytes_matches_the_evaluation_path(tmp_path, native):
     assert served.shape == evaluated.shape == (4, 2)
     np.testing.assert_allclose(served.numpy(), evaluated, rtol=1e-5, atol=1e-6)
     # The other mode gives these images other probabilities: the check above can fail.
-    from keras_resnet_v2 import _images
+    from keras_resnet_v2.plumbing import images as image_ops
 
     other = "resize" if native else "shorter_side_crop"
     decoded = [tf.io.decode_image(open(f, "rb").read(), channels=3) for f in test_files]
-    otherwise = model(tf.stack([_images.prepare(image, 32, 32, other) for image in decoded]), training=False)
+    otherwise = model(tf.stack([image_ops.prepare(image, 32, 32, other) for image in decoded]), training=False)
     assert np.abs(np.asarray(otherwise) - evaluated).max() > 1e-3

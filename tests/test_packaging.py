@@ -146,6 +146,47 @@ def test_only_the_keras_resnet_v2_namespace_is_importable(tmp_path):
     assert "import it under that name" in guarded.stderr and "'keras_resnet_v2.training'" in guarded.stderr
 
 
+def _imports(path) -> set[str]:
+    """Every module a source file imports, at its top or inside a function (absolute imports)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path}: relative import"  # every import names its package
+            found.update([node.module] + [f"{node.module}.{alias.name}" for alias in node.names])
+    return found
+
+
+def test_imports_point_one_way():
+    """The model imports no training or export code, export no training code; the plumbing imports only itself."""
+    import pathlib
+
+    package = pathlib.Path(krv2.__file__).parent  # the installed package: training/ and export/ inside it
+    rooms = {"model": sorted(package.glob("*.py")), "plumbing": sorted((package / "plumbing").glob("*.py")),
+             "training": sorted((package / "training").glob("*.py")),
+             "export": sorted((package / "export").glob("*.py"))}
+    assert all(rooms.values()), {room: len(files) for room, files in rooms.items()}
+    forbidden = {"model": ("keras_resnet_v2.training", "keras_resnet_v2.export"),
+                 "export": ("keras_resnet_v2.training",), "training": ()}
+
+    def allowed(room: str, name: str) -> bool:
+        if name != "keras_resnet_v2" and not name.startswith("keras_resnet_v2."):
+            return True  # the standard library and third-party packages
+        if room == "plumbing":
+            return name.startswith("keras_resnet_v2.plumbing")
+        return not name.startswith(forbidden[room])
+
+    wrong = [f"{room}: {path.name} imports {name}" for room, files in rooms.items() for path in files
+             for name in sorted(_imports(path)) if not allowed(room, name)]
+    assert wrong == []
+    # The rule can fail: plumbing importing the builder, or export importing training, is refused.
+    assert not allowed("plumbing", "keras_resnet_v2.resnet") and not allowed("plumbing", "keras_resnet_v2")
+    assert not allowed("export", "keras_resnet_v2.training.data") and allowed("training", "keras_resnet_v2.export")
+
+
 CORE_SCRIPT = textwrap.dedent("""
     import importlib.util, json, sys
     assert importlib.util.find_spec("tensorflow") is None, "TensorFlow is installed"

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 import keras_resnet_v2 as krv2
-from keras_resnet_v2 import _startup
 from keras_resnet_v2.names import BLOCKS, SHORTCUT_NAMES, UNITS
+from keras_resnet_v2.plumbing import startup
 from keras_resnet_v2.variants import SHORTCUTS, UNIT_SPECS
 
 BACKENDS = ("keras", "tensorflow", "jax", "torch")
@@ -168,7 +168,7 @@ def test_help_and_argument_errors_come_before_any_backend(case, tmp_path):
 def test_captured_start_up_lines_are_hidden_and_replayed_on_failure():
     result = _python("""
         import os, sys
-        from keras_resnet_v2._startup import _stderr_captured
+        from keras_resnet_v2.plumbing.startup import _stderr_captured
         with _stderr_captured():
             os.write(2, b"hidden start-up line\\n")
         try:
@@ -185,11 +185,11 @@ def test_captured_start_up_lines_are_hidden_and_replayed_on_failure():
 
 def test_start_backend_quiets_tensorflow_unless_verbose_or_set_by_the_user(monkeypatch):
     levels = []  # TF_CPP_MIN_LOG_LEVEL as the backend would see it when it starts
-    monkeypatch.setattr(_startup, "_start", lambda: levels.append(os.environ.get("TF_CPP_MIN_LOG_LEVEL")))
+    monkeypatch.setattr(startup, "_start", lambda: levels.append(os.environ.get("TF_CPP_MIN_LOG_LEVEL")))
     monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
-    _startup.start_backend(verbose=True)
+    startup.start_backend(verbose=True)
     monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
-    _startup.start_backend()
+    startup.start_backend()
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
-    _startup.start_backend()
-    assert levels == [None, _startup.QUIET_LEVEL, "0"] and _startup.QUIET_LEVEL == "2"
+    startup.start_backend()
+    assert levels == [None, startup.QUIET_LEVEL, "0"] and startup.QUIET_LEVEL == "2"

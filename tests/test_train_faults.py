@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import message_lines
-from keras_resnet_v2._files import DirectoryLock
+from keras_resnet_v2.plumbing.files import DirectoryLock
 from keras_resnet_v2.training import callbacks as cb
 from keras_resnet_v2.training import cli, data
 

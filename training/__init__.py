@@ -11,14 +11,14 @@ Needs the `train` extra: `pip install "keras_resnet_v2[train]"` (TensorFlow, TFD
 matplotlib, PyYAML, TensorBoard).
 """
 
-from keras_resnet_v2._extras import check_import_name, require
+from keras_resnet_v2.plumbing.extras import check_import_name, require
 
 check_import_name(__name__, "keras_resnet_v2.training")
 require("train", __name__)
 
-from keras_resnet_v2._lazy import lazy_package  # noqa: E402  (after the extra is known to be installed)
+from keras_resnet_v2.plumbing.lazy import lazy_package  # noqa: E402  (after the extra is known to be installed)
 
-# Public names by defining module, imported on first use (keras_resnet_v2._lazy): the command
+# Public names by defining module, imported on first use (keras_resnet_v2.plumbing.lazy): the command
 # line parses and checks its arguments before TensorFlow is imported.
 EXPORTS = {
     "callbacks": ("AtomicModelCheckpoint", "HistoryCSV", "TrainingCurves"),

@@ -14,7 +14,7 @@ import tempfile
 
 import keras
 
-from keras_resnet_v2._files import usual_modes
+from keras_resnet_v2.plumbing.files import usual_modes
 
 
 def atomic_write(path: str, write) -> None:

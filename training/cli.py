@@ -17,9 +17,9 @@ import os
 import sys
 from typing import Sequence
 
-from keras_resnet_v2._files import model_file
-from keras_resnet_v2._startup import VERBOSE_HELP, announce, start_backend
 from keras_resnet_v2.names import BLOCKS, SHORTCUT_NAMES, UNITS
+from keras_resnet_v2.plumbing.files import model_file
+from keras_resnet_v2.plumbing.startup import VERBOSE_HELP, announce, start_backend
 from keras_resnet_v2.training.config import PRECISIONS, STRATEGIES, TrainConfig, check_settings
 from keras_resnet_v2.training.recipes import RECIPES
 
@@ -270,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _execute(argv: Sequence[str], args) -> int:
-    from keras_resnet_v2._files import DirectoryBusyError, describe_os_error
+    from keras_resnet_v2.plumbing.files import DirectoryBusyError, describe_os_error
     from keras_resnet_v2.training.data import DatasetError
     from keras_resnet_v2.training.loop import NonFiniteLossError
     from keras_resnet_v2.training.run import DiskFullError

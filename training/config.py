@@ -11,8 +11,8 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 
-from keras_resnet_v2._files import check_writable_directory
 from keras_resnet_v2.depths import resolve_depth
+from keras_resnet_v2.plumbing.files import check_writable_directory
 from keras_resnet_v2.training import recipes
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")

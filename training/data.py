@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 import keras_resnet_v2
-from keras_resnet_v2 import _images as image_ops
+from keras_resnet_v2.plumbing import images as image_ops
 
 AUTOTUNE = tf.data.AUTOTUNE
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -434,7 +434,7 @@ def pipeline(dataset: tf.data.Dataset, info: DatasetInfo, batch_size: int, *, tr
         ds = ds.cache()
     if not training:
         if not fixed_size:
-            # The function serve_image_bytes applies too (keras_resnet_v2._images).
+            # The function serve_image_bytes applies too (keras_resnet_v2.plumbing.images).
             side = resize_side or image_ops.default_side(image_size)
             ds = ds.map(lambda x, y: (image_ops.centre_crop(x, image_size, side), y), num_parallel_calls=AUTOTUNE)
         return ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(AUTOTUNE)

@@ -29,7 +29,7 @@ import keras
 import tensorflow as tf
 
 import keras_resnet_v2
-from keras_resnet_v2._files import DirectoryLock
+from keras_resnet_v2.plumbing.files import DirectoryLock
 from keras_resnet_v2.resnet import resolve_config
 from keras_resnet_v2.training import callbacks as cb
 from keras_resnet_v2.training import data as data_lib

@@ -1,7 +1,7 @@
 """Command-line start-up: our first line, then the backend started with its start-up lines hidden.
 
 The command lines (`resnet-v2-train`, `resnet-v2-export`, `python -m keras_resnet_v2`) parse and
-check their arguments before importing Keras (the packages are light, keras_resnet_v2._lazy),
+check their arguments before importing Keras (the packages are light, keras_resnet_v2.plumbing.lazy),
 print what they are about to do, then call `start_backend`.
 
 TensorFlow writes its start-up lines from C++ straight to file descriptor 2: absl's
