@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Optional
 
 import keras
 import numpy as np
+
+from keras_resnet_v2.plumbing.files import atomic_write
 
 MAX_RELATIVE_ERROR = 1e-4  # float32
 # A very deep net amplifies float32 rounding: two correct float32 implementations (TensorFlow's
@@ -106,8 +107,5 @@ def _where(report_path: Optional[str]) -> str:
 
 def _write(report: dict, report_path: Optional[str]) -> None:
     if report_path is not None:
-        os.makedirs(os.path.dirname(os.path.abspath(report_path)), exist_ok=True)
-        temporary = f"{report_path}.tmp-{os.getpid()}"
-        with open(temporary, "w") as handle:
-            json.dump(report, handle, indent=2)
-        os.replace(temporary, report_path)  # never a half-written report
+        # Never a half-written report, and never through a link planted at a temporary's name.
+        atomic_write(report_path, lambda temporary: open(temporary, "w").write(json.dumps(report, indent=2)))

@@ -10,30 +10,10 @@ from __future__ import annotations
 import csv
 import math
 import os
-import tempfile
 
 import keras
 
-from keras_resnet_v2.plumbing.files import usual_modes
-
-
-def atomic_write(path: str, write) -> None:
-    """Calls `write(tmp_path)` and renames the result onto `path` (same directory, same filesystem)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    suffix = "." + os.path.basename(path).split(".", 1)[-1] if "." in os.path.basename(path) else ""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", suffix=suffix, dir=directory)
-    os.close(fd)
-    usual_modes(tmp)  # mkstemp makes 0600
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+from keras_resnet_v2.plumbing.files import atomic_write
 
 
 def read_history(path: str) -> list[dict]:

@@ -135,9 +135,9 @@ def main(argv=None) -> None:
     import json
     import os
 
+    from keras_resnet_v2.plumbing.files import atomic_write
     from keras_resnet_v2.training import data as data_lib
     from keras_resnet_v2.training import runtime
-    from keras_resnet_v2.training.callbacks import atomic_write
     from keras_resnet_v2.training.config import parse_model
 
     parser = argparse.ArgumentParser(description="||dL/dx_l|| across depth on a batch of the digits data at "

@@ -29,7 +29,7 @@ import keras
 import tensorflow as tf
 
 import keras_resnet_v2
-from keras_resnet_v2.plumbing.files import DirectoryLock
+from keras_resnet_v2.plumbing.files import DirectoryLock, atomic_write
 from keras_resnet_v2.resnet import resolve_config
 from keras_resnet_v2.training import callbacks as cb
 from keras_resnet_v2.training import data as data_lib
@@ -228,7 +228,7 @@ def _run(config: TrainConfig, held: contextlib.ExitStack) -> dict:
         _log(config, f"resuming {run_dir} after epoch {initial_epoch} ({restored})")
     if chief:
         os.makedirs(run_dir, exist_ok=True)
-        cb.atomic_write(os.path.join(run_dir, "config.json"),
+        atomic_write(os.path.join(run_dir, "config.json"),
                         lambda tmp: open(tmp, "w").write(json.dumps(effective, indent=2, default=str)))
 
     history_path = os.path.join(run_dir, "history.csv")

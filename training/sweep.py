@@ -20,6 +20,7 @@ import os
 import statistics
 from dataclasses import dataclass, field
 
+from keras_resnet_v2.plumbing.files import atomic_write
 from keras_resnet_v2.training import callbacks as cb
 
 
@@ -146,7 +147,7 @@ def run_sweep(table: int, *, run_dir: str, dataset: str = "cifar10", model: str 
                 outcome = _outcome(entry, "finished", test_accuracy)
             except NonFiniteLossError:
                 outcome = _outcome(entry, "diverged", None)
-            cb.atomic_write(os.path.join(entry["run_dir"], "sweep_result.json"),
+            atomic_write(os.path.join(entry["run_dir"], "sweep_result.json"),
                             lambda tmp, o=outcome: open(tmp, "w").write(json.dumps(o)))
         results.append({**entry, **outcome})
         write_results(results, run_dir)
@@ -175,7 +176,7 @@ def write_results(results: list[dict], run_dir: str) -> None:
                 writer.writerow({k: json.dumps(r[k]) if k == "options" else "" if r.get(k) is None else r[k]
                                  for k in COLUMNS})
 
-    cb.atomic_write(os.path.join(run_dir, "results.csv"), write_csv)
+    atomic_write(os.path.join(run_dir, "results.csv"), write_csv)
     lines = ["| row | unit | shortcut | options | runs | final train loss | test error % (mean ± sd) | paper % |",
              "|---|---|---|---|---|---|---|---|"]
     by_row: dict[str, list[dict]] = {}
@@ -190,7 +191,7 @@ def write_results(results: list[dict], run_dir: str) -> None:
                      f"{_mean_spread([r['test_error'] for r in runs])} | {first['paper_error'] or '-'} |")
     header = (f"Table {results[0]['table']}, {results[0]['model']}; " if results else "") + \
         "test error of the final model; paper: FACTS.md (CIFAR-10 unless the dataset says otherwise).\n\n"
-    cb.atomic_write(os.path.join(run_dir, "results.md"),
+    atomic_write(os.path.join(run_dir, "results.md"),
                     lambda tmp: open(tmp, "w").write(header + "\n".join(lines) + "\n"))
     plot_sweep(results, os.path.join(run_dir, "curves.png"))
 

@@ -7,6 +7,11 @@ directory, an ONNX file), which import nothing from each other. The lock is `fcn
 never stale and no process ID has to be trusted (in containers the writer is often PID 1 again,
 so "is the recorded PID alive?" answers wrongly). The file records who holds it, for the message
 a second writer gets.
+
+Nothing here writes through a symbolic link that someone else placed: a lock file is opened with
+`O_NOFOLLOW` and must be a regular file (`open_regular`), and `atomic_write` writes a fresh
+`mkstemp` file (created with `O_EXCL`, under a random name) and renames it onto its target, which
+replaces a link at the target instead of writing into the file it points to.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import fcntl
 import json
 import os
 import socket
+import stat
+import tempfile
 import time
 import zipfile
 
@@ -24,6 +31,60 @@ LOCK_NAME = ".lock"
 
 class DirectoryBusyError(RuntimeError):
     """Another process holds the directory's lock."""
+
+
+class UnsafePathError(ValueError):
+    """A file we would write is a symbolic link or not a regular file (someone else put it there)."""
+
+
+def open_regular(path: str, flags: int, mode: int = 0o644) -> int:
+    """`os.open(path, flags)` that never follows a symbolic link at `path` and opens only a regular file.
+
+    Raises `UnsafePathError` (one line) for a link, a directory, a FIFO or a device at `path`.
+
+    Example:
+        >>> fd = open_regular("runs/r20/.lock", os.O_RDWR | os.O_CREAT)
+    """
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
+    except OSError as error:
+        if error.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+            raise
+        fd = None
+    if fd is not None and stat.S_ISREG(os.fstat(fd).st_mode):
+        return fd
+    if fd is not None:
+        os.close(fd)
+    kind = "a symbolic link" if os.path.islink(path) else "not a regular file"
+    raise UnsafePathError(f"{path} is {kind}; it is not written through. Remove it (nothing of ours is "
+                          "ever a link there) and run again")
+
+
+def atomic_write(path: str, write) -> None:
+    """Calls `write(tmp_path)` on a new file beside `path`, syncs it and renames it onto `path`.
+
+    A reader never sees a half-written `path`; a crash leaves at most a `.tmp-NAME-*` file. The
+    temporary is `mkstemp`'s (O_EXCL, a random name), so a link planted at a guessable name is never
+    written through, and the rename replaces a link at `path` itself rather than its target.
+
+    Example:
+        >>> atomic_write("runs/r20/config.json", lambda tmp: open(tmp, "w").write("{}"))
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    suffix = "." + os.path.basename(path).split(".", 1)[-1] if "." in os.path.basename(path) else ""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", suffix=suffix, dir=directory)
+    os.close(fd)
+    usual_modes(tmp)  # mkstemp makes 0600
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 class DirectoryLock:
@@ -44,7 +105,7 @@ class DirectoryLock:
 
     def __enter__(self) -> DirectoryLock:
         os.makedirs(self.directory, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_regular(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
