@@ -18,6 +18,7 @@ import sys
 from typing import Sequence
 
 from keras_resnet_v2.names import BLOCKS, SHORTCUT_NAMES, UNITS
+from keras_resnet_v2.plumbing import interrupts
 from keras_resnet_v2.plumbing.files import model_file
 from keras_resnet_v2.plumbing.startup import VERBOSE_HELP, announce, start_backend
 from keras_resnet_v2.training.config import PRECISIONS, STRATEGIES, TrainConfig, check_settings
@@ -223,11 +224,12 @@ def _train_settings(argv: Sequence[str], require: bool) -> tuple[TrainConfig, bo
 
 
 def _interrupted(argv: Sequence[str]) -> str:
-    """Where a Ctrl-C left a training run, and how to go on."""
+    """Where a Ctrl-C or SIGTERM left a training run, and how to go on."""
+    stopped = interrupts.describe()
     try:
         run_dir = config_from_args(argv).run_dir
     except (SystemExit, ValueError):
-        return "interrupted"
+        return stopped
     from keras_resnet_v2.training.callbacks import read_history
 
     try:
@@ -235,7 +237,7 @@ def _interrupted(argv: Sequence[str]) -> str:
     except ValueError:
         rows = []
     done = f"after epoch {rows[-1]['epoch']} (step {rows[-1]['step']})" if rows else "before the first epoch ended"
-    return f"interrupted {done}; rerun the same command to resume from {os.path.join(run_dir, 'backup')}"
+    return f"{stopped} {done}; rerun the same command to resume from {os.path.join(run_dir, 'backup')}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -280,38 +282,40 @@ def _execute(argv: Sequence[str], args) -> int:
     except ImportError:
         VerificationError = ()  # noqa: N806 - an except clause that matches nothing
 
-    try:
-        if argv[:1] == ["evaluate"]:
-            from keras_resnet_v2.training.run import evaluate
+    # SIGTERM stops a run as Ctrl-C does; a Ctrl-C that a GC callback swallowed stops the next step.
+    with interrupts.stop_on_signals():
+        try:
+            if argv[:1] == ["evaluate"]:
+                from keras_resnet_v2.training.run import evaluate
 
-            result = evaluate(args.model, args.dataset, args.data_dir, args.batch_size, args.eval_size)
-            # Printed as the paper reports: errors in percent to two decimals.
-            print(json.dumps({k: round(v, 2 if k.endswith("_percent") else 4) if isinstance(v, float) else v
-                              for k, v in result.items()}, indent=2))
-            return 0
-        if argv[:1] == ["sweep"]:
-            return sweep_main(args)
-        from keras_resnet_v2.training.run import run
+                result = evaluate(args.model, args.dataset, args.data_dir, args.batch_size, args.eval_size)
+                # Printed as the paper reports: errors in percent to two decimals.
+                print(json.dumps({k: round(v, 2 if k.endswith("_percent") else 4) if isinstance(v, float) else v
+                                  for k, v in result.items()}, indent=2))
+                return 0
+            if argv[:1] == ["sweep"]:
+                return sweep_main(args)
+            from keras_resnet_v2.training.run import run
 
-        result = run(args)
-        print(json.dumps(result, indent=2, default=str))
-    except (ValueError, DatasetError, FileExistsError, DirectoryBusyError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 3
-    except VerificationError as error:  # the trained model is saved; nothing was published
-        print(f"error: {error}", file=sys.stderr)
-        return 5
-    except DiskFullError as error:
-        print(f"\nerror: {error}", file=sys.stderr)
-        return 4
-    except OSError as error:
-        print(f"\nerror: {describe_os_error(error)}", file=sys.stderr)
-        return 4
-    except KeyboardInterrupt:
-        print(f"\n{_interrupted(argv) if argv[:1] not in (['evaluate'], ['sweep']) else 'interrupted'}",
-              file=sys.stderr)
-        return 130
+            result = run(args)
+            print(json.dumps(result, indent=2, default=str))
+        except (ValueError, DatasetError, FileExistsError, DirectoryBusyError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        except NonFiniteLossError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 3
+        except VerificationError as error:  # the trained model is saved; nothing was published
+            print(f"error: {error}", file=sys.stderr)
+            return 5
+        except DiskFullError as error:
+            print(f"\nerror: {error}", file=sys.stderr)
+            return 4
+        except OSError as error:
+            print(f"\nerror: {describe_os_error(error)}", file=sys.stderr)
+            return 4
+        except KeyboardInterrupt:
+            print(f"\n{_interrupted(argv) if argv[:1] not in (['evaluate'], ['sweep']) else interrupts.describe()}",
+                  file=sys.stderr)
+            return interrupts.exit_code()
     return 0

@@ -19,6 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_resnet_v2.plumbing.interrupts import raise_if_stopped
 from keras_resnet_v2.training.runtime import sync_moving_statistics
 
 
@@ -114,6 +115,7 @@ class Trainer:
             loss_sum = correct_sum = 0.0
             start = None  # images/s counts from the end of the first step: it excludes tracing
             for step in range(steps_per_epoch):
+                raise_if_stopped()  # a Ctrl-C or SIGTERM whose KeyboardInterrupt was swallowed (GC callbacks)
                 callback_list.on_train_batch_begin(step)
                 loss, correct = self._train_step(next(iterator))
                 loss, correct = float(loss), float(correct)

@@ -4,6 +4,7 @@
   OS errors in one line.
 - `images`: image preprocessing for training, evaluation and serving alike (TensorFlow ops).
 - `startup`: the command lines' first line and their quiet backend start.
+- `interrupts`: Ctrl-C and SIGTERM that stop a run for sure (one line, the shell's exit code).
 - `extras`: what each optional part (`train`, `export`) needs installed, checked before import.
 - `lazy`: light packages (names imported on first use, Keras classes registered when Keras loads).
 
