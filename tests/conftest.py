@@ -1,4 +1,11 @@
-"""Shared fixtures. Tests run on the TensorFlow backend on CPU unless a test says otherwise."""
+"""Shared fixtures and the two tiers. Tests run on the TensorFlow backend on CPU unless a test says otherwise.
+
+Tiers (`--tier`, one switch): `pytest -q` runs the fast tier, every part of the package in a few
+minutes (the README's command); `pytest -q --tier slow` runs only the tests marked `slow`
+(ResNet-1001 exports and parity, fault injection at scale, fresh virtualenvs, the backend sweeps);
+`--tier all` runs both. Tests named one by one (`pytest FILE::TEST`) run whatever their tier.
+CI (`.ci/run`) runs the fast tier, then the slow one.
+"""
 
 import os
 import re
@@ -10,7 +17,33 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-# The line a command prints before it starts TensorFlow (keras_resnet_v2._startup.announce).
+TIERS = ("fast", "slow", "all")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--tier", choices=TIERS, default="fast",
+                     help="fast (default): every part in minutes; slow: only the tests marked slow; all: both")
+
+
+def pytest_collection_modifyitems(config, items):
+    tier = config.getoption("--tier")
+    if tier == "all" or (config.args and all("::" in arg for arg in config.args)):
+        return  # both tiers, or tests the user named one by one
+    slow = tier == "slow"
+    dropped = [item for item in items if (item.get_closest_marker("slow") is not None) != slow]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if (item.get_closest_marker("slow") is not None) == slow]
+
+
+def tiered(values, slow) -> list:
+    """Parameters for `pytest.mark.parametrize`: `values`, the ones in `slow` in the slow tier."""
+    missing = set(slow) - set(values)
+    assert not missing, f"not among the parameters: {sorted(missing)}"
+    return [pytest.param(value, marks=pytest.mark.slow) if value in slow else value for value in values]
+
+
+# The line a command prints before it starts TensorFlow (keras_resnet_v2.plumbing.startup.announce).
 ANNOUNCEMENT = re.compile(r"^(resnet-v2-train|resnet-v2-export|keras-resnet-v2)( \w+)?: .*; starting \w+$")
 
 

@@ -14,7 +14,7 @@ from conftest import branch_order, producer, trainable_count
 PAPER_PARAMS = [
     (krv2.ResNet110, {}, 1.7e6),
     (krv2.ResNet164, {}, 1.7e6),
-    (krv2.ResNet1202, {"unit": "original"}, 19.4e6),
+    pytest.param(krv2.ResNet1202, {"unit": "original"}, 19.4e6, marks=pytest.mark.slow),
 ]
 
 
@@ -252,6 +252,7 @@ def test_option_constants_list_every_variant():
     assert isinstance(krv2.__version__, str) and krv2.__version__.count(".") == 2
 
 
+@pytest.mark.slow
 def test_one_layer_skip_units_of_table3():
     # FACTS.md Table 3, "ResNet-110 (1-layer skip)": 36 units of one 3x3 conv per stage, 1.7M parameters.
     for unit in krv2.UNITS:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import keras_resnet_v2 as krv2
+from conftest import tiered
 
 # key -> (depth, builder keyword arguments). Every Fig. 4 unit and every Fig. 2 shortcut at least
 # once (paired up, at ResNet-8 on 16x16 inputs), units of one conv (Table 3), a bottleneck net, and
@@ -85,7 +86,8 @@ def tensorflow_reference(tmp_path_factory):
     return folder, expected
 
 
-@pytest.mark.parametrize("backend", ["jax", "torch"])
+# The fast tier runs PyTorch; JAX (a minute of XLA compiles) runs in the slow tier.
+@pytest.mark.parametrize("backend", tiered(["jax", "torch"], slow={"jax"}))
 def test_backend_matches_tensorflow_trains_and_round_trips(tensorflow_reference, backend):
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed (pip install '.[test]' installs it)")

@@ -8,6 +8,8 @@ import tensorflow as tf
 import keras_resnet_v2 as krv2
 from conftest import trainable_count
 
+pytestmark = pytest.mark.slow  # ResNet-1001 builds: the slow tier
+
 
 @pytest.fixture(scope="module")
 def resnet1001():

@@ -30,8 +30,10 @@ def _replica_copies(arrays):
     return {path: [c[i] for i in sorted(c)] for path, c in copies.items()}
 
 
-@pytest.mark.parametrize("precision, form", [("float32", "scan"), ("mixed_float16", "plain"),
-                                             ("mixed_bfloat16", "scan")])
+# The fast tier: the notebook flow's mixed_float16 on the plain model; the stacked forms in the slow tier.
+@pytest.mark.parametrize("precision, form", [pytest.param("float32", "scan", marks=pytest.mark.slow),
+                                             ("mixed_float16", "plain"),
+                                             pytest.param("mixed_bfloat16", "scan", marks=pytest.mark.slow)])
 def test_mirrored_two_logical_cpus(tmp_path, precision, form):
     # "scan": a stacked model (issue 12), whose per-unit statistics are assigned after the loop.
     out = tmp_path / "vars.npz"
@@ -56,6 +58,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_multi_worker_two_processes(tmp_path):
     workers = [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]
     processes = []

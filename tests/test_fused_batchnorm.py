@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 import keras_resnet_v2 as krv2
+from conftest import tiered
 from keras_resnet_v2.training import runtime
 
 
@@ -33,7 +34,7 @@ def _fit(model, x, y, epochs):
     return model.fit(x, y, batch_size=len(x), epochs=epochs, shuffle=False, verbose=0).history["loss"]
 
 
-@pytest.mark.parametrize("remat", [False, True], ids=["plain", "remat"])
+@pytest.mark.parametrize("remat", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["plain", "remat"])
 def test_fused_training_matches_keras_batchnorm(remat, images):
     plain, fused = _pair(remat=remat)
     x = images((8, 16, 16, 3)) * 255
@@ -57,7 +58,7 @@ def test_fused_training_matches_keras_batchnorm(remat, images):
     assert not np.allclose(fused.get_layer("post_bn").moving_variance.numpy(), 1.0)
 
 
-@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("precision", tiered(["mixed_float16", "mixed_bfloat16"], slow={"mixed_float16"}))
 def test_fused_training_under_mixed_precision(precision, images):
     try:
         runtime.set_precision(precision)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import keras_resnet_v2 as krv2
+from conftest import tiered
 
 # Every Fig. 4 unit and every Fig. 2 shortcut inside a stack, single/basic/bottleneck units,
 # stride_in="last" (its stacks end before the strided unit) and the ImageNet family.
@@ -90,7 +91,9 @@ def check(report: dict, key: str, gradient_tolerance: float = 1e-4) -> None:
     assert report["statistics"] <= 1e-5, (key, report)
 
 
-@pytest.mark.parametrize("key", sorted(CASES))
+# The fast tier: the plain unit and a one-conv unit with a scaled shortcut; the slow tier the rest.
+@pytest.mark.parametrize("key", tiered(sorted(CASES), slow=set(CASES) - {"preact_identity",
+                                                                        "relu_only_preact_constant_scaling_single"}))
 def test_stacked_is_the_same_network_under_tensorflow(key):
     depth, kwargs = CASES[key]
     check(compare(depth, kwargs), key)
@@ -202,6 +205,7 @@ BACKEND_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_stacked_is_the_same_network_under_other_backends(backend):
     if importlib.util.find_spec(backend) is None:

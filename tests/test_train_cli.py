@@ -130,6 +130,7 @@ def test_rerun_with_another_model_in_the_same_run_dir_is_refused(tmp_path, capsy
     assert code == 2 and "different configuration" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_imagenet_style_run_trains_at_224_style_crops_and_tests_at_eval_size(tmp_path, monkeypatch, capsys):
     # FACTS.md, Training recipe: ImageNet scale augmentation, test at 320x320 on images resized to 320.
     # Scaled down here: train crops 64, test crop 96, on TFDS' mock imagenet2012 (variable-size images).
