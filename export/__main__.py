@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from keras_resnet_v2.plumbing.files import describe_os_error, model_file
+from keras_resnet_v2.plumbing.files import describe_os_error, model_file, read_json_object
 from keras_resnet_v2.plumbing.startup import VERBOSE_HELP, announce, start_backend
 
 
@@ -23,13 +23,27 @@ def _run_details(path: str) -> dict:
     config_path = os.path.join(path, "config.json")
     if not os.path.isfile(config_path):
         return {}
-    with open(config_path) as handle:
-        config = json.load(handle)
+    config = read_json_object(config_path)
     from keras_resnet_v2 import export
 
     labels = config.get("class_names") or None
+    if labels is not None and not (isinstance(labels, list) and all(isinstance(name, str) for name in labels)):
+        shown = repr(labels) if len(repr(labels)) <= 80 else repr(labels)[:77] + "..."
+        raise ValueError(f"{config_path} is damaged: `class_names` must be a list of class-name strings. "
+                         f"Received: class_names={shown}")
     return {"extra_metadata": export.training_metadata(config), "labels": labels,
             "preprocessing": export.serving_preprocessing(config)}
+
+
+def _check_version_dir(path: str) -> None:
+    """`verify --savedmodel` takes one version (BASE/N), not the base directory TF Serving reads."""
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return
+    versions = sorted((n for n in os.listdir(path) if n.isdigit()), key=int) if os.path.isdir(path) else []
+    hint = (f"; {path} is a base directory: give a version, e.g. {os.path.join(path, versions[-1])}" if versions
+            else "")
+    raise ValueError(f"--savedmodel must be a SavedModel version directory (holding saved_model.pb){hint}. "
+                     f"Received: {path!r}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,6 +83,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         model_file(args.model)
+        if verify_only and args.savedmodel:
+            _check_version_dir(args.savedmodel)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

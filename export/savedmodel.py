@@ -18,6 +18,18 @@ from keras_resnet_v2.plumbing import images as image_ops
 from keras_resnet_v2.plumbing.files import DirectoryLock, check_writable_directory, model_file, usual_modes
 
 
+def _classifier(model: keras.Model) -> tuple:
+    """The layer that computes the model's output and its activation's name, looking inside nested
+    models (`keras.Sequential([Input, Rescaling(1 / 255), trained_resnet])` ends in the ResNet's
+    classifier); a `Softmax` layer counts as a softmax."""
+    last = model.layers[-1]
+    while isinstance(last, keras.Model) and last.layers:
+        last = last.layers[-1]
+    if isinstance(last, keras.layers.Softmax):
+        return last, "softmax"
+    return last, getattr(getattr(last, "activation", None), "__name__", None)
+
+
 def _check_classifier(model) -> None:
     """Export serves class probabilities: the model must end in a softmax or linear (logits) classifier."""
     if not isinstance(model, keras.Model) or len(model.outputs) != 1 or len(model.output_shape) != 2:
@@ -26,8 +38,7 @@ def _check_classifier(model) -> None:
             f"(build it with include_top=True). Received: model={getattr(model, 'name', model)!r} "
             f"with output shape {getattr(model, 'output_shape', None)}"
         )
-    last = model.layers[-1]
-    activation = getattr(getattr(last, "activation", None), "__name__", None)
+    last, activation = _classifier(model)
     if activation not in ("softmax", "linear"):
         raise ValueError(
             "Export needs a classifier: the last layer must have a softmax or linear (logits) activation, "
@@ -63,8 +74,7 @@ def float32_copy(model: keras.Model) -> keras.Model:
 
 
 def _probabilities(model: keras.Model):
-    last = model.layers[-1]
-    softmax_inside = getattr(last, "activation", None) is keras.activations.softmax
+    softmax_inside = _classifier(model)[1] == "softmax"
     return lambda images: (model(images, training=False) if softmax_inside
                            else tf.nn.softmax(model(images, training=False)))
 
@@ -108,6 +118,9 @@ def _serving_archive(model: keras.Model, preprocessing: str = "resize") -> keras
 
     def outputs(images):
         images = _checked_images(images, height, width, channels)
+        # A NaN or Inf pixel would be answered with NaN probabilities and class 0, a real-looking label.
+        images = tf.debugging.assert_all_finite(images, "`images` must be finite: a NaN or Inf pixel value "
+                                                        "was sent")
         empty = {"probabilities": tf.zeros([0, classes], tf.float32), "classes": tf.zeros([0], tf.int64)}
         # An empty batch gets empty outputs (BatchNorm kernels reject a batch of 0 images).
         return tf.cond(tf.shape(images)[0] > 0, lambda: network(images), lambda: empty)
@@ -237,6 +250,21 @@ class Staged:
             os.remove(self.path)
 
 
+def check_labels(labels: Sequence[str], classes: int) -> None:
+    """One line of `assets/labels.txt` per class: each label a non-empty string on one line.
+
+    A name holding a line break (a folder named so) would shift every later label by a line, so a
+    client reading label `i` from line `i` would name the wrong class.
+    """
+    if len(labels) != classes:
+        raise ValueError(f"`labels` must name each of the {classes} classes. Received: {len(labels)} labels")
+    for index, label in enumerate(labels):
+        if not isinstance(label, str) or label.splitlines() != [label]:
+            shown = repr(label) if len(repr(label)) <= 80 else repr(label)[:77] + "..."
+            raise ValueError(f"`labels` must be non-empty strings without line breaks (one line of labels.txt "
+                             f"each). Received: labels[{index}]={shown}")
+
+
 def check_savedmodel_arguments(model: keras.Model, base_dir: str, version: Optional[int] = None,
                                labels: Optional[Sequence[str]] = None, preprocessing: str = "resize") -> str:
     """Every check that needs no writing, before any export starts; returns the absolute base directory."""
@@ -248,10 +276,8 @@ def check_savedmodel_arguments(model: keras.Model, base_dir: str, version: Optio
                          f"{model.input_shape}")
     if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
         raise ValueError(f"`version` must be a positive integer or None. Received: version={version!r}")
-    if labels is not None and len(labels) != model.output_shape[-1]:
-        raise ValueError(
-            f"`labels` must name each of the {model.output_shape[-1]} classes. Received: {len(labels)} labels"
-        )
+    if labels is not None:
+        check_labels(labels, model.output_shape[-1])
     base_dir = os.path.abspath(os.fspath(base_dir))
     check_writable_directory(base_dir, "The SavedModel base directory")
     return base_dir

@@ -22,7 +22,10 @@ class VerificationError(AssertionError):
     """An export disagrees with its Keras model beyond the float32 bound."""
 
 
-def _errors(reference: np.ndarray, other: np.ndarray) -> dict:
+def _errors(reference: np.ndarray, other: np.ndarray, what: str = "the export") -> dict:
+    if other.shape != reference.shape:  # another model's export: say so, not a NumPy broadcast error
+        return {"error": f"{what} answers probabilities of shape {list(other.shape)}, the Keras model "
+                         f"{list(reference.shape)}: it is not this model's export"}
     absolute = float(np.max(np.abs(reference - other)))
     scale = float(np.max(np.abs(reference)))
     return {"max_abs_error": absolute, "max_rel_error": absolute / scale if scale > 0 else absolute}
@@ -49,14 +52,14 @@ def verify(model: keras.Model, savedmodel_dir: Optional[str] = None, onnx_path: 
         raise ValueError("verify needs `savedmodel_dir`, `onnx_path` or both. Received: neither")
     if batch is None:
         batch = np.random.default_rng(0).uniform(0, 255, (4, *model.input_shape[1:])).astype("float32")
-    from keras_resnet_v2.export.savedmodel import _check_classifier, float32_copy
+    from keras_resnet_v2.export.savedmodel import _check_classifier, _classifier, float32_copy
 
     _check_classifier(model)
     # Exports are float32 (a mixed-precision model is exported as its float32 copy). The reference
     # is the model's own output (softmax applied here, in NumPy, to a logits classifier), not the
     # serving code's transformation of it.
     reference_model = float32_copy(model)
-    logits = getattr(model.layers[-1].activation, "__name__", None) == "linear"
+    logits = _classifier(model)[1] == "linear"
 
     def keras_fn(images):
         out = np.asarray(reference_model(images, training=False), dtype="float64")
@@ -82,19 +85,22 @@ def verify(model: keras.Model, savedmodel_dir: Optional[str] = None, onnx_path: 
 
         serve = tf.saved_model.load(savedmodel_dir).signatures["serving_default"]
         out = serve(images=tf.constant(batch))
-        report["savedmodel"] = _errors(reference, out["probabilities"].numpy())
+        report["savedmodel"] = _errors(reference, out["probabilities"].numpy(), f"The SavedModel {savedmodel_dir}")
         report["savedmodel"]["classes_match"] = bool(np.array_equal(out["classes"].numpy(), reference.argmax(-1)))
     if onnx_path is not None:
         import onnxruntime as ort
 
         session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
         probabilities, classes = session.run(["probabilities", "classes"], {"images": batch})
-        report["onnx"] = _errors(reference, probabilities)
+        report["onnx"] = _errors(reference, probabilities, f"The ONNX file {onnx_path}")
         report["onnx"]["classes_match"] = bool(np.array_equal(classes, reference.argmax(-1)))
     allowed = report["max_relative_error_allowed"]
-    failed = [k for k in ("savedmodel", "onnx") if k in report and report[k]["max_rel_error"] > allowed]
+    failed = [k for k in ("savedmodel", "onnx") if k in report and report[k].get("max_rel_error", np.inf) > allowed]
     report["passed"] = not failed
     _write(report, report_path)
+    mismatched = [report[k]["error"] for k in failed if "error" in report[k]]
+    if mismatched:
+        raise VerificationError("; ".join(mismatched) + _where(report_path))
     if failed:
         raise VerificationError(f"Export parity failed for {', '.join(failed)}: {json.dumps(report)}"
                                 + _where(report_path))

@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 import keras_resnet_v2 as krv2
+from conftest import message_lines, tiered
 from keras_resnet_v2 import export
 
 
@@ -56,7 +57,7 @@ MODELS = {
 }
 
 
-@pytest.mark.parametrize("key", sorted(MODELS))
+@pytest.mark.parametrize("key", tiered(sorted(MODELS), slow={"preact_imagenet", "gated", "logits"}))
 def test_savedmodel_and_onnx_match_keras(key, tmp_path):
     model = _trained_like(MODELS[key]())
     saved = export.export_savedmodel(model, str(tmp_path / "serving"))
@@ -80,6 +81,7 @@ def test_mixed_precision_exports_in_float32(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 def test_signatures_and_saved_model_cli(tmp_path):
     model = _trained_like(krv2.ResNet20(classes=3))
     saved = export.export_savedmodel(model, str(tmp_path / "serving"), labels=["a", "b", "c"])
@@ -109,6 +111,7 @@ def test_signatures_and_saved_model_cli(tmp_path):
         loaded.signatures["serve_image_bytes"](image_bytes=tf.constant([b"not an image"]))
 
 
+@pytest.mark.slow
 def test_versions_are_numbered_and_never_overwritten_silently(tmp_path):
     model = krv2.ResNet20()
     base = str(tmp_path / "serving")
@@ -150,6 +153,7 @@ def _cli(*args):
                           timeout=600)
 
 
+@pytest.mark.slow
 def test_cli_exports_verifies_and_reports_bad_input(tmp_path):
     model = _trained_like(krv2.ResNet20(unit="original"))
     model.save(tmp_path / "model.keras")
@@ -184,6 +188,16 @@ def test_failed_cli_verification_still_writes_its_report(tmp_path, capsys):
     assert f"report: {version_dir}.verification.json" in capsys.readouterr().err
     report = json.loads(open(f"{version_dir}.verification.json").read())
     assert report["passed"] is False and report["savedmodel"]["max_rel_error"] > 1e-4
+    # The base directory instead of a version: one line naming the version to give, before TensorFlow.
+    assert main(["verify", str(tmp_path / "other.keras"), "--savedmodel", str(tmp_path / "serving")]) == 1
+    err = message_lines(capsys.readouterr().err)
+    assert len(err) == 1 and f"give a version, e.g. {version_dir}" in err[0], err
+    # Another model's export (5 classes against 3): one line saying so, and the report is written.
+    krv2.ResNet(8, input_shape=(16, 16, 3), classes=5).save(str(tmp_path / "five.keras"))
+    assert main(["verify", str(tmp_path / "five.keras"), "--savedmodel", version_dir]) == 1
+    err = message_lines(capsys.readouterr().err)
+    assert len(err) == 1 and "shape [4, 3], the Keras model [4, 5]: it is not this model's export" in err[0], err
+    assert "error" in json.loads(open(f"{version_dir}.verification.json").read())["savedmodel"]
 
 
 @pytest.mark.slow
@@ -227,6 +241,7 @@ export.{fn}(keras_resnet_v2.ResNet20(), sys.argv[1])
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fn", ["export_savedmodel", "export_onnx"])
 def test_a_killed_export_leaves_no_version_and_the_next_export_cleans_up(tmp_path, fn):
     target = tmp_path / ("serving" if fn == "export_savedmodel" else "m.onnx")

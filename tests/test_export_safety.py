@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -11,10 +12,12 @@ import textwrap
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras_resnet_v2 as krv2
 from conftest import message_lines
 from keras_resnet_v2 import export
+from keras_resnet_v2.export.savedmodel import serving_outputs
 
 
 def _served_model(classifier_activation="softmax"):
@@ -31,10 +34,13 @@ CALLS = textwrap.dedent("""
     results = {}
     for signature, dtype in (("serving_default", tf.float32), ("serve_uint8", tf.uint8)):
         for shape in ([16, 16, 3], [1, 1, 1, 3], [1, 16, 1, 3], [1, 16, 16, 1], [2, 16, 16, 3, 1], [0, 16, 16, 3],
-                      [2, 16, 16, 3]):
+                      [2, 16, 16, 3], "nan", "inf"):
             key = f"{signature} {shape}"
+            images = tf.zeros([2, 16, 16, 3], dtype) if isinstance(shape, str) else tf.zeros(shape, dtype)
+            if isinstance(shape, str) and dtype == tf.float32:  # one bad pixel in the second image
+                images = tf.tensor_scatter_nd_update(images, [[1, 5, 7, 2]], [float(shape)])
             try:
-                out = loaded.signatures[signature](images=tf.zeros(shape, dtype))
+                out = loaded.signatures[signature](images=images)
                 results[key] = {k: list(v.shape) for k, v in out.items()}
             except tf.errors.InvalidArgumentError as error:
                 results[key] = "InvalidArgumentError: " + error.message
@@ -56,6 +62,23 @@ def test_serving_signatures_check_shapes_and_survive_bad_requests(tmp_path):
             assert "[batch, 16, 16, 3]" in answer or "[?,16,16,3]" in answer, answer
         assert results[f"{signature} [0, 16, 16, 3]"] == {"probabilities": [0, 3], "classes": [0]}
         assert results[f"{signature} [2, 16, 16, 3]"] == {"probabilities": [2, 3], "classes": [2]}
+    # A NaN or Inf pixel is refused, not answered with NaN probabilities and class 0 (uint8 is always finite).
+    for value in ("nan", "inf"):
+        answer = results[f"serving_default {value}"]
+        assert isinstance(answer, str) and "`images` must be finite" in answer, (value, answer)
+        assert results[f"serve_uint8 {value}"] == {"probabilities": [2, 3], "classes": [2]}
+
+
+def test_labels_with_line_breaks_are_refused_before_any_export(tmp_path):
+    model = _served_model()
+    for labels, shown in ((["cat", "dog\nfox", "owl"], r"labels\[1\]='dog\\nfox'"),
+                          (["cat", "", "owl"], r"labels\[1\]=''"), (["cat", "dog"], "Received: 2 labels"),
+                          (["cat", "dog", "owl\u2028"], r"labels\[2\]")):
+        with pytest.raises(ValueError, match=shown):
+            export.export_savedmodel(model, str(tmp_path / "serving"), labels=labels)
+    assert not (tmp_path / "serving").exists()
+    version = export.export_savedmodel(model, str(tmp_path / "serving"), labels=["cat", "dog fox", "owl"])
+    assert open(os.path.join(version, "assets", "labels.txt")).read().splitlines() == ["cat", "dog fox", "owl"]
 
 
 @pytest.mark.parametrize("build, found", [
@@ -73,11 +96,23 @@ def test_models_that_are_not_softmax_or_logits_classifiers_are_refused(tmp_path,
     assert os.listdir(tmp_path) == []  # refused before anything was written
 
 
+def test_a_trained_network_inside_a_sequential_exports_with_its_own_softmax(tmp_path):
+    inner = krv2.ResNet(8, input_shape=(16, 16, 3), classes=3)
+    wrapped = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Rescaling(1 / 255), inner])
+    x = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype("float32")
+    version = export.export_savedmodel(wrapped, str(tmp_path / "serving"))
+    served = tf.saved_model.load(version).signatures["serving_default"](images=tf.constant(x))["probabilities"]
+    # The inner softmax is found and not applied twice (a second softmax would flatten these rows).
+    np.testing.assert_allclose(served.numpy(), np.asarray(wrapped(x, training=False)), rtol=1e-5, atol=1e-7)
+    logits = keras.Sequential([keras.Input((16, 16, 3)), krv2.ResNet(8, input_shape=(16, 16, 3), classes=3,
+                                                                   classifier_activation=None)])
+    assert serving_outputs(logits)(x)["probabilities"].numpy().sum(-1) == pytest.approx([1, 1], rel=1e-5)
+
+
 def test_verification_compares_with_the_models_own_output(tmp_path):
     model = _served_model(classifier_activation=None)  # logits: served as softmax(logits)
     result = export.export_and_verify(model, str(tmp_path / "serving"), str(tmp_path / "m.onnx"))
     assert result["report"]["passed"]
-    import tensorflow as tf
 
     images = np.random.default_rng(0).uniform(0, 255, (3, 16, 16, 3)).astype("float32")
     logits = np.asarray(model(images, training=False), dtype="float64")
@@ -180,8 +215,6 @@ def test_published_exports_have_the_usual_modes(tmp_path):
 def _striped_folder(root):
     """train/ and test/ with two classes of 512x384 PNGs with fine stripes, which a resize without
     antialiasing aliases; returns the test files in the order the test split reads them."""
-    import tensorflow as tf
-
     test_files = []
     for split in ("train", "test"):
         for cls, period in (("coarse", 7), ("fine", 3)):  # sorted: the split's class order
@@ -198,8 +231,6 @@ def _striped_folder(root):
 
 @pytest.mark.parametrize("native", [False, True], ids=["resize", "shorter_side_crop"])
 def test_serve_image_bytes_matches_the_evaluation_path(tmp_path, native):
-    import tensorflow as tf
-
     from keras_resnet_v2.training import data
 
     test_files = _striped_folder(tmp_path / "images")
@@ -208,7 +239,12 @@ def test_serve_image_bytes_matches_the_evaluation_path(tmp_path, native):
     test = data.pipeline(splits.test, splits.info, 4, training=False, image_size=32)
     inputs = keras.Input((32, 32, 3))
     x = krv2.Standardize(mean=[128.0] * 3, variance=[5000.0] * 3)(inputs)
+    keras.utils.set_random_seed(0)
     model = krv2.ResNet(8, input_tensor=x, classes=2)
+    # Sharper probabilities than an untrained net's near-0.5 ones, so the self-check at the end
+    # (the other mode answers otherwise) holds whatever the initial weights.
+    kernel = model.get_layer("predictions").kernel
+    kernel.assign(kernel * 30.0)
     evaluated = np.concatenate([np.asarray(model(images, training=False)) for images, _ in test])
     mode = "shorter_side_crop" if native else "resize"
     version = export.export_savedmodel(model, str(tmp_path / "serving"), preprocessing=mode)
@@ -225,3 +261,23 @@ def test_serve_image_bytes_matches_the_evaluation_path(tmp_path, native):
     decoded = [tf.io.decode_image(open(f, "rb").read(), channels=3) for f in test_files]
     otherwise = model(tf.stack([image_ops.prepare(image, 32, 32, other) for image in decoded]), training=False)
     assert np.abs(np.asarray(otherwise) - evaluated).max() > 1e-3
+
+
+@pytest.mark.parametrize("text, said", [
+    ('{"class_names": ["a", "b", "c"], "model": ', r"config.json is damaged \(not valid JSON: Expecting value"),
+    ('["a", "b", "c"]', "config.json is damaged: it must hold a JSON object. Received: list"),
+    ('{"class_names": 5}', r"config.json is damaged: `class_names` must be a list .* Received: class_names=5"),
+    ('{"class_names": [[1], 2, "c"]}', r"`class_names` must be a list of class-name strings. .*=\[\[1\]"),
+])
+def test_a_damaged_run_config_is_one_line_naming_the_file_and_the_key(tmp_path, capsys, text, said):
+    from keras_resnet_v2.export.__main__ import main
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    _served_model().save(run_dir / "model.keras")
+    (run_dir / "config.json").write_text(text)
+    assert main([str(run_dir), "--onnx", str(tmp_path / "m.onnx")]) == 1
+    err = message_lines(capsys.readouterr().err)
+    assert len(err) == 1 and str(run_dir / "config.json") in err[0], err
+    assert re.search(said, err[0]), err
+    assert not (tmp_path / "m.onnx").exists()

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from conftest import message_lines
 from keras_resnet_v2.training.cli import main
 from keras_resnet_v2.training.sweep import PAPER_ERRORS, TABLES, plan
 
@@ -68,6 +69,16 @@ def test_sweep_runs_rows_and_seeds_writes_results_and_resumes(tmp_path, capsys):
     assert all(os.path.getmtime(os.path.join(d, "sweep_result.json")) == t for d, t in stamps.items())
     assert json.loads(open(os.path.join(rows[0]["run_dir"], "sweep_result.json")).read())["steps"] == 4
     assert "pre-activation" in capsys.readouterr().out
+    # Other settings into the same folder: refused before anything trains, naming what changed
+    # (results.md would otherwise head resnet14 over ResNet-8's rows).
+    other = [a if a != "resnet8" else "resnet14" for a in args]
+    other[other.index("--steps") + 1] = "5"
+    assert main(other) == 2
+    err = message_lines(capsys.readouterr().err)
+    assert len(err) == 1 and "holds a result trained with other settings" in err[0], err
+    assert "model: 'resnet8' -> 'resnet14'" in err[0] and "steps: 4 -> 5" in err[0], err
+    assert all(os.path.getmtime(os.path.join(d, "sweep_result.json")) == t for d, t in stamps.items())
+    assert "resnet8" in (run_dir / "results.md").read_text()
 
 
 def test_table3_dry_run_lists_the_one_layer_skip_rows_for_resnet110(tmp_path, capsys):

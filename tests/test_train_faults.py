@@ -115,6 +115,28 @@ def test_unreadable_backups_and_a_missing_config_are_one_line(two_epoch_run, tmp
 
 
 @pytest.mark.slow
+def test_resume_with_fewer_epochs_or_other_identity_settings_is_one_line(two_epoch_run, tmp_path, capsys):
+    run_dir = _copy(two_epoch_run, tmp_path)
+    before = (run_dir / "config.json").read_text()
+    assert cli.main(_args(run_dir, *STACKED, epochs="1")) == 2  # trained nothing, said nothing, rewrote config
+    err = message_lines(capsys.readouterr().err)
+    assert len(err) == 1 and "trained for 2 epochs, more than the 1 asked for" in err[0], err
+    for flag, value, said in (("--normalization", "per_channel", "normalization: 'per_pixel' -> 'per_channel'"),
+                              ("--image-size", "24", "image_size: 32 -> 24"),
+                              ("--recipe", "paper_imagenet", "recipe: 'paper_cifar' -> 'paper_imagenet'")):
+        # These read as "no backup reads back" with TensorFlow warnings, although the backups are fine.
+        assert cli.main(_args(run_dir, *STACKED, flag, value, epochs="3")) == 2, flag
+        err = message_lines(capsys.readouterr().err)
+        assert len(err) == 1 and "holds a run with a different configuration" in err[0] and said in err[0], err
+    assert (run_dir / "config.json").read_text() == before
+    # Only history.csv deleted: the run resumes and says that the history and best.keras start again.
+    os.remove(run_dir / "history.csv")
+    assert cli.main(_args(run_dir, *STACKED, epochs="3")) == 0
+    assert "history.csv is missing: the history restarts at epoch 3" in capsys.readouterr().out
+    assert [r["epoch"] for r in cb.read_history(str(run_dir / "history.csv"))] == [3]
+
+
+@pytest.mark.slow
 def test_a_damaged_history_is_named(two_epoch_run, tmp_path, capsys):
     run_dir = _copy(two_epoch_run, tmp_path)
     with open(run_dir / "history.csv", "a") as f:

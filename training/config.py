@@ -20,7 +20,7 @@ STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 MODEL_PATTERN = re.compile(r"resnet(\d+)")
 # Fields that must match to resume a run directory (the rest, e.g. epochs, may change).
 IDENTITY_FIELDS = ("dataset", "model", "block", "unit", "shortcut", "variant_options", "scan", "batch_size",
-                   "precision", "seed")
+                   "precision", "seed", "recipe", "image_size", "normalization")
 
 
 @dataclass

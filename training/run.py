@@ -29,7 +29,7 @@ import keras
 import tensorflow as tf
 
 import keras_resnet_v2
-from keras_resnet_v2.plumbing.files import DirectoryLock, atomic_write
+from keras_resnet_v2.plumbing.files import DirectoryLock, atomic_write, read_json_object
 from keras_resnet_v2.resnet import resolve_config
 from keras_resnet_v2.training import callbacks as cb
 from keras_resnet_v2.training import data as data_lib
@@ -94,14 +94,12 @@ def _check_resume(run_dir: str, effective: dict) -> bool:
     if not os.path.exists(os.path.join(run_dir, "backup", "checkpoint")):
         return False
     try:
-        with open(path) as f:
-            previous = json.load(f)
+        previous = read_json_object(path)
     except FileNotFoundError:
         raise ValueError(f"Run directory {run_dir!r} holds a backup but no config.json, so it cannot be resumed "
                          "safely; move its backup/ aside to start over, or use another --run-dir.") from None
-    except ValueError as error:
-        raise ValueError(f"{path} is damaged ({error}); repair it, or move the run directory aside.") from None
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # runs saved before a field existed
+    defaults["normalization"] = (previous.get("recipe_values") or {}).get("normalization")
     previous = {k: previous.get(k, defaults.get(k)) for k in IDENTITY_FIELDS}
     changed = {k: (previous.get(k), effective.get(k)) for k in IDENTITY_FIELDS if previous.get(k) != effective.get(k)}
     if changed:
@@ -194,6 +192,7 @@ def _run(config: TrainConfig, held: contextlib.ExitStack) -> dict:
                  "steps_per_epoch": steps_per_epoch, "image_size": image_size,
                  "dataset_info": {k: v for k, v in dataclasses.asdict(info).items() if k != "class_names"},
                  "class_names": list(info.class_names),
+                 "normalization": recipe.normalization,  # the input statistics' kind: part of the run's identity
                  # how images of any size reach the network at test time (and in serve_image_bytes)
                  "preprocessing": "resize" if info.image_shape is not None else "shorter_side_crop",
                  "keras_resnet_v2": keras_resnet_v2.__version__,
@@ -225,7 +224,15 @@ def _run(config: TrainConfig, held: contextlib.ExitStack) -> dict:
         restored = _restore_newest_readable(checkpoint, manager, os.path.join(write_dir, "backup"),
                                             lambda message: _log(config, message))
         initial_epoch = int(epoch_var.numpy())
-        _log(config, f"resuming {run_dir} after epoch {initial_epoch} ({restored})")
+        if initial_epoch > epochs:  # config.json would record a schedule the model was not trained with
+            raise ValueError(f"Run directory {run_dir!r} holds a run trained for {initial_epoch} epochs, more than "
+                             f"the {epochs} asked for: nothing to train, and its record is kept. Give at least "
+                             f"{initial_epoch} epochs (more to go on training), or use another --run-dir")
+        _log(config, f"resuming {run_dir} after epoch {initial_epoch} ({restored})" if initial_epoch < epochs else
+             f"{run_dir} is already trained for its {epochs} epochs ({restored}): nothing to train")
+        if chief and not os.path.exists(os.path.join(run_dir, "history.csv")):
+            _log(config, f"{os.path.join(run_dir, 'history.csv')} is missing: the history restarts at epoch "
+                         f"{initial_epoch + 1} and best.keras is chosen again from the epochs trained from here")
     if chief:
         os.makedirs(run_dir, exist_ok=True)
         atomic_write(os.path.join(run_dir, "config.json"),
@@ -331,8 +338,8 @@ def evaluate(model_path: str, dataset: str, data_dir: str | None = None, batch_s
     # Image folders are kept at their own sizes (and centre-cropped) for a run trained that way,
     # as in its own test; otherwise resized to the model's input.
     run_config = os.path.join(model_path, "config.json")
-    native = eval_size is not None or (os.path.isfile(run_config) and json.load(open(run_config)).get(
-        "recipe_values", {}).get("scale_augmentation", False))
+    native = eval_size is not None or (os.path.isfile(run_config) and bool(
+        (read_json_object(run_config).get("recipe_values") or {}).get("scale_augmentation", False)))
     splits = data_lib.load(dataset, data_dir=data_dir, image_size=None if native else height)
     if splits.info.num_classes != model.output_shape[-1]:
         raise ValueError(f"The model has {model.output_shape[-1]} classes, dataset {dataset!r} has "

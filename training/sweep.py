@@ -20,7 +20,7 @@ import os
 import statistics
 from dataclasses import dataclass, field
 
-from keras_resnet_v2.plumbing.files import atomic_write
+from keras_resnet_v2.plumbing.files import atomic_write, read_json_object
 from keras_resnet_v2.training import callbacks as cb
 
 
@@ -103,12 +103,32 @@ def plan(table: int, model: str, dataset: str, seeds: int, run_dir: str) -> list
             for row in TABLES[table] if not row.models or model.lower() in row.models for seed in range(seeds)]
 
 
-def _finished(entry: dict) -> dict | None:
+# Settings that do not change what a row measures, so a rerun with other values reuses its result.
+NOT_IDENTITY = ("run_dir", "verbose", "data_dir", "export_dir", "strategy")
+
+
+def _settings(config) -> dict:
+    """What a row's result depends on (its TrainConfig, less NOT_IDENTITY), as JSON reads it back."""
+    import dataclasses
+
+    return json.loads(json.dumps({k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_IDENTITY},
+                                 default=str))
+
+
+def _finished(entry: dict, settings: dict) -> dict | None:
+    """The recorded result of a row trained with `settings`; a one-line ValueError if it was trained otherwise."""
     path = os.path.join(entry["run_dir"], "sweep_result.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)
-    return None
+    if not os.path.isfile(path):
+        return None
+    outcome = read_json_object(path)
+    recorded = outcome.get("settings")
+    if recorded != settings:
+        changed = ("no settings recorded (an older sweep)" if not isinstance(recorded, dict) else ", ".join(
+            f"{k}: {recorded.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(recorded) | set(settings))
+            if recorded.get(k) != settings.get(k)))
+        raise ValueError(f"{path} holds a result trained with other settings ({changed}); its results.md would "
+                         "mislabel it: use another --run-dir, or remove that row's folder to train it again")
+    return outcome
 
 
 def _outcome(entry: dict, status: str, test_accuracy: float | None) -> dict:
@@ -139,17 +159,18 @@ def run_sweep(table: int, *, run_dir: str, dataset: str = "cifar10", model: str 
     if dry_run:
         return entries
     results = []
-    for entry, config in zip(entries, configs, strict=True):
-        outcome = _finished(entry)
+    finished = [_finished(entry, _settings(config)) for entry, config in zip(entries, configs, strict=True)]
+    for entry, config, outcome in zip(entries, configs, finished, strict=True):  # every row checked first
         if outcome is None:
             try:
                 test_accuracy = run(config)["test_accuracy"]
                 outcome = _outcome(entry, "finished", test_accuracy)
             except NonFiniteLossError:
                 outcome = _outcome(entry, "diverged", None)
+            outcome["settings"] = _settings(config)
             atomic_write(os.path.join(entry["run_dir"], "sweep_result.json"),
                             lambda tmp, o=outcome: open(tmp, "w").write(json.dumps(o)))
-        results.append({**entry, **outcome})
+        results.append({**entry, **{k: v for k, v in outcome.items() if k != "settings"}})
         write_results(results, run_dir)
     return results
 

@@ -162,6 +162,23 @@ def describe_os_error(error: OSError) -> str:
     return f"{error.strerror or error}{where}"
 
 
+def read_json_object(path: str) -> dict:
+    """The JSON object in `path` (a run's config.json, say); a one-line ValueError naming the file
+    if it is truncated, not JSON or not an object. A missing file raises FileNotFoundError.
+
+    Example:
+        >>> config = read_json_object("runs/digits/config.json")
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = json.load(handle)
+    except (ValueError, UnicodeDecodeError) as error:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"{path} is damaged (not valid JSON: {error}); repair it or move it aside") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} is damaged: it must hold a JSON object. Received: {type(value).__name__}")
+    return value
+
+
 def model_file(path: str) -> str:
     """The `.keras` archive MODEL names (a file, or `model.keras` in a training run directory).
 
