@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -299,7 +300,12 @@ def stage_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] =
     archive = _serving_archive(serving_model, preprocessing)
     staged = Staged(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base_dir), final, version_dir=True)
     try:
-        archive.write_out(staged.path, verbose=False)
+        try:
+            archive.write_out(staged.path, verbose=False)
+        except tf.errors.OpError as error:  # SaveV2 on a full disk: ResourceExhaustedError, 40 lines of C++ stack
+            if "no space left" not in (error.message or "").lower():
+                raise
+            raise OSError(errno.ENOSPC, "No space left on device", staged.path) from None
         assets = os.path.join(staged.path, "assets")
         os.makedirs(assets, exist_ok=True)
         with open(os.path.join(assets, "metadata.json"), "w") as handle:

@@ -199,6 +199,24 @@ def test_a_full_disk_says_so_in_one_line_and_leaves_nothing(tmp_path, monkeypatc
     assert _published(out / "serving") == [] and _published(out) == ["serving"]
 
 
+def test_a_full_disk_while_the_savedmodel_is_written_is_one_line(tmp_path, monkeypatch, capsys):
+    def full_disk(self, path, **kwargs):  # what TensorFlow's SaveV2 raises on a full disk
+        os.makedirs(os.path.join(path, "variables"), exist_ok=True)
+        open(os.path.join(path, "variables", "variables.data-00000-of-00001"), "wb").write(b"half")
+        raise tf.errors.ResourceExhaustedError(None, None, f"{path}/variables/variables_temp; No space left on device")
+
+    # keras.export.ExportArchive() makes the backend's archive class (TFExportArchive): patch that one.
+    monkeypatch.setattr(type(keras.export.ExportArchive()), "write_out", full_disk)
+    _served_model().save(tmp_path / "model.keras")
+    from keras_resnet_v2.export.__main__ import main
+
+    code = main([str(tmp_path / "model.keras"), "--savedmodel", str(tmp_path / "serving")])
+    err = message_lines(capsys.readouterr().err)
+    assert code == 1 and len(err) == 1, err  # was a 44-line traceback
+    assert "no space left on device writing" in err[0] and "nothing was published" in err[0], err
+    assert _published(tmp_path / "serving") == []
+
+
 def test_published_exports_have_the_usual_modes(tmp_path):
     previous = os.umask(0o022)
     try:
@@ -281,3 +299,27 @@ def test_a_damaged_run_config_is_one_line_naming_the_file_and_the_key(tmp_path, 
     assert len(err) == 1 and str(run_dir / "config.json") in err[0], err
     assert re.search(said, err[0]), err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_keras_file_that_is_a_decompression_bomb_is_refused_before_loading(tmp_path, capsys):
+    import zipfile
+
+    from keras_resnet_v2.export.__main__ import main
+
+    bomb = tmp_path / "bomb.keras"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("metadata.json", '{"keras_version": "3.15.1"}')
+        archive.writestr("config.json", '{"class_name": "Functional", "config": {}}')
+        with archive.open("model.weights.h5", "w") as member:
+            for _ in range(100):  # 100 MiB of zeros: about 100 KB deflated
+                member.write(bytes(1 << 20))
+    assert bomb.stat().st_size < 1 << 20
+    assert main([str(bomb), "--onnx", str(tmp_path / "m.onnx")]) == 1
+    err = message_lines(capsys.readouterr().err)
+    assert len(err) == 1 and "member 'model.weights.h5' inflates" in err[0], err
+    assert "decompression bomb" in err[0] and not (tmp_path / "m.onnx").exists()
+    # A real model file passes the check (weights compress about 1.1x).
+    _served_model().save(tmp_path / "real.keras")
+    from keras_resnet_v2.plumbing.files import model_file
+
+    assert model_file(str(tmp_path / "real.keras")) == str(tmp_path / "real.keras")

@@ -199,6 +199,26 @@ def test_ctrl_c_says_where_it_stopped_and_how_to_resume(tmp_path, signum, code, 
     assert last.startswith(f"{said} after epoch") and f"resume from {run_dir / 'backup'}" in last, last
 
 
+@pytest.mark.slow
+def test_sigterm_stops_a_sweep_in_one_line_saying_how_to_go_on(tmp_path):
+    run_dir = tmp_path / "sweep"
+    process = subprocess.Popen([sys.executable, "-m", "keras_resnet_v2.training", "sweep", "--table", "3",
+                                "--dataset", "digits", "--model", "resnet8", "--epochs", "200", "--batch-size", "256",
+                                "--run-dir", str(run_dir), "--quiet"],
+                               env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first_row = run_dir / "table3_original_seed0" / "history.csv"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None and not first_row.exists():
+        time.sleep(0.2)
+    assert process.poll() is None, process.stderr.read()[-2000:]
+    process.send_signal(signal.SIGTERM)  # was: exit 143 and no line
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143 and "Traceback" not in err, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last == (f"stopped by SIGTERM; finished rows are kept in {run_dir}: rerun the same command to go on "
+                    "with the interrupted row"), last
+
+
 @pytest.mark.parametrize("name, text, message", [
     ("bad.yaml", "model: [resnet20\n", r"bad.yaml' is not valid plain YAML at line \d"),
     ("tag.yaml", "model: !!python/object/apply:os.system ['true']\n", "tag.yaml' is not valid plain YAML"),
@@ -209,6 +229,11 @@ def test_ctrl_c_says_where_it_stopped_and_how_to_resume(tmp_path, signum, code, 
     ("options.json", '{"variant_options": [1]}', "`variant_options` .* must be a mapping"),
     ("lr.json", '{"lr": "fast"}', "`lr` .* must be a number"),
     ("broken.json", '{"model": ', r"broken.json' is not valid JSON"),
+    # Nested aliases expand to gigabytes; a huge value would make a huge message.
+    ("alias.yaml", "a: &x [1, 2]\nvariant_options: {k: *x}\n", r"alias.yaml' uses a YAML alias \(\*x\) at line 2"),
+    ("laughs.yaml", "a: &a [x, x]\nb: &b [*a, *a]\nc: [*b, *b]\n", r"uses a YAML alias \(\*a\)"),
+    ("long.json", '{"epochs": "' + "9" * 100_000 + '"}', r"Received: epochs='9{60,}\.\.\. \(str\)$"),
+    ("huge.json", " " * (1 << 20) + "{}", r"huge.json' is 1,048,578 bytes; a settings file is at most 1,048,576"),
 ])
 def test_config_file_errors_name_the_file_and_the_key(tmp_path, capsys, name, text, message):
     (tmp_path / name).write_text(text)
@@ -242,6 +267,18 @@ def test_image_folders_with_one_class_or_mixed_layouts_are_refused(tmp_path):
         _png(tmp_path / "mixed" / folder / "0.png", 10)
     with pytest.raises(data.DatasetError, match="mixes split folders \\(train\\) with other subfolders \\(dog\\)"):
         data.load(str(tmp_path / "mixed"))
+    # A class whose only image falls into the test split would train on nothing, silently.
+    import hashlib
+
+    lone = next(f"{i}.png" for i in range(1000)  # a name the stable split puts in the test 10%
+                if int.from_bytes(hashlib.sha1(f"owl/{i}.png".encode()).digest()[:4], "big") < 0.1 * 2**32)
+    for cls in ("cat", "dog"):
+        for i in range(12):
+            _png(tmp_path / "lone" / cls / f"{i}.png", 10)
+    _png(tmp_path / "lone" / "owl" / lone, 10)
+    with pytest.raises(data.DatasetError, match="class 'owl' has no training image \\(every one of its images fell "
+                                                "into the 10% test split"):
+        data.load(str(tmp_path / "lone"))
 
 
 def test_a_truncated_jpeg_is_named_before_training_or_skipped(tmp_path, capsys):

@@ -161,16 +161,27 @@ def sweep_main(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a settings file; anything larger is not one
+
+
 def read_config_file(path: str) -> dict:
     """The settings of a JSON or YAML file, with one-line errors naming the file (and the key)."""
     if not os.path.isfile(path):
         raise ValueError(f"`config` file not found. Received: config={path!r}")
+    if os.path.getsize(path) > MAX_CONFIG_BYTES:
+        raise ValueError(f"`config` file {path!r} is {os.path.getsize(path):,} bytes; a settings file is at most "
+                         f"{MAX_CONFIG_BYTES:,}")
     with open(path) as f:
         text = f.read()
     if path.endswith((".yaml", ".yml")):
         import yaml
 
         try:
+            # Aliases refused first: a few lines of nested aliases expand to gigabytes ("billion laughs").
+            alias = next((e for e in yaml.parse(text, Loader=yaml.SafeLoader) if isinstance(e, yaml.AliasEvent)), None)
+            if alias is not None:
+                raise ValueError(f"`config` file {path!r} uses a YAML alias (*{alias.anchor}) at line "
+                                 f"{alias.start_mark.line + 1}; write each setting out (aliases are not accepted)")
             values = yaml.safe_load(text)  # plain data only: a Python tag is refused
         except yaml.YAMLError as error:
             where = getattr(error, "problem_mark", None)
@@ -315,7 +326,11 @@ def _execute(argv: Sequence[str], args) -> int:
             print(f"\nerror: {describe_os_error(error)}", file=sys.stderr)
             return 4
         except KeyboardInterrupt:
-            print(f"\n{_interrupted(argv) if argv[:1] not in (['evaluate'], ['sweep']) else interrupts.describe()}",
-                  file=sys.stderr)
+            if argv[:1] == ["sweep"]:
+                stopped = (f"{interrupts.describe()}; finished rows are kept in {args.run_dir}: rerun the same "
+                           "command to go on with the interrupted row")
+            else:
+                stopped = interrupts.describe() if argv[:1] == ["evaluate"] else _interrupted(argv)
+            print(f"\n{stopped}", file=sys.stderr)
             return interrupts.exit_code()
     return 0

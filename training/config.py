@@ -86,7 +86,8 @@ def _check_type(key: str, value, annotation: str, source: str) -> None:
     if not isinstance(value, accepted):
         expected = " or ".join({"str": "a string", "int": "an integer", "float": "a number", "bool": "true/false",
                                 "dict": "a mapping", "tuple": "a list", "None": "null"}[name] for name in names)
-        raise ValueError(f"`{key}` in {source} must be {expected}. Received: {key}={value!r} "
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."  # one line, whatever the value
+        raise ValueError(f"`{key}` in {source} must be {expected}. Received: {key}={shown} "
                          f"({type(value).__name__})")
 
 

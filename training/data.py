@@ -187,6 +187,8 @@ def _folder_splits(directory: str, test_fraction: float):
     if train_name and test_name:
         classes, train_paths, train_labels = _scan_class_folders(os.path.join(directory, train_name))
         _, test_paths, test_labels = _scan_class_folders(os.path.join(directory, test_name), classes)
+        _check_every_class_trains(os.path.join(directory, train_name), classes, train_labels,
+                                  "its training folder is empty")
         return classes, train_paths, train_labels, test_paths, test_labels
     root = os.path.join(directory, train_name) if train_name else directory
     classes, paths, labels = _scan_class_folders(root)
@@ -198,7 +200,17 @@ def _folder_splits(directory: str, test_fraction: float):
         (test_labels if is_test else train_labels).append(label)
     if not train_paths or not test_paths:
         raise DatasetError(f"Image folder {directory!r} has too few images for a train and a test split.")
+    _check_every_class_trains(directory, classes, train_labels, f"every one of its images fell into the "
+                              f"{test_fraction:.0%} test split; or give train/ and test/ folders")
     return classes, train_paths, train_labels, test_paths, test_labels
+
+
+def _check_every_class_trains(directory: str, classes, train_labels, why: str) -> None:
+    """A class with no training image would be trained on nothing, silently."""
+    untrained = sorted(set(range(len(classes))) - set(train_labels))
+    if untrained:
+        names = ", ".join(repr(classes[i]) for i in untrained[:5]) + (" ..." if len(untrained) > 5 else "")
+        raise DatasetError(f"Image folder {directory!r}: class {names} has no training image ({why}); add images")
 
 
 def load_folder(directory: str, image_size: int | None = 32, test_fraction: float = 0.1,

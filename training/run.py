@@ -278,9 +278,11 @@ def _run(config: TrainConfig, held: contextlib.ExitStack) -> dict:
     except (OSError, tf.errors.OpError) as error:
         if not _disk_full(error):
             raise
-        raise DiskFullError(f"no space left on device in {run_dir}; the run stopped after epoch "
-                            f"{int(epoch_var.numpy())} (backup {manager.latest_checkpoint}); free some space "
-                            "and rerun the same command to resume") from None
+        latest = manager.latest_checkpoint  # ckpt-N holds epoch N; the epoch counter may be one ahead of it
+        where = (f"the last backup is {latest} (after epoch {int(latest.rsplit('-', 1)[1])})" if latest
+                 else "no backup was written yet")
+        raise DiskFullError(f"no space left on device in {run_dir}; {where}; free some space and rerun the same "
+                            "command to resume from there") from None
 
     result = {"run_dir": run_dir, **{f"test_{k}": v for k, v in trainer.evaluate(test_ds).items()}}
     if config.eval_size and config.eval_size != image_size:

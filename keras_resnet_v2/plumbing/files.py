@@ -190,4 +190,25 @@ def model_file(path: str) -> str:
     if not zipfile.is_zipfile(candidate):  # Keras would say "File not found" of an existing file
         raise ValueError(f"MODEL {candidate!r} exists but is not a .keras archive (a .keras file is a zip "
                          "archive; this one is truncated, damaged or of another format)")
+    _check_not_a_bomb(candidate)
     return candidate
+
+
+# Weights are float arrays, which deflate compresses little (ResNet files: ratio about 1.1); a member
+# that inflates far more is a decompression bomb, which Keras would expand into memory and onto disk.
+MAX_INFLATION = 50
+MAX_INFLATED_BYTES = 8 << 30  # a whole archive: well above any network of this package (ResNet-200: ~260 MB)
+
+
+def _check_not_a_bomb(path: str) -> None:
+    with zipfile.ZipFile(path) as archive:
+        members = archive.infolist()
+    total = sum(member.file_size for member in members)
+    for member in members:
+        if member.file_size > (64 << 20) and member.file_size > MAX_INFLATION * max(member.compress_size, 1):
+            raise ValueError(f"MODEL {path!r}: member {member.filename!r} inflates {member.compress_size:,} bytes to "
+                             f"{member.file_size:,} (ratio {member.file_size // max(member.compress_size, 1):,}; "
+                             f"weights compress about 1.1x); not loaded, as a decompression bomb")
+    if total > MAX_INFLATED_BYTES:
+        raise ValueError(f"MODEL {path!r} inflates to {total:,} bytes, more than the {MAX_INFLATED_BYTES:,} any "
+                         "network of this package needs; not loaded")
