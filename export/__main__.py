@@ -9,9 +9,11 @@ beside it (`BASE_DIR/<version>.verification.json`, `FILE.verification.json`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import warnings
 from typing import Optional, Sequence
 
 from keras_resnet_v2.plumbing.files import describe_os_error, model_file, read_json_object
@@ -46,6 +48,26 @@ def _check_version_dir(path: str) -> None:
                      f"Received: {path!r}")
 
 
+INPUT_SCALE_HELP = ("multiply served pixels by S before a network with no scaling layer in front (1/255 = "
+                    "0.00392156862745098 for one trained on pixels / 255; default: none, with a warning)")
+
+
+@contextlib.contextmanager
+def _our_warnings_in_one_line():
+    """The package's own warnings (a bare network's input scale) as one `warning: ...` line on stderr."""
+    with warnings.catch_warnings():
+        previous = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if "keras_resnet_v2" in filename:
+                print(f"warning: {message}", file=sys.stderr)
+            else:
+                previous(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resnet-v2-export", description=__doc__.split("\n\n")[0],
                                      epilog="resnet-v2-export verify --help: check existing exports against a model")
@@ -57,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=int, help="ONNX opset (default 17)")
     parser.add_argument("--preprocessing", choices=("resize", "shorter_side_crop"),
                         help="how serve_image_bytes sizes images (default: the run's, else resize)")
+    parser.add_argument("--input-scale", type=float, metavar="S", help=INPUT_SCALE_HELP)
     parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     return parser
 
@@ -69,6 +92,7 @@ def _verify_parser() -> argparse.ArgumentParser:
     parser.add_argument("model", help="a .keras file or a directory holding model.keras (a training run)")
     parser.add_argument("--savedmodel", metavar="VERSION_DIR", help="an exported SavedModel version, e.g. serving/1")
     parser.add_argument("--onnx", metavar="FILE", help="an exported ONNX file")
+    parser.add_argument("--input-scale", type=float, metavar="S", help="the --input-scale the exports were made with")
     parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     return parser
 
@@ -83,6 +107,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         model_file(args.model)
+        if args.input_scale is not None and not (args.input_scale > 0 and args.input_scale != float("inf")):
+            raise ValueError(f"--input-scale must be a positive number. Received: {args.input_scale}")
         if verify_only and args.savedmodel:
             _check_version_dir(args.savedmodel)
     except ValueError as error:
@@ -93,11 +119,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
              f"{'checking' if verify_only else 'exporting'} {args.model} {'against' if verify_only else 'to'} "
              f"{targets}; starting TensorFlow")
     start_backend(args.verbose)
+
+    with _our_warnings_in_one_line():
+        return _export_or_verify(args, verify_only)
+
+
+def _export_or_verify(args, verify_only: bool) -> int:
     from keras_resnet_v2 import export
+    from keras_resnet_v2.export.savedmodel import with_input_scale
 
     try:
         model = export.load_model(args.model)
         if verify_only:
+            model = with_input_scale(model, args.input_scale)
             report_path = (f"{args.savedmodel.rstrip(os.sep)}.verification.json" if args.savedmodel
                            else f"{args.onnx}.verification.json")
             report = export.verify(model, savedmodel_dir=args.savedmodel, onnx_path=args.onnx, report_path=report_path)
@@ -106,7 +140,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.preprocessing:
                 details["preprocessing"] = args.preprocessing
             result = export.export_and_verify(model, args.savedmodel, args.onnx, version=args.version,
-                                              overwrite=args.overwrite, opset=args.opset, **details)
+                                              overwrite=args.overwrite, opset=args.opset,
+                                              input_scale=args.input_scale, **details)
             report, report_path = result["report"], result["report_path"]
             for kind, key in (("SavedModel", "savedmodel"), ("ONNX", "onnx")):
                 if result[key]:

@@ -17,6 +17,7 @@ from keras_resnet_v2.export.savedmodel import (
     float32_copy,
     metadata,
     serving_outputs,
+    with_input_scale,
 )
 from keras_resnet_v2.plumbing.files import DirectoryLock, check_writable_directory
 
@@ -94,19 +95,22 @@ def stage_onnx(model: keras.Model, path: str, opset: int, labels: Optional[Seque
 
 
 def export_onnx(model: keras.Model, path: str, opset: Optional[int] = None,
-                labels: Optional[Sequence[str]] = None, extra_metadata: Optional[dict] = None) -> str:
+                labels: Optional[Sequence[str]] = None, extra_metadata: Optional[dict] = None,
+                input_scale: Optional[float] = None) -> str:
     """Writes `model` as ONNX to `path` (atomically) and returns the path, unverified.
 
     Input `images` [batch, H, W, C] float32 pixels 0-255; outputs `probabilities`
     [batch, classes] float32 (first) and `classes` [batch] int64. The file's `metadata_props`
     hold the class names (`labels`), input shape and range, `extra_metadata` (how the model was
     trained, its normalization) and the versions, each value a string (JSON for non-strings).
-    `export_and_verify` publishes the file only once it has been verified.
+    `export_and_verify` publishes the file only once it has been verified. `input_scale`: as in
+    `export_savedmodel`.
 
     Example:
         >>> export_onnx(keras_resnet_v2.ResNet20(), "/tmp/resnet20.onnx")
         '/tmp/resnet20.onnx'
     """
     path, opset = check_onnx_arguments(model, path, opset)
+    model = with_input_scale(model, input_scale)
     with onnx_lock(path):
         return stage_onnx(model, path, opset, labels, extra_metadata).publish()

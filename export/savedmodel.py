@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import re
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -29,6 +31,51 @@ def _classifier(model: keras.Model) -> tuple:
     if isinstance(last, keras.layers.Softmax):
         return last, "softmax"
     return last, getattr(getattr(last, "activation", None), "__name__", None)
+
+
+# Layers that bring pixels to the network's input range: a model starting with one takes 0-255 pixels.
+SCALING_LAYERS = ("Standardize", "Rescaling", "Normalization")
+
+
+def _first_layer(model: keras.Model):
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    first = layers[0] if layers else None
+    return _first_layer(first) if isinstance(first, keras.Model) else first
+
+
+def scales_its_input(model: keras.Model) -> bool:
+    """True if the first layer the input meets (inside nested models too) is a scaling layer
+    (`Standardize`, `Rescaling`, `Normalization`); False for a bare network such as `ResNet20()`."""
+    return type(_first_layer(model)).__name__ in SCALING_LAYERS
+
+
+def check_input_scale(input_scale) -> Optional[float]:
+    if input_scale is None:
+        return None
+    if isinstance(input_scale, bool) or not isinstance(input_scale, (int, float)) or not (
+            math.isfinite(input_scale) and input_scale > 0):
+        raise ValueError(f"`input_scale` must be a positive number (1/255 for a network trained on pixels / 255) "
+                         f"or None. Received: input_scale={input_scale!r}")
+    return float(input_scale)
+
+
+def with_input_scale(model: keras.Model, input_scale: Optional[float]) -> keras.Model:
+    """`model` behind a `Rescaling(input_scale)` layer, so exports take 0-255 pixels; `model` itself for None.
+
+    Without a scale, a bare network (no scaling layer in front of its stem) is exported as it is and a
+    warning says that the signatures pass 0-255 pixels to it unchanged.
+    """
+    input_scale = check_input_scale(input_scale)
+    if input_scale is None:
+        if not scales_its_input(model):
+            warnings.warn(f"{model.name!r} has no scaling layer ({', '.join(SCALING_LAYERS)}) in front of its stem: "
+                          "the exports pass 0-255 pixels to it unchanged. If it was trained on other inputs (x / 255, "
+                          "standardized), pass input_scale (resnet-v2-export --input-scale) or put the layer in "
+                          "front", UserWarning, stacklevel=3)
+        return model
+    inputs = keras.Input(model.input_shape[1:], name="images")
+    scaled = keras.layers.Rescaling(input_scale, name="input_scale")(inputs)
+    return keras.Model(inputs, model(scaled), name=model.name)
 
 
 def _check_classifier(model) -> None:
@@ -153,7 +200,8 @@ def metadata(model: keras.Model) -> dict:
     return {
         "model_name": model.name,
         "input_shape": list(model.input_shape[1:]),
-        "input": "RGB pixel values 0-255; any normalization is inside the model",
+        "input": ("RGB pixel values 0-255; any normalization is inside the model" if scales_its_input(model) else
+                  "RGB pixel values 0-255, passed to the network unchanged: it has no scaling layer in front"),
         "classes": int(model.output_shape[-1]),
         "layers": len(model.layers),
         "parameters": int(model.count_params()),
@@ -323,7 +371,7 @@ def stage_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] =
 def export_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] = None,
                       overwrite: bool = False, labels: Optional[Sequence[str]] = None,
                       keep_mixed_precision: bool = False, extra_metadata: Optional[dict] = None,
-                      preprocessing: str = "resize") -> str:
+                      preprocessing: str = "resize", input_scale: Optional[float] = None) -> str:
     """Writes `base_dir/<version>` for TF Serving and returns its path, unverified.
 
     `export_and_verify` publishes a version only once it has been verified; use it to serve.
@@ -338,12 +386,15 @@ def export_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] 
     `serve_image_bytes` brings an image to the input size, as the model was trained and tested:
     "resize" (CIFAR-style: stretched, antialiased) or "shorter_side_crop" (ImageNet-style: shorter
     side to 256/224 of the crop, centre crop); see `keras_resnet_v2.plumbing.images`.
+    `input_scale` multiplies the served pixels before a network with no scaling layer of its own
+    (`with_input_scale`: 1/255 for one trained on pixels / 255).
 
     Example:
-        >>> export_savedmodel(keras_resnet_v2.ResNet20(), "/tmp/serving/resnet20")
+        >>> export_savedmodel(keras_resnet_v2.ResNet20(), "/tmp/serving/resnet20", input_scale=1 / 255)
         '/tmp/serving/resnet20/1'
     """
     base_dir = check_savedmodel_arguments(model, base_dir, version, labels, preprocessing)
+    model = with_input_scale(model, input_scale)
     with DirectoryLock(base_dir, "an export"):
         return stage_savedmodel(model, base_dir, version, overwrite, labels, keep_mixed_precision,
                                 extra_metadata, preprocessing).publish()

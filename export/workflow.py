@@ -10,7 +10,12 @@ from typing import Optional, Sequence
 import keras
 
 from keras_resnet_v2.export.onnx import check_onnx_arguments, onnx_lock, stage_onnx
-from keras_resnet_v2.export.savedmodel import check_savedmodel_arguments, float32_copy, stage_savedmodel
+from keras_resnet_v2.export.savedmodel import (
+    check_savedmodel_arguments,
+    float32_copy,
+    stage_savedmodel,
+    with_input_scale,
+)
 from keras_resnet_v2.export.verify import verify
 from keras_resnet_v2.plumbing.files import DirectoryLock
 
@@ -18,7 +23,7 @@ from keras_resnet_v2.plumbing.files import DirectoryLock
 def export_and_verify(model: keras.Model, savedmodel: Optional[str] = None, onnx: Optional[str] = None, *,
                       version: Optional[int] = None, overwrite: bool = False, opset: Optional[int] = None,
                       labels: Optional[Sequence[str]] = None, extra_metadata: Optional[dict] = None,
-                      preprocessing: str = "resize") -> dict:
+                      preprocessing: str = "resize", input_scale: Optional[float] = None) -> dict:
     """SavedModel under `savedmodel` (a TF Serving base directory) and/or ONNX at `onnx`, verified.
 
     Every argument is checked before anything is written. Both exports are written to hidden
@@ -28,7 +33,9 @@ def export_and_verify(model: keras.Model, savedmodel: Optional[str] = None, onnx
     report, "report_path": path}`. The report (`BASE_DIR/<version>.verification.json`, else
     `FILE.verification.json`) holds the export times (`savedmodel_s`, `onnx_s`) and the parity
     errors; it is written even when verification fails, and `VerificationError` is raised then.
-    `preprocessing` is how `serve_image_bytes` sizes images (`export_savedmodel`).
+    `preprocessing` is how `serve_image_bytes` sizes images (`export_savedmodel`); `input_scale`
+    multiplies the pixels before a network with no scaling layer in front (`with_input_scale`), and
+    the exports are verified against that.
 
     Example:
         >>> model = keras.saving.load_model("runs/digits/model.keras")
@@ -41,6 +48,7 @@ def export_and_verify(model: keras.Model, savedmodel: Optional[str] = None, onnx
                          f"Received: savedmodel={savedmodel!r}, onnx={onnx!r}")
     base_dir = check_savedmodel_arguments(model, savedmodel, version, labels, preprocessing) if savedmodel else None
     onnx_path, opset = check_onnx_arguments(model, onnx, opset) if onnx else (None, None)
+    model = with_input_scale(model, input_scale)
     # Exports and verification all use the float32 network: copy a mixed-precision model once here
     # (float32_copy returns a float32 model itself, so the steps below do not copy it again).
     model = float32_copy(model)

@@ -193,7 +193,7 @@ def test_failed_cli_verification_still_writes_its_report(tmp_path, capsys):
     err = message_lines(capsys.readouterr().err)
     assert len(err) == 1 and f"give a version, e.g. {version_dir}" in err[0], err
     # Another model's export (5 classes against 3): one line saying so, and the report is written.
-    krv2.ResNet(8, input_shape=(16, 16, 3), classes=5).save(str(tmp_path / "five.keras"))
+    krv2.ResNet(8, input_tensor=x, classes=5).save(str(tmp_path / "five.keras"))
     assert main(["verify", str(tmp_path / "five.keras"), "--savedmodel", version_dir]) == 1
     err = message_lines(capsys.readouterr().err)
     assert len(err) == 1 and "shape [4, 3], the Keras model [4, 5]: it is not this model's export" in err[0], err

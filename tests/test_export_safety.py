@@ -323,3 +323,54 @@ def test_a_keras_file_that_is_a_decompression_bomb_is_refused_before_loading(tmp
     from keras_resnet_v2.plumbing.files import model_file
 
     assert model_file(str(tmp_path / "real.keras")) == str(tmp_path / "real.keras")
+
+
+def test_a_bare_network_is_exported_with_its_input_scale_or_a_warning(tmp_path, capsys):
+    # A ResNet20() trained on x / 255 with no scaling layer: served 0-255 pixels went in unscaled
+    # (0/16 served PNGs right). input_scale builds the scale into the exports, which are verified with it.
+    keras.utils.set_random_seed(0)
+    bare = _trained_like_bare()
+    pixels = np.random.default_rng(0).uniform(0, 255, (3, 16, 16, 3)).astype("float32")
+    result = export.export_and_verify(bare, str(tmp_path / "serving"), str(tmp_path / "m.onnx"), input_scale=1 / 255)
+    assert result["report"]["passed"]
+    served = tf.saved_model.load(result["savedmodel"]).signatures["serving_default"](images=tf.constant(pixels))
+    np.testing.assert_allclose(served["probabilities"].numpy(), np.asarray(bare(pixels / 255, training=False)),
+                               rtol=1e-4, atol=1e-6)
+    assert not np.allclose(served["probabilities"].numpy(), np.asarray(bare(pixels, training=False)), atol=1e-3)
+    meta = json.loads(open(os.path.join(result["savedmodel"], "assets", "metadata.json")).read())
+    assert meta["input"].startswith("RGB pixel values 0-255; any normalization is inside the model")
+    # Without input_scale: a warning, and metadata.json says the pixels go in unchanged.
+    with pytest.warns(UserWarning, match="has no scaling layer .* in front of its stem: the exports pass 0-255"):
+        version = export.export_savedmodel(bare, str(tmp_path / "serving"))
+    assert "passed to the network unchanged" in json.loads(open(os.path.join(version, "assets",
+                                                                                 "metadata.json")).read())["input"]
+    for bad in (0, -1.0, float("nan"), "1/255", True):
+        with pytest.raises(ValueError, match="`input_scale` must be a positive number"):
+            export.export_and_verify(bare, str(tmp_path / "other"), input_scale=bad)
+    assert not (tmp_path / "other").exists()
+    # The command line: --input-scale, and the warning as one line.
+    from keras_resnet_v2.export.__main__ import main
+
+    bare.save(tmp_path / "bare.keras")
+    assert main([str(tmp_path / "bare.keras"), "--onnx", str(tmp_path / "w.onnx")]) == 0
+    err = message_lines(capsys.readouterr().err)
+    assert len(err) == 1 and err[0].startswith("warning: 'resnet8") and "--input-scale" in err[0], err
+    scaled = tmp_path / "s.onnx"
+    assert main([str(tmp_path / "bare.keras"), "--onnx", str(scaled), "--input-scale", "0.00392156862745098"]) == 0
+    assert message_lines(capsys.readouterr().err) == []
+    assert main(["verify", str(tmp_path / "bare.keras"), "--onnx", str(scaled), "--input-scale", "0"]) == 1
+    assert "--input-scale must be a positive number" in capsys.readouterr().err
+
+
+def _trained_like_bare():
+    """A bare ResNet-8 (no scaling layer) whose BatchNorm statistics are those of x / 255 inputs."""
+    model = krv2.ResNet(8, input_shape=(16, 16, 3), classes=3)
+    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in layers:
+        layer.momentum = 0.0
+    model(np.random.default_rng(1).uniform(0, 1, (8, 16, 16, 3)).astype("float32"), training=True)
+    for layer in layers:
+        layer.momentum = 0.99
+    kernel = model.get_layer("predictions").kernel
+    kernel.assign(kernel * 10.0)  # sharp probabilities: scaled and unscaled inputs tell apart
+    return model
