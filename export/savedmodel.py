@@ -17,6 +17,7 @@ import keras
 import tensorflow as tf
 
 import keras_resnet_v2
+from keras_resnet_v2.export import image_bytes as bytes_checks
 from keras_resnet_v2.plumbing import images as image_ops
 from keras_resnet_v2.plumbing.files import DirectoryLock, check_writable_directory, model_file, usual_modes
 
@@ -32,6 +33,8 @@ def _classifier(model: keras.Model) -> tuple:
         return last, "softmax"
     return last, getattr(getattr(last, "activation", None), "__name__", None)
 
+
+DECODES_AT_ONCE = 4  # serve_image_bytes: images of one request decoded in parallel
 
 # Layers that bring pixels to the network's input range: a model starting with one takes 0-255 pixels.
 SCALING_LAYERS = ("Standardize", "Rescaling", "Normalization")
@@ -173,7 +176,11 @@ def _serving_archive(model: keras.Model, preprocessing: str = "resize") -> keras
         # An empty batch gets empty outputs (BatchNorm kernels reject a batch of 0 images).
         return tf.cond(tf.shape(images)[0] > 0, lambda: network(images), lambda: empty)
 
+    largest = bytes_checks.max_pixels(height, width)
+
     def decode(data):
+        # The declared size is checked before anything is decoded, and a GIF keeps its first frame only.
+        data = bytes_checks.checked(data, largest)
         image = tf.io.decode_image(data, channels=channels, expand_animations=False)
         image = image_ops.prepare(image, height, width, preprocessing)
         return tf.ensure_shape(image, (height, width, channels))
@@ -186,7 +193,10 @@ def _serving_archive(model: keras.Model, preprocessing: str = "resize") -> keras
                          input_signature=[tf.TensorSpec(shape, tf.uint8, name="images")])
     archive.add_endpoint(
         "serve_image_bytes",
-        lambda image_bytes: outputs(tf.map_fn(decode, image_bytes, fn_output_signature=tf.float32)),
+        # At most DECODES_AT_ONCE images are decoded at a time, so a request of many large images
+        # holds a few decoded images at once, not all of them.
+        lambda image_bytes: outputs(tf.map_fn(decode, image_bytes, fn_output_signature=tf.float32,
+                                              parallel_iterations=DECODES_AT_ONCE)),
         input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     return archive
 
@@ -358,6 +368,8 @@ def stage_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] =
         os.makedirs(assets, exist_ok=True)
         with open(os.path.join(assets, "metadata.json"), "w") as handle:
             json.dump({**metadata(serving_model), "image_bytes_preprocessing": preprocessing,
+                       "image_bytes_max_pixels": bytes_checks.max_pixels(*serving_model.input_shape[1:3]),
+                       "image_bytes_decodes_at_once": DECODES_AT_ONCE,
                        **(extra_metadata or {})}, handle, indent=2)
         if labels is not None:
             with open(os.path.join(assets, "labels.txt"), "w") as handle:

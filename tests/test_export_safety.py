@@ -374,3 +374,81 @@ def _trained_like_bare():
     kernel = model.get_layer("predictions").kernel
     kernel.assign(kernel * 10.0)  # sharp probabilities: scaled and unscaled inputs tell apart
     return model
+
+
+def _encoded(array, fmt, **options) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def test_declared_image_sizes_are_read_from_every_format_header():
+    from keras_resnet_v2.export import image_bytes
+
+    rgb = np.random.default_rng(0).integers(0, 255, (37, 53, 3), dtype=np.uint8)
+    rgba = np.dstack([rgb, rgb[..., :1]])
+    for array, fmt, options in ((rgb, "PNG", {}), (rgb, "JPEG", {}), (rgb, "GIF", {}), (rgb, "BMP", {}),
+                                (rgb, "WEBP", {"lossless": True}), (rgb, "WEBP", {"quality": 80}),
+                                (rgba, "WEBP", {"quality": 80})):  # VP8L, VP8 and VP8X headers
+        assert image_bytes.declared_size(tf.constant(_encoded(array, fmt, **options))).numpy().tolist() == [37, 53], fmt
+    assert image_bytes.declared_size(tf.constant(b"not an image")).numpy().tolist() == [0, 0]
+    # A GIF is cut after its first frame (TensorFlow's decoder expands every frame otherwise).
+    import io
+
+    from PIL import Image
+
+    frames = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 30, 3), dtype=np.uint8)) for i in range(6)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
+    animation = tf.constant(buffer.getvalue())
+    cut = image_bytes.first_gif_frame(animation)
+    assert tf.io.decode_gif(animation).shape[0] == 6 and tf.io.decode_gif(cut).shape[0] == 1
+    np.testing.assert_array_equal(tf.io.decode_gif(cut)[0].numpy(), tf.io.decode_gif(animation)[0].numpy())
+    with pytest.raises(tf.errors.InvalidArgumentError, match="first frame is incomplete"):
+        image_bytes.first_gif_frame(tf.constant(buffer.getvalue()[:200]))  # cut inside the first frame
+    assert image_bytes.max_pixels(32, 32) == 4096 * 4096 and image_bytes.max_pixels(448, 448) == 256 * 448 * 448
+
+
+MEMORY_PROBE = textwrap.dedent("""
+    import json, resource, sys
+    import tensorflow as tf
+    serve = tf.saved_model.load(sys.argv[1]).signatures["serve_image_bytes"]
+    files = {name: open(f"{sys.argv[2]}/{name}", "rb").read() for name in ("bomb.png", "frames.gif", "first.gif")}
+    serve(image_bytes=tf.constant([files["first.gif"]]))  # warm: the first call builds the kernels
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        serve(image_bytes=tf.constant([files["bomb.png"]] * 4))
+        refused = ""
+    except tf.errors.InvalidArgumentError as error:
+        refused = error.message
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    frames = serve(image_bytes=tf.constant([files["frames.gif"]]))["probabilities"].numpy().tolist()
+    first = serve(image_bytes=tf.constant([files["first.gif"]]))["probabilities"].numpy().tolist()
+    print(json.dumps({"refused": refused, "grown_mb": grown, "frames": frames, "first": first}))
+""")
+
+
+def test_serve_image_bytes_refuses_decompression_bombs_in_bounded_memory(tmp_path):
+    from PIL import Image
+
+    version = export.export_savedmodel(_served_model(), str(tmp_path / "serving"))
+    meta = json.loads(open(os.path.join(version, "assets", "metadata.json")).read())
+    assert meta["image_bytes_max_pixels"] == 4096 * 4096 and meta["image_bytes_decodes_at_once"] == 4
+    Image.new("1", (20000, 20000)).save(tmp_path / "bomb.png")  # 48 KB that decodes to 1.2 GB of RGB
+    assert (tmp_path / "bomb.png").stat().st_size < 100_000
+    rng = np.random.default_rng(0)
+    frames = [Image.fromarray(rng.integers(0, 255, (300, 300, 3), dtype=np.uint8)) for _ in range(6)]
+    frames[0].save(tmp_path / "frames.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "first.gif")
+    done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, version, str(tmp_path)], capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "declares more than 16,777,216 pixels" in report["refused"] and "20000" in report["refused"], report
+    assert report["grown_mb"] < 300, report  # four decoded bombs: 4.8 GB
+    # An animation is served from its first frame, the only one decoded.
+    np.testing.assert_allclose(report["frames"], report["first"], rtol=1e-6)
