@@ -16,6 +16,7 @@ import sys
 import warnings
 from typing import Optional, Sequence
 
+from keras_resnet_v2.names import short_repr
 from keras_resnet_v2.plumbing.files import describe_os_error, model_file, read_json_object
 from keras_resnet_v2.plumbing.startup import VERBOSE_HELP, announce, start_backend
 
@@ -30,9 +31,8 @@ def _run_details(path: str) -> dict:
 
     labels = config.get("class_names") or None
     if labels is not None and not (isinstance(labels, list) and all(isinstance(name, str) for name in labels)):
-        shown = repr(labels) if len(repr(labels)) <= 80 else repr(labels)[:77] + "..."
         raise ValueError(f"{config_path} is damaged: `class_names` must be a list of class-name strings. "
-                         f"Received: class_names={shown}")
+                         f"Received: class_names={short_repr(labels)}")
     return {"extra_metadata": export.training_metadata(config), "labels": labels,
             "preprocessing": export.serving_preprocessing(config)}
 

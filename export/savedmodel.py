@@ -18,6 +18,7 @@ import tensorflow as tf
 
 import keras_resnet_v2
 from keras_resnet_v2.export import image_bytes as bytes_checks
+from keras_resnet_v2.names import short_repr
 from keras_resnet_v2.plumbing import images as image_ops
 from keras_resnet_v2.plumbing.files import DirectoryLock, check_writable_directory, model_file, usual_modes
 
@@ -319,9 +320,8 @@ def check_labels(labels: Sequence[str], classes: int) -> None:
         raise ValueError(f"`labels` must name each of the {classes} classes. Received: {len(labels)} labels")
     for index, label in enumerate(labels):
         if not isinstance(label, str) or label.splitlines() != [label]:
-            shown = repr(label) if len(repr(label)) <= 80 else repr(label)[:77] + "..."
             raise ValueError(f"`labels` must be non-empty strings without line breaks (one line of labels.txt "
-                             f"each). Received: labels[{index}]={shown}")
+                             f"each). Received: labels[{index}]={short_repr(label)}")
 
 
 def check_savedmodel_arguments(model: keras.Model, base_dir: str, version: Optional[int] = None,

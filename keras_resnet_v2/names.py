@@ -31,7 +31,18 @@ def choices(values: Sequence) -> str:
     return ", ".join(repr(v) for v in values)
 
 
+def short_repr(value, limit: int = 80) -> str:
+    """`repr(value)`, cut to `limit` characters: an error message stays one readable line whatever it quotes.
+
+    Example:
+        >>> short_repr("x" * 1000)[-5:]
+        'xx...'
+    """
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def check_choice(arg: str, value, allowed: Sequence) -> None:
     """A one-line ValueError naming `arg`, the allowed values and the received one."""
     if value not in allowed:
-        raise ValueError(f"`{arg}` must be one of {choices(allowed)}. Received: {arg}={value!r}")
+        raise ValueError(f"`{arg}` must be one of {choices(allowed)}. Received: {arg}={short_repr(value)}")

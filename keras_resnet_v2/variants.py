@@ -18,6 +18,7 @@ from typing import Any, Callable
 import keras
 
 from keras_resnet_v2.layers import ConstantScale, GatedSum
+from keras_resnet_v2.names import short_repr
 
 # --------------------------------------------------------------------------- units
 
@@ -176,9 +177,9 @@ def resolve_shortcut_options(shortcut: str, given: dict[str, Any]) -> dict[str, 
             fits = ", ".join(sorted(allowed)) or "none"
             raise ValueError(
                 f"Unknown option `{key}` for shortcut={shortcut!r}. Options of that "
-                f"shortcut: {fits}. Received: {key}={value!r}"
+                f"shortcut: {fits}. Received: {key}={short_repr(value)}"
             )
         check, allowed_text = _OPTION_CHECKS[key]
         if not check(value):
-            raise ValueError(f"`{key}` must be {allowed_text}. Received: {key}={value!r}")
+            raise ValueError(f"`{key}` must be {allowed_text}. Received: {key}={short_repr(value)}")
     return {**allowed, **given}

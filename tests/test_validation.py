@@ -42,6 +42,10 @@ CASES = [
     ({"depth": 20, "shortcut": "constant_scaling", "shortcut_scale": 1.5}, ["[0, 1]", "shortcut_scale=1.5"]),
     ({"depth": 20, "shortcut": "constant_scaling", "scale_residual": 1}, ["True or False", "scale_residual=1"]),
     ({"depth": 20, "shortcut": "dropout", "dropout_rate": 1.0}, ["[0, 1)", "dropout_rate=1.0"]),
+    # A huge value (an expanded YAML alias) is quoted in 80 characters, not in megabytes.
+    ({"depth": 20, "shortcut": "exclusive_gating", "gate_bias": [[0] * 1000] * 1000},
+     ["`gate_bias`", "gate_bias=[[0, 0, 0,", "..."]),
+    ({"depth": 20, "unit": "x" * 100_000}, ["`unit`", "unit='xxxxxxxx", "..."]),
 ]
 
 
@@ -61,7 +65,7 @@ def test_bad_argument_raises_clear_error_before_building(kwargs, fragments, monk
     message = str(info.value)
     for fragment in fragments:
         assert fragment in message, f"{fragment!r} not in {message!r}"
-    assert "Received" in message
+    assert "Received" in message and len(message) < 500, len(message)
     assert built == [], f"layers were built before the error: {built[:5]}"
 
 

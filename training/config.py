@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 
 from keras_resnet_v2.depths import resolve_depth
+from keras_resnet_v2.names import short_repr
 from keras_resnet_v2.plumbing.files import check_writable_directory
 from keras_resnet_v2.training import recipes
 
@@ -86,8 +87,7 @@ def _check_type(key: str, value, annotation: str, source: str) -> None:
     if not isinstance(value, accepted):
         expected = " or ".join({"str": "a string", "int": "an integer", "float": "a number", "bool": "true/false",
                                 "dict": "a mapping", "tuple": "a list", "None": "null"}[name] for name in names)
-        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."  # one line, whatever the value
-        raise ValueError(f"`{key}` in {source} must be {expected}. Received: {key}={shown} "
+        raise ValueError(f"`{key}` in {source} must be {expected}. Received: {key}={short_repr(value)} "
                          f"({type(value).__name__})")
 
 
