@@ -57,7 +57,7 @@ MODELS = {
 }
 
 
-@pytest.mark.parametrize("key", tiered(sorted(MODELS), slow={"preact_imagenet", "gated", "logits"}))
+@pytest.mark.parametrize("key", tiered(sorted(MODELS), slow={"preact_imagenet", "gated", "logits", "mixed_float16"}))
 def test_savedmodel_and_onnx_match_keras(key, tmp_path):
     model = _trained_like(MODELS[key]())
     saved = export.export_savedmodel(model, str(tmp_path / "serving"))

@@ -247,7 +247,8 @@ def _striped_folder(root):
     return test_files
 
 
-@pytest.mark.parametrize("native", [False, True], ids=["resize", "shorter_side_crop"])
+@pytest.mark.parametrize("native", [False, pytest.param(True, marks=pytest.mark.slow)],
+                         ids=["resize", "shorter_side_crop"])
 def test_serve_image_bytes_matches_the_evaluation_path(tmp_path, native):
     from keras_resnet_v2.training import data
 
@@ -325,6 +326,7 @@ def test_a_keras_file_that_is_a_decompression_bomb_is_refused_before_loading(tmp
     assert model_file(str(tmp_path / "real.keras")) == str(tmp_path / "real.keras")
 
 
+@pytest.mark.slow
 def test_a_bare_network_is_exported_with_its_input_scale_or_a_warning(tmp_path, capsys):
     # A ResNet20() trained on x / 255 with no scaling layer: served 0-255 pixels went in unscaled
     # (0/16 served PNGs right). input_scale builds the scale into the exports, which are verified with it.
@@ -432,6 +434,7 @@ MEMORY_PROBE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_serve_image_bytes_refuses_decompression_bombs_in_bounded_memory(tmp_path):
     from PIL import Image
 

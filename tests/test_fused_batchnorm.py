@@ -8,7 +8,6 @@ import pytest
 import tensorflow as tf
 
 import keras_resnet_v2 as krv2
-from conftest import tiered
 from keras_resnet_v2.training import runtime
 
 
@@ -58,7 +57,8 @@ def test_fused_training_matches_keras_batchnorm(remat, images):
     assert not np.allclose(fused.get_layer("post_bn").moving_variance.numpy(), 1.0)
 
 
-@pytest.mark.parametrize("precision", tiered(["mixed_float16", "mixed_bfloat16"], slow={"mixed_float16"}))
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
 def test_fused_training_under_mixed_precision(precision, images):
     try:
         runtime.set_precision(precision)

@@ -62,6 +62,7 @@ def test_importing_the_packages_loads_no_backend_and_names_load_on_first_use():
     assert report["sgd"] == "keras_resnet_v2.training.optimizers"
 
 
+@pytest.mark.slow
 def test_public_names_stay_functions_when_their_modules_load_first():
     # `export.verify` and `training.run` are functions defined in modules of the same name. Importing
     # such a module sets it as the package's attribute; before plumbing.lazy's fix, `export.verify(...)`

@@ -301,6 +301,7 @@ def test_a_truncated_jpeg_is_named_before_training_or_skipped(tmp_path, capsys):
     assert "dog/3.jpg" in capsys.readouterr().err and not run_dir.exists()
 
 
+@pytest.mark.slow
 def test_a_failed_export_verification_after_training_is_one_line(tmp_path, capsys, monkeypatch):
     from keras_resnet_v2 import export
 
