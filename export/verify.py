@@ -8,7 +8,7 @@ from typing import Optional
 import keras
 import numpy as np
 
-from keras_resnet_v2.plumbing.files import atomic_write
+from keras_resnet_v2.plumbing.files import atomic_write_text
 
 MAX_RELATIVE_ERROR = 1e-4  # float32
 # A very deep net amplifies float32 rounding: two correct float32 implementations (TensorFlow's
@@ -114,4 +114,4 @@ def _where(report_path: Optional[str]) -> str:
 def _write(report: dict, report_path: Optional[str]) -> None:
     if report_path is not None:
         # Never a half-written report, and never through a link planted at a temporary's name.
-        atomic_write(report_path, lambda temporary: open(temporary, "w").write(json.dumps(report, indent=2)))
+        atomic_write_text(report_path, json.dumps(report, indent=2))

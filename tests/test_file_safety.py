@@ -11,7 +11,7 @@ import pytest
 
 import keras_resnet_v2 as krv2
 from conftest import message_lines
-from keras_resnet_v2.plumbing.files import DirectoryLock, UnsafePathError, atomic_write
+from keras_resnet_v2.plumbing.files import DirectoryLock, UnsafePathError, atomic_write_text
 
 VICTIM_TEXT = "a file of someone else's\n"
 
@@ -52,7 +52,7 @@ def test_a_lock_file_that_is_a_link_is_refused_and_its_target_kept(tmp_path, vic
 def test_atomic_write_replaces_a_link_at_the_target_instead_of_writing_through_it(tmp_path, victim):
     target = tmp_path / "config.json"
     target.symlink_to(victim)
-    atomic_write(str(target), lambda tmp: open(tmp, "w").write("{}"))
+    atomic_write_text(str(target), "{}")
     assert not target.is_symlink() and target.read_text() == "{}"
     _unharmed(victim)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "victim.txt"]  # no temporary left

@@ -135,7 +135,7 @@ def main(argv=None) -> None:
     import json
     import os
 
-    from keras_resnet_v2.plumbing.files import atomic_write
+    from keras_resnet_v2.plumbing.files import atomic_write_text
     from keras_resnet_v2.training import data as data_lib
     from keras_resnet_v2.training import runtime
     from keras_resnet_v2.training.config import parse_model
@@ -177,7 +177,7 @@ def main(argv=None) -> None:
         plot_training_loss(losses, f"{stem}_loss.png", f"{title}, lr 0.01: training loss")
     report = {"model": args.model, "batch_size": args.batch_size, "seed": args.seed, "steps": args.steps,
               "gradient_norms": norms, "training_loss": losses}
-    atomic_write(f"{stem}.json", lambda tmp: open(tmp, "w").write(json.dumps(report)))
+    atomic_write_text(f"{stem}.json", json.dumps(report))
     for label, curve in norms.items():
         units = [v for name, v in curve if name != "input"]
         print(f"{label}: ||dL/dx_l|| first unit {units[0]:.3g}, last unit {units[-1]:.3g}, min {min(units):.3g}, "

@@ -29,7 +29,7 @@ import keras
 import tensorflow as tf
 
 import keras_resnet_v2
-from keras_resnet_v2.plumbing.files import DirectoryLock, atomic_write, read_json_object
+from keras_resnet_v2.plumbing.files import DirectoryLock, atomic_write_text, read_json_object
 from keras_resnet_v2.resnet import resolve_config
 from keras_resnet_v2.training import callbacks as cb
 from keras_resnet_v2.training import data as data_lib
@@ -235,8 +235,7 @@ def _run(config: TrainConfig, held: contextlib.ExitStack) -> dict:
                          f"{initial_epoch + 1} and best.keras is chosen again from the epochs trained from here")
     if chief:
         os.makedirs(run_dir, exist_ok=True)
-        atomic_write(os.path.join(run_dir, "config.json"),
-                        lambda tmp: open(tmp, "w").write(json.dumps(effective, indent=2, default=str)))
+        atomic_write_text(os.path.join(run_dir, "config.json"), json.dumps(effective, indent=2, default=str))
 
     history_path = os.path.join(run_dir, "history.csv")
     best_previous = max((r.get("val_accuracy", 0.0) for r in cb.read_history(history_path)

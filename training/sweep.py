@@ -20,7 +20,7 @@ import os
 import statistics
 from dataclasses import dataclass, field
 
-from keras_resnet_v2.plumbing.files import atomic_write, read_json_object
+from keras_resnet_v2.plumbing.files import atomic_write, atomic_write_text, read_json_object
 from keras_resnet_v2.training import callbacks as cb
 
 
@@ -168,8 +168,7 @@ def run_sweep(table: int, *, run_dir: str, dataset: str = "cifar10", model: str 
             except NonFiniteLossError:
                 outcome = _outcome(entry, "diverged", None)
             outcome["settings"] = _settings(config)
-            atomic_write(os.path.join(entry["run_dir"], "sweep_result.json"),
-                            lambda tmp, o=outcome: open(tmp, "w").write(json.dumps(o)))
+            atomic_write_text(os.path.join(entry["run_dir"], "sweep_result.json"), json.dumps(outcome))
         results.append({**entry, **{k: v for k, v in outcome.items() if k != "settings"}})
         write_results(results, run_dir)
     return results
@@ -212,8 +211,7 @@ def write_results(results: list[dict], run_dir: str) -> None:
                      f"{_mean_spread([r['test_error'] for r in runs])} | {first['paper_error'] or '-'} |")
     header = (f"Table {results[0]['table']}, {results[0]['model']}; " if results else "") + \
         "test error of the final model; paper: FACTS.md (CIFAR-10 unless the dataset says otherwise).\n\n"
-    atomic_write(os.path.join(run_dir, "results.md"),
-                    lambda tmp: open(tmp, "w").write(header + "\n".join(lines) + "\n"))
+    atomic_write_text(os.path.join(run_dir, "results.md"), header + "\n".join(lines) + "\n")
     plot_sweep(results, os.path.join(run_dir, "curves.png"))
 
 

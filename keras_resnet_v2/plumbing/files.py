@@ -68,7 +68,7 @@ def atomic_write(path: str, write) -> None:
     written through, and the rename replaces a link at `path` itself rather than its target.
 
     Example:
-        >>> atomic_write("runs/r20/config.json", lambda tmp: open(tmp, "w").write("{}"))
+        >>> atomic_write("runs/r20/curves.png", lambda tmp: figure.savefig(tmp, format="png"))
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -160,6 +160,19 @@ def describe_os_error(error: OSError) -> str:
     if error.errno in (errno.EACCES, errno.EPERM):
         return f"permission denied{where}"
     return f"{error.strerror or error}{where}"
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """`atomic_write` of a text (a JSON report, a config, a table), the file closed before it is synced.
+
+    Example:
+        >>> atomic_write_text("runs/r20/config.json", "{}")
+    """
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+
+    atomic_write(path, write)
 
 
 def read_json_object(path: str) -> dict:
