@@ -91,6 +91,18 @@ def _check_type(key: str, value, annotation: str, source: str) -> None:
                          f"({type(value).__name__})")
 
 
+def changed_settings(before: dict, after: dict, keys) -> str:
+    """`key: old -> new` for each of `keys` whose value differs, comma-separated ("" when none): how a
+    refusal names what a rerun changed (a run directory's identity, a sweep row's settings).
+
+    Example:
+        >>> changed_settings({"model": "resnet8", "steps": 4}, {"model": "resnet14", "steps": 4}, ["model", "steps"])
+        "model: 'resnet8' -> 'resnet14'"
+    """
+    return ", ".join(f"{k}: {short_repr(before.get(k))} -> {short_repr(after.get(k))}" for k in keys
+                     if before.get(k) != after.get(k))
+
+
 def parse_model(name: str) -> int:
     match = MODEL_PATTERN.fullmatch(str(name).lower())
     if not match:

@@ -34,7 +34,13 @@ from keras_resnet_v2.resnet import resolve_config
 from keras_resnet_v2.training import callbacks as cb
 from keras_resnet_v2.training import data as data_lib
 from keras_resnet_v2.training import optimizers, recipes, runtime
-from keras_resnet_v2.training.config import IDENTITY_FIELDS, TrainConfig, check_settings, parse_model
+from keras_resnet_v2.training.config import (
+    IDENTITY_FIELDS,
+    TrainConfig,
+    changed_settings,
+    check_settings,
+    parse_model,
+)
 from keras_resnet_v2.training.loop import Trainer
 
 
@@ -101,10 +107,9 @@ def _check_resume(run_dir: str, effective: dict) -> bool:
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # runs saved before a field existed
     defaults["normalization"] = (previous.get("recipe_values") or {}).get("normalization")
     previous = {k: previous.get(k, defaults.get(k)) for k in IDENTITY_FIELDS}
-    changed = {k: (previous.get(k), effective.get(k)) for k in IDENTITY_FIELDS if previous.get(k) != effective.get(k)}
+    changed = changed_settings(previous, effective, IDENTITY_FIELDS)
     if changed:
-        raise ValueError(f"Run directory {run_dir!r} holds a run with a different configuration "
-                         f"({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in changed.items())}); "
+        raise ValueError(f"Run directory {run_dir!r} holds a run with a different configuration ({changed}); "
                          "use another --run-dir.")
     return True
 

@@ -123,9 +123,10 @@ def _finished(entry: dict, settings: dict) -> dict | None:
     outcome = read_json_object(path)
     recorded = outcome.get("settings")
     if recorded != settings:
-        changed = ("no settings recorded (an older sweep)" if not isinstance(recorded, dict) else ", ".join(
-            f"{k}: {recorded.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(recorded) | set(settings))
-            if recorded.get(k) != settings.get(k)))
+        from keras_resnet_v2.training.config import changed_settings
+
+        changed = ("no settings recorded (an older sweep)" if not isinstance(recorded, dict) else
+                   changed_settings(recorded, settings, sorted(set(recorded) | set(settings))))
         raise ValueError(f"{path} holds a result trained with other settings ({changed}); its results.md would "
                          "mislabel it: use another --run-dir, or remove that row's folder to train it again")
     return outcome
@@ -159,15 +160,16 @@ def run_sweep(table: int, *, run_dir: str, dataset: str = "cifar10", model: str 
     if dry_run:
         return entries
     results = []
-    finished = [_finished(entry, _settings(config)) for entry, config in zip(entries, configs, strict=True)]
-    for entry, config, outcome in zip(entries, configs, finished, strict=True):  # every row checked first
+    settings = [_settings(config) for config in configs]
+    finished = [_finished(entry, s) for entry, s in zip(entries, settings, strict=True)]  # every row checked first
+    for entry, config, row_settings, outcome in zip(entries, configs, settings, finished, strict=True):
         if outcome is None:
             try:
                 test_accuracy = run(config)["test_accuracy"]
                 outcome = _outcome(entry, "finished", test_accuracy)
             except NonFiniteLossError:
                 outcome = _outcome(entry, "diverged", None)
-            outcome["settings"] = _settings(config)
+            outcome["settings"] = row_settings
             atomic_write_text(os.path.join(entry["run_dir"], "sweep_result.json"), json.dumps(outcome))
         results.append({**entry, **{k: v for k, v in outcome.items() if k != "settings"}})
         write_results(results, run_dir)
