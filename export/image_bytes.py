@@ -60,14 +60,16 @@ def _webp_size(data):
 def declared_size(data: tf.Tensor) -> tf.Tensor:
     """[height, width] (int64) that an encoded image's header declares; [0, 0] for a format it does
     not know, which the decoder then refuses. Reads a few header bytes, decodes nothing."""
-    data = tf.strings.join([data, tf.constant(b"\0" * 32)])  # short files read zeros, not past the end
+    # The first 32 bytes hold every size but JPEG's (whose SOF marker may follow a long EXIF block);
+    # padded with zeros, a short file reads zeros instead of past its end, and the image is not copied.
+    head = tf.strings.join([tf.strings.substr(data, 0, 32), tf.constant(b"\0" * 32)])
     return tf.case([
-        (_starts(data, b"\x89PNG\r\n\x1a\n"), lambda: tf.stack([_big(data, 20, 4), _big(data, 16, 4)])),
+        (_starts(head, b"\x89PNG\r\n\x1a\n"), lambda: tf.stack([_big(head, 20, 4), _big(head, 16, 4)])),
         (tf.io.is_jpeg(data), lambda: tf.cast(tf.io.extract_jpeg_shape(data)[:2], tf.int64)),
-        (_starts(data, b"GIF8"), lambda: tf.stack([_little(data, 8, 2), _little(data, 6, 2)])),
-        (_starts(data, b"BM"), lambda: tf.abs(tf.stack([_little(data, 22, 4), _little(data, 18, 4)])
-                                              - tf.stack([2 ** 32 * (_byte(data, 25) // 128), 0]))),
-        (tf.logical_and(_starts(data, b"RIFF"), _starts(data, b"WEBP", 8)), lambda: _webp_size(data)),
+        (_starts(head, b"GIF8"), lambda: tf.stack([_little(head, 8, 2), _little(head, 6, 2)])),
+        (_starts(head, b"BM"), lambda: tf.abs(tf.stack([_little(head, 22, 4), _little(head, 18, 4)])
+                                              - tf.stack([2 ** 32 * (_byte(head, 25) // 128), 0]))),
+        (tf.logical_and(_starts(head, b"RIFF"), _starts(head, b"WEBP", 8)), lambda: _webp_size(head)),
     ], default=lambda: tf.constant([0, 0], tf.int64))
 
 
