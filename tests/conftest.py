@@ -29,11 +29,11 @@ def pytest_collection_modifyitems(config, items):
     tier = config.getoption("--tier")
     if tier == "all" or (config.args and all("::" in arg for arg in config.args)):
         return  # both tiers, or tests the user named one by one
-    slow = tier == "slow"
-    dropped = [item for item in items if (item.get_closest_marker("slow") is not None) != slow]
+    wanted = {item: (item.get_closest_marker("slow") is not None) == (tier == "slow") for item in items}
+    dropped = [item for item in items if not wanted[item]]
     if dropped:
         config.hook.pytest_deselected(items=dropped)
-        items[:] = [item for item in items if (item.get_closest_marker("slow") is not None) == slow]
+        items[:] = [item for item in items if wanted[item]]
 
 
 def tiered(values, slow) -> list:
