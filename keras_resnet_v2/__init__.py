@@ -5,6 +5,8 @@ Example:
     >>> import keras_resnet_v2
     >>> model = keras_resnet_v2.ResNet1001()   # CIFAR pre-activation ResNet-1001
     >>> model = keras_resnet_v2.ResNet(110, unit="original", shortcut="exclusive_gating")
+    >>> model = keras_resnet_v2.from_timm("resnetv2_50.a1h_in1k")  # timm's ImageNet weights
+    >>> features = keras_resnet_v2.pyramid_outputs(model)          # {"P2": ..., "P5": ...}
 
 Uses `keras` and `keras.ops` only, so the builders run under the TensorFlow, JAX and
 PyTorch backends (`pip install keras_resnet_v2` installs only Keras, numpy and wrapt). Importing
@@ -36,8 +38,10 @@ __version__ = "0.1.0"
 EXPORTS = {
     "convert": ("copy_weights", "to_plain", "to_stacked"),
     "depths": ("IMAGENET_DEPTHS", "resolve_depth"),
-    "layers": ("ConstantScale", "GatedSum", "Rematerialized", "Standardize"),
-    "names": ("BLOCKS", "FAMILIES", "POOLINGS", "SHORTCUT_NAMES", "STRIDE_IN", "UNITS"),
+    "features": ("pyramid_outputs",),
+    "layers": ("ConstantScale", "EdgePadding2D", "GatedSum", "Rematerialized", "Standardize"),
+    "names": ("BLOCKS", "FAMILIES", "PADDINGS", "POOLINGS", "SHORTCUT_NAMES", "STRIDE_IN", "UNITS"),
+    "pretrained": ("TIMM_MODELS", "from_timm"),
     "resnet": ("ResNet", "ResNet18", "ResNet20", "ResNet32", "ResNet34", "ResNet44", "ResNet50",
                "ResNet56", "ResNet101", "ResNet110", "ResNet152", "ResNet164", "ResNet200", "ResNet1001", "ResNet1202",
                "ensure_recursion_limit"),

@@ -9,29 +9,17 @@ layer, as `resnet-v2-train` puts there) are cloned with their weights.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Optional
 
 import keras
-import numpy as np
 
 from keras_resnet_v2.depths import CIFAR_LAYERS_PER_UNIT, IMAGENET_DEPTHS
 from keras_resnet_v2.layers import ConstantScale, GatedSum, Rematerialized
 from keras_resnet_v2.resnet import ResNet
 from keras_resnet_v2.stack import UnitStack
 from keras_resnet_v2.variants import UNIT_SPECS
-
-_UNIT_NAME = re.compile(r"^(stage\d+)_unit(\d+)(?:_to_unit(\d+))?(?:_|$)")
-_FIELDS = ("moving_variance", "moving_mean", "kernel", "bias", "gamma", "beta")
-
-
-def _leaf_layers(model: keras.Model) -> dict[str, keras.layers.Layer]:
-    """Every layer by name, looking inside `Rematerialized` blocks."""
-    found = {}
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if not isinstance(layer, (keras.Model, Rematerialized)):
-            found[layer.name] = layer
-    return found
+from keras_resnet_v2.weights import UNIT_NAME as _UNIT_NAME
+from keras_resnet_v2.weights import assign_by_unit, leaf_layers, unit_value, weights_by_unit
 
 
 def _check_resnet(model, layers: dict) -> None:
@@ -41,7 +29,8 @@ def _check_resnet(model, layers: dict) -> None:
                          f"Received: model={getattr(model, 'name', model)!r}")
 
 
-def _unit_counts(layers: dict) -> tuple[int, ...]:
+def unit_counts(layers: dict) -> tuple[int, ...]:
+    """Units per stage, from the layer names (per-unit layers and stacks alike)."""
     last: dict[int, int] = {}
     for name in layers:
         match = _UNIT_NAME.match(name)
@@ -83,12 +72,12 @@ def _unit_variant(layers: dict, convs: int) -> str:
 
 def resnet_arguments(model: keras.Model) -> dict[str, Any]:
     """The `ResNet(...)` arguments `model` was built with, read from its layers (not `input_tensor`)."""
-    layers = _leaf_layers(model)
+    layers = leaf_layers(model)
     _check_resnet(model, layers)
     stacks = [layer for layer in layers.values() if isinstance(layer, UnitStack)]
     convs = sum(f"stage1_unit1_{i}_conv" in layers for i in (1, 2, 3))
     block = {1: "single", 2: "basic", 3: "bottleneck"}[convs]
-    units = _unit_counts(layers)
+    units = unit_counts(layers)
     family = "imagenet" if layers["stem_conv"].kernel_size == (7, 7) else "cifar"
     if family == "cifar":
         depth = 3 * CIFAR_LAYERS_PER_UNIT[block] * units[0] + 2
@@ -99,11 +88,15 @@ def resnet_arguments(model: keras.Model) -> dict[str, Any]:
                   for i in (1, 2, 3))
     shortcut, options = _shortcut(layers, stacks)
     top = layers.get("predictions")
+    stem_filters = layers["stem_conv"].filters
+    widths = (stem_filters,) + tuple(layers[f"stage{k}_unit1_1_conv"].filters for k in range(2, len(units) + 1))
     arguments = dict(
         depth=depth, unit=_unit_variant(layers, convs), shortcut=shortcut, family=family, block=block,
         stride_in="last" if strided and len(units) > 1 else "first", include_top=top is not None,
         pooling=None if top else ("avg" if "avg_pool" in layers else "max" if "max_pool" in layers else None),
-        classes=top.units if top else None,
+        classes=top.units if top else None, widths=widths,
+        padding="symmetric" if "stem_conv_pad" in layers or "stem_pool_pad" in layers
+        or any(name.endswith("_conv_pad") for name in layers) else "same",
         classifier_activation=keras.activations.get(top.get_config()["activation"]) if top else "softmax",
         dtype=layers["stem_conv"].dtype_policy, name=model.name,
         remat=any(isinstance(layer, Rematerialized) for layer in model._flatten_layers(include_self=False))
@@ -113,46 +106,21 @@ def resnet_arguments(model: keras.Model) -> dict[str, Any]:
     return arguments
 
 
-def _per_unit(model: keras.Model) -> dict[tuple[str, str], tuple[Any, Any]]:
-    """(layer name, variable name) -> (variable, row): a stack's rows appear as per-unit layers."""
-    found = {}
-    for layer in _leaf_layers(model).values():
-        for variable in layer.weights:
-            if not isinstance(layer, UnitStack):
-                found[(layer.name, variable.name)] = (variable, None)
-                continue
-            match = _UNIT_NAME.match(layer.name)
-            field = next(f for f in _FIELDS if variable.name.endswith(f"_{f}"))
-            key = variable.name[: -len(field) - 1]
-            for row, unit in enumerate(range(int(match.group(2)), int(match.group(3)) + 1)):
-                found[(f"{match.group(1)}_unit{unit}_{key}", field)] = (variable, row)
-    return found
-
-
 def copy_weights(source: keras.Model, target: keras.Model) -> None:
     """Copies every weight of `source` into `target`, the same network in either form."""
-    have, want = _per_unit(source), _per_unit(target)
+    have, want = weights_by_unit(source), weights_by_unit(target)
     if set(have) != set(want):
         missing = sorted(set(want) ^ set(have))[:3]
         raise ValueError(f"`source` and `target` are not the same network: {missing} is in one only.")
-    rows: dict[int, tuple[Any, dict[int, np.ndarray]]] = {}
-    for key, (variable, row) in want.items():
-        source_variable, source_row = have[key]
-        value = keras.ops.convert_to_numpy(source_variable.value)
-        value = value if source_row is None else value[source_row]
-        if row is None:
-            variable.assign(value)
-        else:
-            rows.setdefault(id(variable), (variable, {}))[1][row] = value
-    for variable, values in rows.values():
-        variable.assign(np.stack([values[i] for i in range(len(values))]))
+    assign_by_unit(want, {key: unit_value(*have[key]) for key in want})
 
 
 def _convert(model: keras.Model, scan: bool, remat: Optional[bool]) -> keras.Model:
     arguments = resnet_arguments(model)
     if remat is not None:
         arguments["remat"] = remat
-    stem_input = _leaf_layers(model)["stem_conv"].input
+    layers = leaf_layers(model)
+    stem_input = layers.get("stem_conv_pad", layers["stem_conv"]).input  # the network's first layer
     if stem_input is model.inputs[0]:
         converted = ResNet(**arguments, input_shape=model.input_shape[1:], scan=scan)
     else:  # layers in front of the network (e.g. Standardize): cloned, weights copied below

@@ -25,7 +25,7 @@ class Family:
     stem_kernel: int
     stem_stride: int
     stem_pool: bool  # 3x3/2 max pool after the stem
-    bottleneck_stride_conv: int  # which conv of a bottleneck carries the stride
+    bottleneck_stride_conv: int  # which conv of a bottleneck carries the stride (a basic unit's first)
     input_shape: tuple[int, int, int]
     classes: int
 

@@ -116,6 +116,39 @@ class Standardize(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
+class EdgePadding2D(keras.layers.Layer):
+    """Pads height and width by `pad` on every side, repeating the border pixels.
+
+    In front of a max pooling with padding="valid", this is the pooling of the authors' Torch code
+    (`SpatialMaxPooling(3, 3, 2, 2, 1, 1)`, timm's `MaxPool2d(3, 2, padding=1)`), which pads with
+    -inf: a repeated border pixel is already in its window, so it never changes a maximum, and no
+    infinity enters the graph (or an exported ONNX file).
+
+    Example:
+        >>> x = keras.ops.reshape(keras.ops.arange(4.0), (1, 2, 2, 1))
+        >>> keras.ops.convert_to_numpy(EdgePadding2D(1)(x))[0, :, :, 0].tolist()[0]
+        [0.0, 0.0, 1.0, 1.0]
+    """
+
+    def __init__(self, pad: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.pad = int(pad)
+
+    def call(self, inputs):
+        x = inputs
+        p = self.pad
+        x = ops.concatenate([x[:, :1]] * p + [x] + [x[:, -1:]] * p, axis=1)  # height: rows
+        return ops.concatenate([x[:, :, :1]] * p + [x] + [x[:, :, -1:]] * p, axis=2)  # width: columns
+
+    def compute_output_shape(self, input_shape):
+        grow = lambda d: None if d is None else d + 2 * self.pad  # noqa: E731
+        return (input_shape[0], grow(input_shape[1]), grow(input_shape[2]), input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "pad": self.pad}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class Rematerialized(keras.layers.Layer):
     """Runs a block (a functional sub-model: consecutive residual units) with rematerialization.
 

@@ -24,6 +24,9 @@ FAMILIES: tuple[str, ...] = ("cifar", "imagenet")
 BLOCKS: tuple[str, ...] = ("basic", "bottleneck", "single")
 STRIDE_IN: tuple[str, ...] = ("first", "last")
 POOLINGS: tuple[Optional[str], ...] = (None, "avg", "max")
+# How a stride-2 convolution or pooling pads: as the authors' Torch code (k // 2 on every side) or
+# as Keras' padding="same" (the extra row and column on the bottom and right for even sizes).
+PADDINGS: tuple[str, ...] = ("symmetric", "same")
 
 
 def choices(values: Sequence) -> str:

@@ -21,8 +21,8 @@ from keras_resnet_v2.depths import (
     Family,
     resolve_depth,
 )
-from keras_resnet_v2.layers import Rematerialized
-from keras_resnet_v2.names import POOLINGS, SHORTCUT_NAMES, STRIDE_IN, UNITS, check_choice
+from keras_resnet_v2.layers import EdgePadding2D, Rematerialized
+from keras_resnet_v2.names import PADDINGS, POOLINGS, SHORTCUT_NAMES, STRIDE_IN, UNITS, check_choice
 from keras_resnet_v2.speed import fuse_batchnorm
 from keras_resnet_v2.stack import UnitStack, branch_layout
 from keras_resnet_v2.variants import (
@@ -72,6 +72,18 @@ class Config:
     dtype: Any
     remat: bool = False
     scan: bool = False
+    padding: str = "same"
+    widths: tuple[int, ...] = ()  # per stage: a basic unit's width, a bottleneck's inner width
+
+
+def _resolve_widths(widths, family: Family) -> tuple[int, ...]:
+    if widths is None:
+        return family.widths
+    if not (isinstance(widths, (tuple, list)) and len(widths) == len(family.widths) and all(
+            isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths)):
+        raise ValueError(f"`widths` must be {len(family.widths)} positive integers, one per stage (default "
+                         f"{family.widths}). Received: widths={widths!r}")
+    return tuple(widths)
 
 
 def _resolve_input_shape(input_shape, input_tensor, family: Family) -> tuple:
@@ -124,7 +136,8 @@ def _resolve_dtype(dtype):
 def resolve_config(
     depth, *, unit, shortcut, family, block, stride_in, input_shape, input_tensor,
     include_top, pooling, classes, classifier_activation, weights, dtype, name, variant_options,
-    remat: bool = False, scan: bool = False, fused_batchnorm: bool = True,
+    remat: bool = False, scan: bool = False, fused_batchnorm: bool = True, padding: str = "same",
+    widths=None,
 ) -> Config:
     """Checks every argument of `ResNet` before any layer is built."""
     family, block, units = resolve_depth(depth, family, block)
@@ -132,6 +145,8 @@ def resolve_config(
     check_choice("shortcut", shortcut, SHORTCUT_NAMES)
     options = resolve_shortcut_options(shortcut, variant_options)
     check_choice("stride_in", stride_in, STRIDE_IN)
+    check_choice("padding", padding, PADDINGS)
+    widths = _resolve_widths(widths, FAMILY_SPECS[family])
     if not isinstance(include_top, bool):
         raise ValueError(f"`include_top` must be True or False. Received: include_top={include_top!r}")
     check_choice("pooling", pooling, POOLINGS)
@@ -171,7 +186,7 @@ def resolve_config(
         depth=depth, family=family, block=block, units_per_stage=units, unit=unit,
         shortcut=shortcut, shortcut_options=options, stride_in=stride_in,
         input_shape=_resolve_input_shape(input_shape, input_tensor, FAMILY_SPECS[family]),
-        classes=classes, dtype=_resolve_dtype(dtype), remat=remat, scan=scan,
+        classes=classes, dtype=_resolve_dtype(dtype), remat=remat, scan=scan, padding=padding, widths=widths,
     )
 
 
@@ -179,16 +194,30 @@ def resolve_config(
 
 
 class _Ops:
-    """Layer factory: one dtype policy, deterministic names, the paper's conv and BN."""
+    """Layer factory: one dtype policy, deterministic names, the paper's conv, BN and padding."""
 
-    def __init__(self, dtype):
+    def __init__(self, dtype, padding: str = "same"):
         self.kw = {"dtype": dtype}
+        self.symmetric = padding == "symmetric"
 
     def conv(self, x, filters: int, kernel: int, stride: int, name: str):
+        padding = "same"
+        if self.symmetric and stride > 1 and kernel > 1:
+            # The authors' Torch convolution pads kernel // 2 on every side; Keras' "same" pads a
+            # stride-2 conv of an even size (0, 1) or (2, 3). Stride 1 and 1x1 convs agree already.
+            x = keras.layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad", **self.kw)(x)
+            padding = "valid"
         return keras.layers.Conv2D(
-            filters, kernel, strides=stride, padding="same", use_bias=False,
+            filters, kernel, strides=stride, padding=padding, use_bias=False,
             kernel_initializer=kernel_initializer(), name=name, **self.kw,
         )(x)
+
+    def max_pool(self, x, name: str):
+        """The ImageNet stem's 3x3/2 max pooling, padded as the convolutions are."""
+        if not self.symmetric:
+            return keras.layers.MaxPooling2D(3, strides=2, padding="same", name=name, **self.kw)(x)
+        x = EdgePadding2D(1, name=f"{name}_pad", **self.kw)(x)
+        return keras.layers.MaxPooling2D(3, strides=2, padding="valid", name=name, **self.kw)(x)
 
     def bn(self, x, name: str):
         return keras.layers.BatchNormalization(
@@ -207,7 +236,7 @@ class _Ops:
 
 def _residual_branch(ops: _Ops, x, filters: int, stride: int, block: str,
                      stride_conv: int, spec: UnitSpec, name: str):
-    """F(x): the convolutions of one unit with BN-ReLU between them (Fig. 4)."""
+    """F(x): the convolutions of one unit with BN-ReLU between them (Fig. 4); conv `stride_conv` strides."""
     layout = branch_layout(block, filters)  # the same table UnitStack reads
     for i, (width, kernel) in enumerate(layout, start=1):
         x = ops.conv(x, width, kernel, stride if i - 1 == stride_conv else 1, f"{name}_{i}_conv")
@@ -222,8 +251,9 @@ def residual_unit(ops: _Ops, x, filters: int, stride: int, cfg: Config, name: st
     out_filters = filters * (4 if cfg.block == "bottleneck" else 1)
 
     activated = ops.apply(x, spec.preact, f"{name}_preact")
-    residual = _residual_branch(ops, activated, filters, stride, cfg.block,
-                                family.bottleneck_stride_conv, spec, name)
+    # A basic unit strides its first 3x3 (fb.resnet.torch, timm); a bottleneck the family's conv.
+    stride_conv = family.bottleneck_stride_conv if cfg.block == "bottleneck" else 0
+    residual = _residual_branch(ops, activated, filters, stride, cfg.block, stride_conv, spec, name)
 
     h = x
     if shortcut.always_project or x.shape[-1] != out_filters:
@@ -259,8 +289,7 @@ def remat_segment_units(total_units: int) -> int:
 def _units(cfg: Config) -> list[tuple[int, int, str]]:
     """(width, stride, name) of every residual unit, in order."""
     return [(width, _unit_stride(stage, unit, units, cfg), f"stage{stage}_unit{unit}")
-            for stage, (width, units) in enumerate(zip(FAMILY_SPECS[cfg.family].widths, cfg.units_per_stage,
-                                                       strict=True), start=1)
+            for stage, (width, units) in enumerate(zip(cfg.widths, cfg.units_per_stage, strict=True), start=1)
             for unit in range(1, units + 1)]
 
 
@@ -312,10 +341,10 @@ def _stage_features(ops: _Ops, x, cfg: Config):
 def build_features(ops: _Ops, x, cfg: Config):
     """Stem, stages of residual units, and the head's BN-ReLU (no pooling)."""
     family, spec = FAMILY_SPECS[cfg.family], UNIT_SPECS[cfg.unit]
-    x = ops.conv(x, family.widths[0], family.stem_kernel, family.stem_stride, "stem_conv")
+    x = ops.conv(x, cfg.widths[0], family.stem_kernel, family.stem_stride, "stem_conv")
     x = ops.apply(x, spec.stem, "stem")
     if family.stem_pool:
-        x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool", **ops.kw)(x)
+        x = ops.max_pool(x, "stem_pool")
     units = _units(cfg)
     if cfg.scan:
         x = _stage_features(ops, x, cfg)
@@ -358,6 +387,8 @@ def ResNet(
     remat: bool = False,
     scan: bool = False,
     fused_batchnorm: bool = True,
+    padding: str = "same",
+    widths: Optional[Sequence[int]] = None,
     **variant_options: Any,
 ) -> keras.Model:
     """Builds a residual network of He et al. (2016) as an uncompiled functional model.
@@ -389,7 +420,9 @@ def ResNet(
         classes: classifier width; default 10 (CIFAR) or 1000 (ImageNet).
         classifier_activation: activation of the classifier, or None for logits.
             The classifier computes in float32 under mixed precision.
-        weights: None, or a `.keras` / `.weights.h5` file saved from this architecture.
+        weights: None, or a `.keras` / `.weights.h5` file saved from this architecture. With
+            include_top=False, or another `classes`, every weight but the classifier is loaded
+            (fine-tuning: a new head on a trained network).
         dtype: dtype or dtype policy for every layer; None follows the global policy.
         name: model name; default `resnet{depth}_{unit}`, made unique in the session.
         remat: rematerialization (gradient checkpointing): runs of about sqrt(units)
@@ -406,6 +439,15 @@ def ResNet(
         fused_batchnorm: under the TensorFlow backend, train BatchNorm through TensorFlow's fused
             kernel (`keras_resnet_v2.fuse_batchnorm`): the same numbers, faster; config and
             saved files unchanged. No effect on other backends.
+        padding: how a stride-2 convolution and the ImageNet stem's max pooling pad: "same"
+            (default; Keras, TensorFlow, keras.applications: the extra padding on the bottom and
+            right of even sizes) or "symmetric" (the authors' Torch code, torchvision and timm:
+            kernel // 2 rows and columns on every side, so converted PyTorch weights give
+            PyTorch's outputs; `from_timm` builds it). Output shapes are the same; only stride-2
+            3x3 and 7x7 convs and the stem pool differ.
+        widths: per stage, a basic unit's width or a bottleneck's inner width (its output is 4x);
+            the stem has `widths[0]` filters. Default (16, 32, 64) for CIFAR, (64, 128, 256, 512)
+            for ImageNet (the paper's).
         **variant_options: options of the chosen shortcut: `shortcut_scale` (0.5) and
             `scale_residual` (True) for "constant_scaling"; `gate_bias` (-6.0) for the
             gating shortcuts; `dropout_rate` (0.5) for "dropout".
@@ -428,6 +470,7 @@ def ResNet(
         include_top=include_top, pooling=pooling, classes=classes,
         classifier_activation=classifier_activation, weights=weights, dtype=dtype,
         name=name, variant_options=variant_options, remat=remat, scan=scan, fused_batchnorm=fused_batchnorm,
+        padding=padding, widths=widths,
     )
 
     if cfg.dtype.name == "mixed_float16" and sum(cfg.units_per_stage) > FLOAT16_UNIT_LIMIT:
@@ -439,7 +482,7 @@ def ResNet(
             "at depth').", UserWarning, stacklevel=2)
     # About ten layers a unit; a few frames of Keras' graph walk per layer.
     ensure_recursion_limit(max(DEEP_GRAPH_RECURSION_LIMIT, 40 * sum(cfg.units_per_stage)))
-    ops = _Ops(cfg.dtype)
+    ops = _Ops(cfg.dtype, cfg.padding)
     if input_tensor is None:
         inputs = keras.Input(shape=cfg.input_shape, name="input")
         x = inputs
@@ -462,7 +505,13 @@ def ResNet(
 
     model = keras.Model(inputs, x, name=name or _default_name(cfg.depth, cfg.unit))
     if weights is not None:
-        load_weights(model, weights)
+        def with_head(file_classes: int) -> keras.Model:  # the file's network, for fine-tuning a new head
+            return ResNet(depth, unit=unit, shortcut=shortcut, family=cfg.family, block=cfg.block,
+                          stride_in=stride_in, input_shape=cfg.input_shape, classes=file_classes, dtype=dtype,
+                          remat=remat, scan=scan, fused_batchnorm=False, padding=padding, widths=widths,
+                          **variant_options)
+
+        load_weights(model, weights, with_head)
     if fused_batchnorm:
         fuse_batchnorm(model)
     return model
@@ -483,7 +532,8 @@ def _named(depth: int, family: str, paper: str) -> Callable[..., keras.Model]:
         f"{'CIFAR' if family == 'cifar' else 'ImageNet'} ResNet-{depth} ({paper}).\n\n"
         "Takes the keyword arguments of `ResNet` (unit, shortcut, family, block, stride_in,\n"
         "include_top, input_shape, input_tensor, pooling, classes, classifier_activation,\n"
-        "weights, dtype, name, remat, scan, fused_batchnorm and the shortcut options: see\n"
+        "weights, dtype, name, remat, scan, fused_batchnorm, padding, widths and the shortcut\n"
+        "options: see "
         "`help(keras_resnet_v2.ResNet)`)\n"
         "and returns an uncompiled `keras.Model`. Inputs are standardized images: see\n"
         "`help(keras_resnet_v2)` for `Standardize`, which takes raw 0..255 pixels.\n\n"

@@ -1,0 +1,118 @@
+"""from_timm (timm's pre-activation ResNets converted), pyramid_outputs and fine-tuning from a file.
+
+The fixtures in tests/data are tiny random timm networks and timm's outputs, made by
+tests/scripts/make_timm_fixture.py (timm 1.0.31, torch 2.14.1); no PyTorch is needed here.
+"""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import keras_resnet_v2 as krv2
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+FIXTURES = ("timm_resnetv2_50_tiny", "timm_resnetv2_18_tiny")
+
+
+def _fixture(name):
+    return os.path.join(DATA, f"{name}.safetensors"), np.load(os.path.join(DATA, f"{name}.npz"))
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+@pytest.mark.parametrize("scan", [False, True])
+def test_converted_network_gives_timms_outputs(name, scan):
+    path, expected = _fixture(name)
+    model = krv2.from_timm(path, input_shape=(64, 64, 3), classifier_activation=None, scan=scan)
+    images = expected["images"].astype("float32")
+    logits = keras.ops.convert_to_numpy(model(images, training=False))
+    # float32 through ~50 layers of different summation orders: relative error about 1e-6 measured.
+    scale = np.abs(expected["logits"]).max()
+    assert np.abs(logits - expected["logits"]).max() / scale < 1e-4
+    features = krv2.pyramid_outputs(model)
+    assert list(features) == ["P2", "P3", "P4", "P5"]
+    extractor = keras.Model(model.inputs, features)
+    out = {k: keras.ops.convert_to_numpy(v) for k, v in extractor(images, training=False).items()}
+    atol = 1e-4 * np.abs(expected["features"]).max()
+    np.testing.assert_allclose(out["P5"], expected["features"], rtol=1e-4, atol=atol)
+    raw = keras.Model(model.inputs, krv2.pyramid_outputs(model, normalized=False))(images, training=False)
+    for i, key in enumerate(["P2", "P3", "P4", "P5"]):
+        stage = expected[f"stage{i}"]
+        assert raw[key].shape == stage.shape
+        assert np.abs(keras.ops.convert_to_numpy(raw[key]) - stage).max() < 1e-4 * np.abs(stage).max()
+
+
+def test_keras_same_padding_would_not_give_timms_outputs():
+    # The padding decision matters: the same weights in a padding="same" network differ.
+    path, expected = _fixture("timm_resnetv2_50_tiny")
+    model = krv2.from_timm(path, input_shape=(64, 64, 3), classifier_activation=None)
+    same = krv2.ResNet50(input_shape=(64, 64, 3), widths=(8, 16, 32, 64), classes=7, padding="same",
+                         classifier_activation=None)
+    body = keras.Model(model.get_layer("standardize").output, model.output)
+    krv2.copy_weights(body, same)
+    x = keras.ops.convert_to_numpy(model.get_layer("standardize")(expected["images"].astype("float32")))
+    gap = np.abs(keras.ops.convert_to_numpy(same(x, training=False)) - expected["logits"]).max()
+    assert gap > 1e-2 * np.abs(expected["logits"]).max()
+
+
+def test_conversion_refuses_other_networks_and_mismatched_checkpoints():
+    path, _ = _fixture("timm_resnetv2_50_tiny")
+    state = krv2.pretrained.read_safetensors(path)
+    for name, what in (("resnetv2_50x1_bit.goog_in21k", "BiT"), ("resnetv2_50d", "ResNet-D"),
+                       ("resnet50.a1_in1k", "v1"), ("vit_base", "timm model name")):
+        with pytest.raises(ValueError, match=what):
+            krv2.from_timm(name)
+    missing = {k: v for k, v in state.items() if k != "stages.2.blocks.3.conv2.weight"}
+    with pytest.raises(ValueError, match="no 'stages.2.blocks.3.conv2.weight'"):
+        krv2.from_timm(missing, input_shape=(64, 64, 3))
+    extra = {**state, "stages.0.blocks.0.se.fc.weight": np.zeros((1, 1))}
+    with pytest.raises(ValueError, match="holds 'stages.0.blocks.0.se.fc.weight'"):
+        krv2.from_timm(extra, input_shape=(64, 64, 3))
+    with pytest.raises(ValueError, match="accepts include_top.*Received: depth=101"):
+        krv2.from_timm(path, depth=101)
+    bad = os.path.join(os.path.dirname(path), "missing.safetensors")
+    with pytest.raises(ValueError, match="does not exist"):
+        krv2.from_timm(bad)
+
+
+def test_new_head_and_no_top_from_a_timm_checkpoint():
+    path, expected = _fixture("timm_resnetv2_50_tiny")
+    model = krv2.from_timm(path, input_shape=(64, 64, 3), include_top=False, pooling="avg")
+    pooled = keras.ops.convert_to_numpy(model(expected["images"].astype("float32"), training=False))
+    np.testing.assert_allclose(pooled, expected["features"].mean(axis=(1, 2)), rtol=1e-4, atol=1e-5)
+    assert krv2.from_timm(path, input_shape=(64, 64, 3), classes=3).output_shape == (None, 3)
+
+
+@pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
+def test_fine_tuning_loads_every_weight_but_the_classifier(tmp_path, suffix, images):
+    trained = krv2.ResNet20(input_shape=(16, 16, 3), classes=5)
+    x = images((2, 16, 16, 3))
+    trained(x, training=True)  # non-trivial moving statistics
+    path = str(tmp_path / f"trained{suffix}")
+    trained.save_weights(path) if suffix == ".weights.h5" else trained.save(path)
+    features = keras.Model(trained.inputs, trained.get_layer("avg_pool").output)
+    no_top = krv2.ResNet20(input_shape=(16, 16, 3), include_top=False, pooling="avg", weights=path)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(no_top(x)), keras.ops.convert_to_numpy(features(x)),
+                               rtol=1e-6, atol=1e-6)
+    new_head = krv2.ResNet20(input_shape=(16, 16, 3), classes=3, weights=path)
+    assert new_head.output_shape == (None, 3)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(new_head.get_layer("stem_conv").kernel),
+                                  keras.ops.convert_to_numpy(trained.get_layer("stem_conv").kernel))
+    with pytest.raises(ValueError, match="does not fit this architecture|does not hold"):
+        krv2.ResNet32(input_shape=(16, 16, 3), include_top=False, weights=path)
+
+
+def test_pyramid_outputs_of_cifar_nets_and_plain_equals_stacked(images):
+    plain = krv2.ResNet20(input_shape=(16, 16, 3))
+    stacked = krv2.to_stacked(plain)
+    x = images((2, 16, 16, 3))
+    outs = [keras.Model(m.inputs, krv2.pyramid_outputs(m))(x) for m in (plain, stacked)]
+    assert list(outs[0]) == ["P0", "P1", "P2"]
+    assert [tuple(v.shape[1:]) for v in outs[0].values()] == [(16, 16, 16), (8, 8, 32), (4, 4, 64)]
+    for key in outs[0]:
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(outs[0][key]), keras.ops.convert_to_numpy(outs[1][key]),
+                                   rtol=1e-5, atol=1e-5)
+    assert float(keras.ops.min(outs[0]["P1"])) >= 0.0  # after the next stage's BN-ReLU
+    with pytest.raises(ValueError, match="remat=True"):
+        krv2.pyramid_outputs(krv2.ResNet20(input_shape=(16, 16, 3), remat=True))
