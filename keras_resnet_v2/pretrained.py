@@ -279,11 +279,12 @@ def from_timm(source: Union[str, os.PathLike, Mapping[str, Any]], *, standardize
 def _copy_timm_weights(state: Mapping[str, np.ndarray], model: keras.Model, new_head: bool) -> None:
     want = {address: slot for address, slot in weights_by_unit(model).items()
             if address[0] in _TOP_LAYERS or _UNIT.match(address[0])}
+    has_head = any(address[0] == "predictions" for address in want)
     if new_head:
         want = {address: slot for address, slot in want.items() if address[0] != "predictions"}
     keys = {address: timm_key(*address) for address in want}
-    used = set(keys.values()) | ({"head.fc.weight", "head.fc.bias"} if new_head or "predictions" not in
-                                 {a[0] for a in weights_by_unit(model)} else set())
+    # timm's classifier is used, or deliberately dropped (a new head, or none).
+    used = set(keys.values()) | ({"head.fc.weight", "head.fc.bias"} if new_head or not has_head else set())
     missing = sorted(set(keys.values()) - set(state))
     if missing:
         raise ValueError(f"`source` has no {missing[0]!r}, which this network needs ({len(missing)} missing).")
