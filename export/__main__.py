@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -68,6 +69,31 @@ def _our_warnings_in_one_line():
         yield
 
 
+def crop_fraction(text: str) -> float:
+    """argparse type of --crop-fraction: a number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1]. Received: {text!r}")
+    return value
+
+
+def _serving_preprocessing(args, model, default: Optional[str]):
+    """The run's (or a converted model's) preprocessing, with the flags given on top."""
+    from keras_resnet_v2 import pretrained
+    from keras_resnet_v2.plumbing import images
+
+    base = images.as_preprocessing(default or pretrained.serving_preprocessing(model) or "resize")
+    fields = dataclasses.asdict(base)
+    if args.preprocessing and args.preprocessing != base.mode:
+        fields = {"mode": args.preprocessing}
+    fields.update({key: value for key, value in (("crop_fraction", args.crop_fraction),
+                                                 ("interpolation", args.interpolation)) if value is not None})
+    return images.Preprocessing(**fields)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resnet-v2-export", description=__doc__.split("\n\n")[0],
                                      epilog="resnet-v2-export verify --help: check existing exports against a model")
@@ -78,7 +104,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--onnx", metavar="FILE", help="ONNX file to write")
     parser.add_argument("--opset", type=int, help="ONNX opset (default 17)")
     parser.add_argument("--preprocessing", choices=("resize", "shorter_side_crop"),
-                        help="how serve_image_bytes sizes images (default: the run's, else resize)")
+                        help="how serve_image_bytes sizes images (default: the run's; timm's for a model "
+                             "from_timm converted; else resize)")
+    parser.add_argument("--crop-fraction", type=crop_fraction, metavar="F",
+                        help="shorter_side_crop: the centre crop's share of the resized shorter side (default "
+                             "224/256 = 0.875; timm's checkpoints 0.95)")
+    parser.add_argument("--interpolation", choices=("bilinear", "bicubic"),
+                        help="shorter_side_crop's resize (default bilinear; bicubic for timm's checkpoints)")
     parser.add_argument("--input-scale", type=float, metavar="S", help=INPUT_SCALE_HELP)
     parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     return parser
@@ -109,6 +141,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         model_file(args.model)
         if args.input_scale is not None and not (args.input_scale > 0 and args.input_scale != float("inf")):
             raise ValueError(f"--input-scale must be a positive number. Received: {args.input_scale}")
+        if not verify_only and args.preprocessing == "resize" and (args.crop_fraction or args.interpolation):
+            raise ValueError("--crop-fraction and --interpolation apply to --preprocessing shorter_side_crop, not "
+                             f"resize. Received: --crop-fraction {args.crop_fraction}, --interpolation "
+                             f"{args.interpolation}")
         if verify_only and args.savedmodel:
             _check_version_dir(args.savedmodel)
     except ValueError as error:
@@ -137,8 +173,7 @@ def _export_or_verify(args, verify_only: bool) -> int:
             report = export.verify(model, savedmodel_dir=args.savedmodel, onnx_path=args.onnx, report_path=report_path)
         else:
             details = _run_details(args.model)
-            if args.preprocessing:
-                details["preprocessing"] = args.preprocessing
+            details["preprocessing"] = _serving_preprocessing(args, model, details.get("preprocessing"))
             result = export.export_and_verify(model, args.savedmodel, args.onnx, version=args.version,
                                               overwrite=args.overwrite, opset=args.opset,
                                               input_scale=args.input_scale, **details)

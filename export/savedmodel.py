@@ -11,7 +11,7 @@ import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import keras
 import tensorflow as tf
@@ -21,6 +21,9 @@ from keras_resnet_v2.export import image_bytes as bytes_checks
 from keras_resnet_v2.names import short_repr
 from keras_resnet_v2.plumbing import images as image_ops
 from keras_resnet_v2.plumbing.files import DirectoryLock, check_writable_directory, model_file, usual_modes
+
+# How serve_image_bytes sizes images: a mode name, a dict of Preprocessing's fields, or a Preprocessing.
+Preprocessing = Union[str, dict, image_ops.Preprocessing]
 
 
 def _classifier(model: keras.Model) -> tuple:
@@ -155,12 +158,12 @@ def _checked_images(images, height: int, width: int, channels: int):
     return tf.ensure_shape(images, [None, height, width, channels])
 
 
-def _serving_archive(model: keras.Model, preprocessing: str = "resize") -> keras.export.ExportArchive:
+def _serving_archive(model: keras.Model, preprocessing: image_ops.Preprocessing) -> keras.export.ExportArchive:
     """Keras' ExportArchive (it tracks the variables the way TF Serving's loader restores
     them) with three signatures, each returning `probabilities` (float32) and `classes` (int64).
 
     `serve_image_bytes` brings each decoded image to the input size with the function training and
-    evaluation use (`keras_resnet_v2.plumbing.images.prepare`, mode `preprocessing`)."""
+    evaluation use (`keras_resnet_v2.plumbing.images.prepare` with `preprocessing`)."""
     height, width, channels = model.input_shape[1:]
     shape = [None, height, width, channels]
     classes = model.output_shape[-1]
@@ -325,12 +328,11 @@ def check_labels(labels: Sequence[str], classes: int) -> None:
 
 
 def check_savedmodel_arguments(model: keras.Model, base_dir: str, version: Optional[int] = None,
-                               labels: Optional[Sequence[str]] = None, preprocessing: str = "resize") -> str:
+                               labels: Optional[Sequence[str]] = None, preprocessing: Preprocessing = "resize") -> str:
     """Every check that needs no writing, before any export starts; returns the absolute base directory."""
     _check_classifier(model)
-    if preprocessing not in image_ops.MODES:
-        raise ValueError(f"`preprocessing` must be one of {image_ops.MODES}. Received: preprocessing={preprocessing!r}")
-    if preprocessing == "shorter_side_crop" and model.input_shape[1] != model.input_shape[2]:
+    if image_ops.as_preprocessing(preprocessing).mode == "shorter_side_crop" and \
+            model.input_shape[1] != model.input_shape[2]:
         raise ValueError(f"`preprocessing='shorter_side_crop'` needs a square input. Received: input shape "
                          f"{model.input_shape}")
     if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
@@ -344,7 +346,7 @@ def check_savedmodel_arguments(model: keras.Model, base_dir: str, version: Optio
 
 def stage_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] = None, overwrite: bool = False,
                      labels: Optional[Sequence[str]] = None, keep_mixed_precision: bool = False,
-                     extra_metadata: Optional[dict] = None, preprocessing: str = "resize") -> Staged:
+                     extra_metadata: Optional[dict] = None, preprocessing: Preprocessing = "resize") -> Staged:
     """Writes the SavedModel into a hidden temporary folder of `base_dir` (whose lock the caller holds).
 
     The version is chosen here (next free by default) and checked against `overwrite`.
@@ -355,6 +357,7 @@ def stage_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] =
     if os.path.exists(final) and not overwrite:
         raise FileExistsError(f"Version {version} already exists at {final}; pass overwrite=True to replace it")
     serving_model = model if keep_mixed_precision else float32_copy(model)
+    preprocessing = image_ops.as_preprocessing(preprocessing)
     archive = _serving_archive(serving_model, preprocessing)
     staged = Staged(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base_dir), final, version_dir=True)
     try:
@@ -367,7 +370,7 @@ def stage_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] =
         assets = os.path.join(staged.path, "assets")
         os.makedirs(assets, exist_ok=True)
         with open(os.path.join(assets, "metadata.json"), "w") as handle:
-            json.dump({**metadata(serving_model), "image_bytes_preprocessing": preprocessing,
+            json.dump({**metadata(serving_model), **preprocessing.as_metadata(),
                        "image_bytes_max_pixels": bytes_checks.max_pixels(*serving_model.input_shape[1:3]),
                        "image_bytes_decodes_at_once": DECODES_AT_ONCE,
                        **(extra_metadata or {})}, handle, indent=2)
@@ -383,7 +386,7 @@ def stage_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] =
 def export_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] = None,
                       overwrite: bool = False, labels: Optional[Sequence[str]] = None,
                       keep_mixed_precision: bool = False, extra_metadata: Optional[dict] = None,
-                      preprocessing: str = "resize", input_scale: Optional[float] = None) -> str:
+                      preprocessing: Preprocessing = "resize", input_scale: Optional[float] = None) -> str:
     """Writes `base_dir/<version>` for TF Serving and returns its path, unverified.
 
     `export_and_verify` publishes a version only once it has been verified; use it to serve.
@@ -397,7 +400,9 @@ def export_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] 
     normalization) is merged into `assets/metadata.json`. `preprocessing` is how
     `serve_image_bytes` brings an image to the input size, as the model was trained and tested:
     "resize" (CIFAR-style: stretched, antialiased) or "shorter_side_crop" (ImageNet-style: shorter
-    side to 256/224 of the crop, centre crop); see `keras_resnet_v2.plumbing.images`.
+    side to 256/224 of the crop, centre crop), or a dict / `keras_resnet_v2.plumbing.images.Preprocessing`
+    that also sets `crop_fraction` and `interpolation` (`keras_resnet_v2.TIMM_SERVING` for a model
+    converted by `from_timm`); metadata.json names all three.
     `input_scale` multiplies the served pixels before a network with no scaling layer of its own
     (`with_input_scale`: 1/255 for one trained on pixels / 255).
 

@@ -11,6 +11,7 @@ import keras
 
 from keras_resnet_v2.export.onnx import check_onnx_arguments, onnx_lock, stage_onnx
 from keras_resnet_v2.export.savedmodel import (
+    Preprocessing,
     check_savedmodel_arguments,
     float32_copy,
     stage_savedmodel,
@@ -23,7 +24,7 @@ from keras_resnet_v2.plumbing.files import DirectoryLock
 def export_and_verify(model: keras.Model, savedmodel: Optional[str] = None, onnx: Optional[str] = None, *,
                       version: Optional[int] = None, overwrite: bool = False, opset: Optional[int] = None,
                       labels: Optional[Sequence[str]] = None, extra_metadata: Optional[dict] = None,
-                      preprocessing: str = "resize", input_scale: Optional[float] = None) -> dict:
+                      preprocessing: Preprocessing = "resize", input_scale: Optional[float] = None) -> dict:
     """SavedModel under `savedmodel` (a TF Serving base directory) and/or ONNX at `onnx`, verified.
 
     Every argument is checked before anything is written. Both exports are written to hidden
@@ -33,7 +34,8 @@ def export_and_verify(model: keras.Model, savedmodel: Optional[str] = None, onnx
     report, "report_path": path}`. The report (`BASE_DIR/<version>.verification.json`, else
     `FILE.verification.json`) holds the export times (`savedmodel_s`, `onnx_s`) and the parity
     errors; it is written even when verification fails, and `VerificationError` is raised then.
-    `preprocessing` is how `serve_image_bytes` sizes images (`export_savedmodel`); `input_scale`
+    `preprocessing` is how `serve_image_bytes` sizes images (`export_savedmodel`: a mode, or its
+    crop fraction and interpolation too, as `keras_resnet_v2.TIMM_SERVING`); `input_scale`
     multiplies the pixels before a network with no scaling layer in front (`with_input_scale`), and
     the exports are verified against that.
 

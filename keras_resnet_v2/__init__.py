@@ -41,7 +41,7 @@ EXPORTS = {
     "features": ("pyramid_outputs",),
     "layers": ("ConstantScale", "EdgePadding2D", "GatedSum", "Rematerialized", "Standardize"),
     "names": ("BLOCKS", "FAMILIES", "PADDINGS", "POOLINGS", "SHORTCUT_NAMES", "STRIDE_IN", "UNITS"),
-    "pretrained": ("TIMM_MODELS", "from_timm"),
+    "pretrained": ("TIMM_MODELS", "TIMM_SERVING", "from_timm"),
     "resnet": ("ResNet", "ResNet18", "ResNet20", "ResNet32", "ResNet34", "ResNet44", "ResNet50",
                "ResNet56", "ResNet101", "ResNet110", "ResNet152", "ResNet164", "ResNet200", "ResNet1001", "ResNet1202",
                "ensure_recursion_limit"),

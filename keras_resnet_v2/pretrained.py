@@ -42,6 +42,12 @@ _REFUSED: tuple[tuple[str, str], ...] = (
 TIMM_MEAN = (0.485, 0.456, 0.406)
 TIMM_STD = (0.229, 0.224, 0.225)
 TIMM_PREPROCESSING = {"mean": TIMM_MEAN, "std": TIMM_STD, "interpolation": "bicubic", "crop_pct": 0.95}
+# The same test-time sizing for `serve_image_bytes` and evaluation (keras_resnet_v2.plumbing.images):
+# the shorter side to floor(224 / 0.95) = 235, bicubic, then the centre 224 crop.
+TIMM_SERVING = {"mode": "shorter_side_crop", "crop_fraction": 0.95, "interpolation": "bicubic"}
+# The name of the Standardize layer from_timm puts in front; exports and evaluation of a model that
+# has it default to TIMM_SERVING (`serving_preprocessing`), so a converted `.keras` file needs no flags.
+TIMM_STANDARDIZE = "timm_standardize"
 # Builder arguments that keep the checkpoint's architecture (anything else would not fit it).
 _BUILDER_ARGUMENTS = ("include_top", "input_shape", "pooling", "classes", "classifier_activation", "dtype",
                       "name", "remat", "scan", "fused_batchnorm")
@@ -266,7 +272,7 @@ def from_timm(source: Union[str, os.PathLike, Mapping[str, Any]], *, standardize
     if standardize:
         inputs = keras.Input(shape=arguments.pop("input_shape", None) or (224, 224, 3), name="input")
         x = Standardize(mean=[255.0 * m for m in TIMM_MEAN], variance=[(255.0 * s) ** 2 for s in TIMM_STD],
-                        name="standardize")(inputs)
+                        name=TIMM_STANDARDIZE)(inputs)
         name = arguments.pop("name", None)
         network = ResNet(architecture["depth"], input_tensor=x, **arguments)
         model = keras.Model(inputs, network.output, name=name or network.name)
@@ -274,6 +280,18 @@ def from_timm(source: Union[str, os.PathLike, Mapping[str, Any]], *, standardize
         model = ResNet(architecture["depth"], **arguments)
     _copy_timm_weights(state, model, new_head=arguments["classes"] != architecture["classes"])
     return model
+
+
+def serving_preprocessing(model: keras.Model) -> Union[dict, None]:
+    """`TIMM_SERVING` for a model `from_timm` built with `standardize=True` (its `timm_standardize`
+    layer), else None: how `resnet-v2-export` and `resnet-v2-train evaluate` size its test images.
+
+    Example:
+        >>> serving_preprocessing(from_timm("tests/data/timm_resnetv2_18_tiny.safetensors"))["crop_fraction"]
+        0.95
+    """
+    names = {layer.name for layer in model.layers[:3]}
+    return dict(TIMM_SERVING) if TIMM_STANDARDIZE in names else None
 
 
 def _copy_timm_weights(state: Mapping[str, np.ndarray], model: keras.Model, new_head: bool) -> None:

@@ -72,7 +72,7 @@ class Config:
     dtype: Any
     remat: bool = False
     scan: bool = False
-    padding: str = "same"
+    padding: str = "symmetric"
     widths: tuple[int, ...] = ()  # per stage: a basic unit's width, a bottleneck's inner width
 
 
@@ -136,7 +136,7 @@ def _resolve_dtype(dtype):
 def resolve_config(
     depth, *, unit, shortcut, family, block, stride_in, input_shape, input_tensor,
     include_top, pooling, classes, classifier_activation, weights, dtype, name, variant_options,
-    remat: bool = False, scan: bool = False, fused_batchnorm: bool = True, padding: str = "same",
+    remat: bool = False, scan: bool = False, fused_batchnorm: bool = True, padding: str = "symmetric",
     widths=None,
 ) -> Config:
     """Checks every argument of `ResNet` before any layer is built."""
@@ -196,7 +196,7 @@ def resolve_config(
 class _Ops:
     """Layer factory: one dtype policy, deterministic names, the paper's conv, BN and padding."""
 
-    def __init__(self, dtype, padding: str = "same"):
+    def __init__(self, dtype, padding: str = "symmetric"):
         self.kw = {"dtype": dtype}
         self.symmetric = padding == "symmetric"
 
@@ -387,7 +387,7 @@ def ResNet(
     remat: bool = False,
     scan: bool = False,
     fused_batchnorm: bool = True,
-    padding: str = "same",
+    padding: str = "symmetric",
     widths: Optional[Sequence[int]] = None,
     **variant_options: Any,
 ) -> keras.Model:
@@ -439,12 +439,12 @@ def ResNet(
         fused_batchnorm: under the TensorFlow backend, train BatchNorm through TensorFlow's fused
             kernel (`keras_resnet_v2.fuse_batchnorm`): the same numbers, faster; config and
             saved files unchanged. No effect on other backends.
-        padding: how a stride-2 convolution and the ImageNet stem's max pooling pad: "same"
-            (default; Keras, TensorFlow, keras.applications: the extra padding on the bottom and
-            right of even sizes) or "symmetric" (the authors' Torch code, torchvision and timm:
-            kernel // 2 rows and columns on every side, so converted PyTorch weights give
-            PyTorch's outputs; `from_timm` builds it). Output shapes are the same; only stride-2
-            3x3 and 7x7 convs and the stem pool differ.
+        padding: how a stride-2 convolution and the ImageNet stem's max pooling pad: "symmetric"
+            (default: the authors' Torch code, torchvision, timm and keras.applications' explicit
+            `ZeroPadding2D`: kernel // 2 rows and columns on every side, so converted PyTorch
+            weights give PyTorch's outputs) or "same" (Keras' `padding="same"`: the extra row and
+            column on the bottom and right of even sizes; networks trained before this default).
+            Output shapes are the same; only stride-2 3x3 and 7x7 convs and the stem pool differ.
         widths: per stage, a basic unit's width or a bottleneck's inner width (its output is 4x);
             the stem has `widths[0]` filters. Default (16, 32, 64) for CIFAR, (64, 128, 256, 512)
             for ImageNet (the paper's).

@@ -116,6 +116,12 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--eval-size", type=int, help="test crop for ImageNet-style data (e.g. 320; default: model's)")
+    p.add_argument("--crop-fraction", type=float, metavar="F",
+                   help="ImageNet-style data: the centre crop's share of the resized shorter side (default 0.875; "
+                        "0.95 for a model from_timm converted)")
+    p.add_argument("--interpolation", choices=("bilinear", "bicubic"),
+                   help="ImageNet-style data: how the shorter side is resized (default bilinear; bicubic for a "
+                        "model from_timm converted)")
     p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     return p
 
@@ -299,7 +305,8 @@ def _execute(argv: Sequence[str], args) -> int:
             if argv[:1] == ["evaluate"]:
                 from keras_resnet_v2.training.run import evaluate
 
-                result = evaluate(args.model, args.dataset, args.data_dir, args.batch_size, args.eval_size)
+                result = evaluate(args.model, args.dataset, args.data_dir, args.batch_size, args.eval_size,
+                                  args.crop_fraction, args.interpolation)
                 # Printed as the paper reports: errors in percent to two decimals.
                 print(json.dumps({k: round(v, 2 if k.endswith("_percent") else 4) if isinstance(v, float) else v
                                   for k, v in result.items()}, indent=2))

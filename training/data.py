@@ -414,7 +414,8 @@ def _scale_augment(image, seed, crop: int, flip: bool = True):
 
 def pipeline(dataset: tf.data.Dataset, info: DatasetInfo, batch_size: int, *, training: bool,
              seed: int = 0, start_step: int = 0, image_size: int = 224, cache: bool = True,
-             padding: int = 4, resize_side: int | None = None, repeat: bool = True) -> tf.data.Dataset:
+             padding: int = 4, resize_side: int | None = None, repeat: bool = True,
+             interpolation: str = "bilinear") -> tf.data.Dataset:
     """Batches a split for training (`training=True`) or evaluation.
 
     Training data repeats forever (the caller counts steps per epoch: `steps_per_epoch` of
@@ -427,7 +428,8 @@ def pipeline(dataset: tf.data.Dataset, info: DatasetInfo, batch_size: int, *, tr
     Evaluation data is batched once, in order, keeping the last partial batch; variable-size
     images have their shorter side resized to `resize_side` (default image_size x 256 / 224:
     256 for 224) and are centre-cropped to `image_size`. The paper's 320 test (FACTS.md) is
-    `image_size=320, resize_side=320`. Images stay
+    `image_size=320, resize_side=320`; `interpolation` "bicubic" resizes them as timm's checkpoints
+    were tested (`keras_resnet_v2.plumbing.images`). Images stay
     0..255 float32: the model's normalization layer does the rest.
 
     Example:
@@ -448,7 +450,8 @@ def pipeline(dataset: tf.data.Dataset, info: DatasetInfo, batch_size: int, *, tr
         if not fixed_size:
             # The function serve_image_bytes applies too (keras_resnet_v2.plumbing.images).
             side = resize_side or image_ops.default_side(image_size)
-            ds = ds.map(lambda x, y: (image_ops.centre_crop(x, image_size, side), y), num_parallel_calls=AUTOTUNE)
+            ds = ds.map(lambda x, y: (image_ops.centre_crop(x, image_size, side, interpolation), y),
+                        num_parallel_calls=AUTOTUNE)
         return ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(AUTOTUNE)
 
     ds = ds.shuffle(min(info.train_examples, 50_000), seed=seed + start_step, reshuffle_each_iteration=True)

@@ -86,11 +86,14 @@ def with_input_size(model: keras.Model, size: int) -> keras.Model:
     return copy
 
 
-def _eval_at(model: keras.Model, splits: data_lib.Splits, size: int, batch_size: int, strategy=None) -> dict:
-    """Top-1/top-5 on the test split at a `size` centre crop of images resized to `size` (FACTS.md)."""
+def _eval_at(model: keras.Model, splits: data_lib.Splits, size: int, batch_size: int, strategy=None,
+             side: int | None = None, interpolation: str = "bilinear") -> dict:
+    """Top-1/top-5 on the test split at a `size` centre crop of images whose shorter side is resized to
+    `side` (default `size`: the paper's 320 test, FACTS.md)."""
     with (strategy or tf.distribute.get_strategy()).scope():
         resized = with_input_size(model, size)
-    test = data_lib.pipeline(splits.test, splits.info, batch_size, training=False, image_size=size, resize_side=size)
+    test = data_lib.pipeline(splits.test, splits.info, batch_size, training=False, image_size=size,
+                             resize_side=side or size, interpolation=interpolation)
     return Trainer(resized, keras.optimizers.SGD(), strategy or tf.distribute.get_strategy(), batch_size).evaluate(test)
 
 
@@ -328,18 +331,32 @@ def export_run(model: keras.Model, export_dir: str, labels, effective: dict) -> 
 
 
 def evaluate(model_path: str, dataset: str, data_dir: str | None = None, batch_size: int = 256,
-             eval_size: int | None = None) -> dict:
+             eval_size: int | None = None, crop_fraction: float | None = None,
+             interpolation: str | None = None) -> dict:
     """Top-1 and top-5 error (percent: `top1_error_percent`, `top5_error_percent`) of a saved model on the
     dataset's test split.
 
-    `eval_size` tests variable-size (ImageNet-style) images at that centre crop of images whose
-    shorter side is resized to it (the paper's 320 test); default: the model's input size.
+    Variable-size (ImageNet-style) images are resized on their shorter side and centre-cropped to
+    the model's input size: side = crop x 256 / 224 with bilinear resizing, or, for a model
+    `from_timm` converted, timm's floor(crop / 0.95) with bicubic resizing
+    (`keras_resnet_v2.TIMM_SERVING`); `crop_fraction` and `interpolation` override these.
+    `eval_size` tests at that centre crop of images whose shorter side is resized to it (the
+    paper's 320 test; side = eval_size / crop_fraction with a `crop_fraction`).
+
+    Example:
+        >>> evaluate("resnet50_timm.keras", "imagenet2012", data_dir="~/tensorflow_datasets")["top1_error_percent"]
     """
-    from keras_resnet_v2 import export
+    from keras_resnet_v2 import export, pretrained
+    from keras_resnet_v2.plumbing import images as image_ops
 
     if eval_size is not None and (not isinstance(eval_size, int) or isinstance(eval_size, bool) or eval_size < 1):
         raise ValueError(f"`eval_size` must be a positive integer. Received: eval_size={eval_size!r}")
+    image_ops.Preprocessing("shorter_side_crop", crop_fraction, interpolation or "bilinear")  # checks both
     model = export.load_model(model_path)
+    given = {key: value for key, value in (("crop_fraction", crop_fraction), ("interpolation", interpolation))
+             if value is not None}
+    sizing = image_ops.Preprocessing(**{**(pretrained.serving_preprocessing(model) or {"mode": "shorter_side_crop"}),
+                                        **given})
     height = model.input_shape[1] or 224
     # Image folders are kept at their own sizes (and centre-cropped) for a run trained that way,
     # as in its own test; otherwise resized to the model's input.
@@ -350,14 +367,17 @@ def evaluate(model_path: str, dataset: str, data_dir: str | None = None, batch_s
     if splits.info.num_classes != model.output_shape[-1]:
         raise ValueError(f"The model has {model.output_shape[-1]} classes, dataset {dataset!r} has "
                          f"{splits.info.num_classes}.")
-    if eval_size is not None and splits.info.image_shape is not None:
-        raise ValueError(f"`eval_size` sets the test crop of variable-size (ImageNet-style) images; {dataset!r} "
-                         f"images are all {splits.info.image_shape[0]}x{splits.info.image_shape[1]}. Received: "
-                         f"eval_size={eval_size}")
+    for name, value in (("eval_size", eval_size), *given.items()):
+        if value is not None and splits.info.image_shape is not None:
+            raise ValueError(f"`{name}` sets the test crop of variable-size (ImageNet-style) images; {dataset!r} "
+                             f"images are all {splits.info.image_shape[0]}x{splits.info.image_shape[1]}. Received: "
+                             f"{name}={value!r}")
     if eval_size is not None:
-        metrics = _eval_at(model, splits, eval_size, batch_size)
+        metrics = _eval_at(model, splits, eval_size, batch_size, side=sizing.side(eval_size) if crop_fraction else None,
+                           interpolation=sizing.interpolation)
     else:
-        test = data_lib.pipeline(splits.test, splits.info, batch_size, training=False, image_size=height)
+        test = data_lib.pipeline(splits.test, splits.info, batch_size, training=False, image_size=height,
+                                 resize_side=sizing.side(height), interpolation=sizing.interpolation)
         metrics = Trainer(model, keras.optimizers.SGD(), tf.distribute.get_strategy(), batch_size).evaluate(test)
     return {"model": model_path, "dataset": dataset, "examples": splits.info.test_examples,
             "image_size": eval_size or height,
