@@ -112,8 +112,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--interpolation", choices=("bilinear", "bicubic"),
                         help="shorter_side_crop's resize (default bilinear; bicubic for timm's checkpoints)")
     parser.add_argument("--input-scale", type=float, metavar="S", help=INPUT_SCALE_HELP)
+    parser.add_argument("--labels", metavar="FILE",
+                        help="class names, one a line, in class order (default: a training run's own); written "
+                             "to the SavedModel's labels.txt and the ONNX metadata")
     parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     return parser
+
+
+def _read_labels(path: str) -> list:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"--labels {path!r} is not a readable text file ({error})") from None
 
 
 def _verify_parser() -> argparse.ArgumentParser:
@@ -147,6 +158,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              f"{args.interpolation}")
         if verify_only and args.savedmodel:
             _check_version_dir(args.savedmodel)
+        labels = None if verify_only or not args.labels else _read_labels(args.labels)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -157,10 +169,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     start_backend(args.verbose)
 
     with _our_warnings_in_one_line():
-        return _export_or_verify(args, verify_only)
+        return _export_or_verify(args, verify_only, labels)
 
 
-def _export_or_verify(args, verify_only: bool) -> int:
+def _export_or_verify(args, verify_only: bool, labels: Optional[list] = None) -> int:
     from keras_resnet_v2 import export
     from keras_resnet_v2.export.savedmodel import with_input_scale
 
@@ -174,6 +186,8 @@ def _export_or_verify(args, verify_only: bool) -> int:
         else:
             details = _run_details(args.model)
             details["preprocessing"] = _serving_preprocessing(args, model, details.get("preprocessing"))
+            if labels is not None:
+                details["labels"] = labels
             result = export.export_and_verify(model, args.savedmodel, args.onnx, version=args.version,
                                               overwrite=args.overwrite, opset=args.opset,
                                               input_scale=args.input_scale, **details)

@@ -60,5 +60,6 @@ def _keras_loaded() -> None:
 
 # When Keras is imported (before or after this package), the modules defining our layers run, so
 # `keras.models.load_model` finds them (resnet imports layers and stack).
-__getattr__, __dir__, _names = lazy_package(__name__, EXPORTS, register=("resnet",), on_register=_keras_loaded)
+__getattr__, __dir__, _names = lazy_package(__name__, EXPORTS, register=("resnet",), on_register=_keras_loaded,
+                                            public_subpackages=("export", "training"))
 __all__ = ["__version__", *_names]

@@ -1,4 +1,5 @@
-"""TensorFlow kernels for the TensorFlow backend only: fused BatchNorm and the loop of `UnitStack`.
+"""TensorFlow kernels for the TensorFlow backend only: fused BatchNorm, BatchNorm statistics kept
+equal across replicas, and the loop of `UnitStack`.
 
 Imported only when `keras.backend.backend() == "tensorflow"`, so the builders keep running under
 JAX and PyTorch without TensorFlow installed. Nothing here changes a model's config, weights or
@@ -25,14 +26,50 @@ def fused_batchnorm_training(x, gamma, beta, epsilon: float):
     return y, mean, variance * (n - 1) / n
 
 
+def replica_mean(tensors: list) -> list:
+    """Each tensor averaged over the replicas of a `tf.distribute` strategy, in one all-reduce; the
+    tensors themselves with one replica or outside a replica context.
+
+    Keras 3's BatchNormalization updates its moving statistics on each replica from that replica's
+    batch, so under `MirroredStrategy` the copies drift apart, `model.predict` in the process mixes
+    them, and the saved file holds replica 0's (issue 21). Averaging the batch statistics before the
+    update keeps every copy equal to the mean of what the replicas would have held (the moving
+    average is linear): tf.keras 2's MEAN aggregation, applied at each step.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1 or not tensors:
+        return list(tensors)
+    sizes = [t.shape.num_elements() for t in tensors]
+    flat = tf.concat([tf.reshape(tf.stop_gradient(tf.cast(t, tf.float32)), [-1]) for t in tensors], 0)
+    flat = context.all_reduce(tf.distribute.ReduceOp.MEAN, flat)
+    return [tf.cast(tf.reshape(part, t.shape), t.dtype) for part, t in zip(tf.split(flat, sizes), tensors, strict=True)]
+
+
+def _synced_call(layer: keras.layers.BatchNormalization):
+    """Keras' own `call` for `layer`, its moving statistics then averaged over the replicas."""
+    keras_call = type(layer).call.__get__(layer)
+
+    def call(inputs, training=None, mask=None):
+        y = keras_call(inputs, training=training, mask=mask)
+        if training and layer.trainable and tf.distribute.get_replica_context() is not None \
+                and tf.distribute.get_replica_context().num_replicas_in_sync > 1:
+            mean, variance = replica_mean([layer.moving_mean.value, layer.moving_variance.value])
+            layer.moving_mean.assign(mean)
+            layer.moving_variance.assign(variance)
+        return y
+
+    return call
+
+
 def _fused_call(layer: keras.layers.BatchNormalization):
     """A training-mode `call` for `layer` through the fused kernel; inference stays Keras'."""
-    keras_call = layer.call
+    keras_call = type(layer).call.__get__(layer)
 
     def call(inputs, training=None, mask=None):
         if not training or not layer.trainable or mask is not None or inputs.shape.rank != 4:
             return keras_call(inputs, training=training, mask=mask)
         y, mean, variance = fused_batchnorm_training(inputs, layer.gamma.value, layer.beta.value, layer.epsilon)
+        mean, variance = replica_mean([mean, variance])
         momentum = layer.momentum
         layer.moving_mean.assign(layer.moving_mean * momentum + mean * (1 - momentum))
         layer.moving_variance.assign(layer.moving_variance * momentum + variance * (1 - momentum))
@@ -42,9 +79,10 @@ def _fused_call(layer: keras.layers.BatchNormalization):
 
 
 def fuse_batchnorm(model: keras.Model, enable: bool = True) -> int:
-    """Gives `model`'s eligible BatchNorm layers the fused training kernel (or takes it away).
+    """Gives `model`'s eligible BatchNorm layers the fused training kernel (or Keras' own, with
+    `enable=False`); either way their moving statistics stay equal across replicas (`replica_mean`).
 
-    Eligible: 4D NHWC input, centre and scale, not synchronized. Returns how many layers changed.
+    Eligible: 4D NHWC input, centre and scale, not synchronized. Returns how many layers changed kernel.
     """
     count = 0
     for layer in model._flatten_layers(include_self=False):
@@ -52,14 +90,9 @@ def fuse_batchnorm(model: keras.Model, enable: bool = True) -> int:
                 and layer.scale and not layer.synchronized):
             continue
         fused = "call" in vars(layer) and getattr(layer, "_fused_for_training", False)
-        if enable and not fused:
-            layer.call = _fused_call(layer)
-            layer._fused_for_training = True
-            count += 1
-        elif not enable and fused:
-            del layer.call  # back to the class's own `call`
-            layer._fused_for_training = False
-            count += 1
+        count += enable != fused
+        layer.call = _fused_call(layer) if enable else _synced_call(layer)
+        layer._fused_for_training = enable
     return count
 
 
@@ -83,5 +116,8 @@ def while_scan(step, x, xs, length: int):
         x, ys = step(x, pack(xs, [a.read(i) for a in inputs]))
         return i + 1, x, [o.write(i, y) for o, y in zip(outputs, keras.tree.flatten(ys), strict=True)]
 
-    _, x, outputs = tf.while_loop(lambda i, *_: i < length, body, (tf.constant(1), x, outputs))
+    # maximum_iterations: XLA (`jit_compile=True`, Keras' default on one GPU) sizes the gradient's
+    # accumulators of loop values from it; without it the backward loop does not compile.
+    _, x, outputs = tf.while_loop(lambda i, *_: i < length, body, (tf.constant(1), x, outputs),
+                                  maximum_iterations=length - 1)
     return x, pack(first, [o.stack() for o in outputs])

@@ -7,6 +7,7 @@ named constructors (`ResNet1001`, `ResNet50`, ...) are thin wrappers over it.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import sys
@@ -19,6 +20,7 @@ import keras
 from keras_resnet_v2.depths import (
     FAMILY_SPECS,
     Family,
+    default_scan,
     resolve_depth,
 )
 from keras_resnet_v2.layers import EdgePadding2D, Rematerialized
@@ -136,7 +138,7 @@ def _resolve_dtype(dtype):
 def resolve_config(
     depth, *, unit, shortcut, family, block, stride_in, input_shape, input_tensor,
     include_top, pooling, classes, classifier_activation, weights, dtype, name, variant_options,
-    remat: bool = False, scan: bool = False, fused_batchnorm: bool = True, padding: str = "symmetric",
+    remat: bool = False, scan: Optional[bool] = None, fused_batchnorm: bool = True, padding: str = "symmetric",
     widths=None,
 ) -> Config:
     """Checks every argument of `ResNet` before any layer is built."""
@@ -173,6 +175,8 @@ def resolve_config(
             f"keras.config.image_data_format()={keras.config.image_data_format()!r}"
         )
     check_weights_path(weights)
+    if scan is None:
+        scan = default_scan(units)
     for arg, value in (("remat", remat), ("scan", scan), ("fused_batchnorm", fused_batchnorm)):
         if not isinstance(value, bool):
             raise ValueError(f"`{arg}` must be True or False. Received: {arg}={value!r}")
@@ -385,7 +389,7 @@ def ResNet(
     dtype: Any = None,
     name: Optional[str] = None,
     remat: bool = False,
-    scan: bool = False,
+    scan: Optional[bool] = None,
     fused_batchnorm: bool = True,
     padding: str = "symmetric",
     widths: Optional[Sequence[int]] = None,
@@ -436,6 +440,9 @@ def ResNet(
             (`jax.lax.scan`, `tf.while_loop`): a 1000-layer net builds in under a second and
             starts training several times sooner (benchmarks/RESULTS.md, "Deep networks"). The
             same network: `to_plain` / `to_stacked` convert with the same weights and outputs.
+            None (default): stacked when a stage has 100 units or more (ResNet-1001, ResNet-1202;
+            `keras_resnet_v2.depths.default_scan`), per-unit layers otherwise; False: per-unit
+            layers always.
         fused_batchnorm: under the TensorFlow backend, train BatchNorm through TensorFlow's fused
             kernel (`keras_resnet_v2.fuse_batchnorm`): the same numbers, faster; config and
             saved files unchanged. No effect on other backends.
@@ -508,12 +515,11 @@ def ResNet(
         def with_head(file_classes: int) -> keras.Model:  # the file's network, for fine-tuning a new head
             return ResNet(depth, unit=unit, shortcut=shortcut, family=cfg.family, block=cfg.block,
                           stride_in=stride_in, input_shape=cfg.input_shape, classes=file_classes, dtype=dtype,
-                          remat=remat, scan=scan, fused_batchnorm=False, padding=padding, widths=widths,
+                          remat=remat, scan=cfg.scan, fused_batchnorm=False, padding=padding, widths=widths,
                           **variant_options)
 
         load_weights(model, weights, with_head)
-    if fused_batchnorm:
-        fuse_batchnorm(model)
+    fuse_batchnorm(model, enable=fused_batchnorm)  # TensorFlow: the kernel, and one set of statistics
     return model
 
 
@@ -528,6 +534,11 @@ def _named(depth: int, family: str, paper: str) -> Callable[..., keras.Model]:
         return ResNet(depth, **kwargs)
 
     constructor.__name__ = constructor.__qualname__ = f"ResNet{depth}"
+    # Notebooks (Shift-Tab, `inspect.signature`, `help`) show ResNet's keywords, this depth's family.
+    parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY, default=family if p.name == "family" else p.default)
+                  if p.kind is not inspect.Parameter.VAR_KEYWORD else p
+                  for p in inspect.signature(ResNet).parameters.values() if p.name != "depth"]
+    constructor.__signature__ = inspect.Signature(parameters, return_annotation=keras.Model)
     constructor.__doc__ = (
         f"{'CIFAR' if family == 'cifar' else 'ImageNet'} ResNet-{depth} ({paper}).\n\n"
         "Takes the keyword arguments of `ResNet` (unit, shortcut, family, block, stride_in,\n"

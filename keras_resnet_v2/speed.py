@@ -21,7 +21,11 @@ def fuse_batchnorm(model: keras.Model, enable: bool = True) -> int:
     with Keras' semantics: the biased batch variance, statistics in float32 under mixed precision,
     the same moving averages. Only these instances change: config, weights, files and the
     inference path (which exports trace) stay Keras'. `enable=False` gives the layers back
-    Keras' own `call`. On other backends it does nothing and returns 0.
+    Keras' own kernel. Either way, under a `tf.distribute` strategy with several replicas, the
+    batch statistics are averaged over the replicas before the moving averages take them (one
+    all-reduce per layer), so every replica holds the same moving statistics after `model.fit`
+    and in-process predictions equal the saved model's (issue 21; `UnitStack` does the same, one
+    all-reduce per stack). On other backends it does nothing and returns 0.
 
     Models built by `keras_resnet_v2.ResNet` and loaded by `keras_resnet_v2.load_model` under
     TensorFlow are already fused; `keras.models.load_model` gives Keras' BatchNorm until this is called.

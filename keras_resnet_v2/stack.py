@@ -249,6 +249,11 @@ class UnitStack(keras.layers.Layer):
         if training:
             step = _saving(step, self.remat)
         y, stats = _loop(step, inputs, xs, self.units, self.unroll)
+        if stats and keras.backend.backend() == "tensorflow":  # one set of statistics over replicas
+            from keras_resnet_v2._kernels import replica_mean
+
+            averaged = iter(replica_mean([batch for pair in stats.values() for batch in pair]))
+            stats = {key: (next(averaged), next(averaged)) for key in stats}
         for key, (means, variances) in stats.items():  # (units, width) each: assigned once, per unit
             for field, batch in (("moving_mean", means), ("moving_variance", variances)):
                 variable = self.get_weight(f"{key}_{field}")

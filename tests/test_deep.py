@@ -20,8 +20,10 @@ def resnet1001():
 
 
 def test_resnet1001_builds_with_333_units_and_paper_parameter_count(resnet1001):
+    # The default form is stacked (issue 21): units 1 as layers, units 2..111 in one UnitStack a stage.
     names = [layer.name for layer in resnet1001.layers]
-    assert sum(name.endswith("_add") for name in names) == 333  # 3 stages x 111 units
+    stacked = sum(layer.units for layer in resnet1001.layers if isinstance(layer, krv2.UnitStack))
+    assert sum(name.endswith("_add") for name in names) + stacked == 333  # 3 stages x 111 units
     count = trainable_count(resnet1001)
     assert abs(count - 10.2e6) / 10.2e6 < 0.03, count  # paper: 10.2M
 

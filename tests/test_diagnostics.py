@@ -56,3 +56,26 @@ def test_train_steps_records_each_steps_loss_before_its_update(images, tmp_path)
     assert (tmp_path / "loss.png").stat().st_size > 5_000
     with pytest.raises(ValueError, match="steps=0"):
         diagnostics.train_steps(model, dataset, steps=0)
+
+
+def test_unit_forward_ranges_name_the_first_unit_whose_float16_stream_overflows():
+    # Issue 21: under mixed_float16 the residual stream is float16 (largest finite 65,504). One unit's
+    # branch made 1e6x larger pushes the stream past it: the next unit's input is the first non-finite
+    # one, the units before stay finite and below the limit; the unscaled net is finite throughout.
+    keras.utils.set_random_seed(0)
+    policy = keras.config.dtype_policy()
+    try:
+        model = krv2.ResNet(20, input_shape=(8, 8, 3), classes=3, dtype="mixed_float16")
+    finally:
+        keras.config.set_dtype_policy(policy)
+    images = np.random.default_rng(0).uniform(0, 1, (4, 8, 8, 3)).astype("float32")
+    ranges = diagnostics.unit_forward_ranges(model, images)
+    assert [name for name, _, _ in ranges][:3] == ["stage1_unit1", "stage1_unit2", "stage1_unit3"]
+    assert ranges[-1][0] == "output" and len(ranges) == 10
+    assert diagnostics.first_non_finite(ranges) is None and all(0 < r < 65504 for _, r, _ in ranges)
+    assert {dtype for _, _, dtype in ranges[:-1]} == {"float16"}
+    kernel = model.get_layer("stage2_unit1_2_conv").kernel
+    kernel.assign(kernel * 1e6)
+    ranges = diagnostics.unit_forward_ranges(model, images)
+    assert diagnostics.first_non_finite(ranges) == "stage2_unit2"
+    assert all(0 < r < 65504 for _, r, _ in ranges[:4])  # stage1_unit1..3, stage2_unit1

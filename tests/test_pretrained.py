@@ -133,7 +133,7 @@ def _timm_resize(image, side, crop):
     return resized[top:top + crop, left:left + crop].astype("float32")
 
 
-def test_converted_model_exports_and_evaluates_with_timms_preprocessing(tmp_path, monkeypatch):
+def test_converted_model_exports_and_evaluates_with_timms_preprocessing(tmp_path, monkeypatch, capsys):
     # A converted .keras file exports (resnet-v2-export, no flags) and evaluates (resnet-v2-train
     # evaluate --dataset imagenet2012) with timm's test-time sizing: shorter side floor(64 / 0.95) = 67,
     # bicubic, centre 64 crop; other sizing gives other outputs, so the checks can fail.
@@ -151,8 +151,14 @@ def test_converted_model_exports_and_evaluates_with_timms_preprocessing(tmp_path
     assert krv2.pretrained.serving_preprocessing(model) == krv2.TIMM_SERVING
     model_path = str(tmp_path / "converted.keras")
     model.save(model_path)
-    assert export_main([model_path, "--savedmodel", str(tmp_path / "serving")]) == 0
+    names = tmp_path / "labels.txt"
+    names.write_text("".join(f"class {i}\n" for i in range(999)))
+    assert export_main([model_path, "--savedmodel", str(tmp_path / "serving"), "--labels", str(names)]) == 1
+    assert "must name each of the 1000 classes. Received: 999 labels" in capsys.readouterr().err
+    names.write_text("".join(f"class {i}\n" for i in range(1000)))
+    assert export_main([model_path, "--savedmodel", str(tmp_path / "serving"), "--labels", str(names)]) == 0
     version = str(tmp_path / "serving" / "1")
+    assert open(os.path.join(version, "assets", "labels.txt")).read() == names.read_text()
     meta = json.loads(open(os.path.join(version, "assets", "metadata.json")).read())
     assert (meta["image_bytes_preprocessing"], meta["image_bytes_crop_fraction"],
             meta["image_bytes_interpolation"]) == ("shorter_side_crop", 0.95, "bicubic")

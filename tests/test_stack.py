@@ -229,3 +229,26 @@ def test_mixed_float16_at_depth_warns_and_names_the_remedy():
         warnings.simplefilter("error")
         krv2.ResNet(164, scan=True, dtype="mixed_float16")
         krv2.ResNet(1001, scan=True, dtype="mixed_bfloat16")
+
+
+def test_the_thousand_layer_nets_are_stacked_by_default_and_the_rest_per_unit():
+    # Issue 21: ResNet1001() in a notebook builds the stacked form (UnitStack per stage) unless
+    # scan=False; ResNet-164 keeps per-unit layers; named constructors show ResNet's keywords.
+    import inspect
+
+    default = krv2.ResNet1001()
+    stacks = [layer for layer in default.layers if isinstance(layer, krv2.UnitStack)]
+    assert [(s.name, s.units) for s in stacks] == [(f"stage{i}_unit2_to_unit111", 110) for i in (1, 2, 3)]
+    assert not any(isinstance(layer, krv2.UnitStack) for layer in krv2.ResNet164().layers)
+    signature = inspect.signature(krv2.ResNet1001)
+    assert "depth" not in signature.parameters and signature.parameters["family"].default == "cifar"
+    assert signature.parameters["scan"].default is None and "dtype" in signature.parameters
+    assert inspect.signature(krv2.ResNet50).parameters["family"].default == "imagenet"
+    with pytest.raises(ValueError, match="ResNet1001 fixes depth=1001"):
+        krv2.ResNet1001(depth=20)
+
+
+def test_dir_of_the_package_lists_the_public_api_only():
+    names = dir(krv2)
+    assert {"ResNet1001", "from_timm", "pyramid_outputs", "to_plain", "training", "export", "__version__"} <= set(names)
+    assert not {"EXPORTS", "lazy_package", "resnet", "plumbing", "names"} & set(names), names

@@ -210,6 +210,56 @@ def test_non_finite_loss_stops_with_the_checkpoint_named(value):
         trainer.fit(ds, epochs=1, steps_per_epoch=2, verbose=0, on_non_finite=lambda e, s: "last good: ckpt-7")
 
 
+def test_steps_per_execution_trains_the_same_steps_with_fewer_calls():
+    # Issue 21: N steps per tf.function call (one host sync) give the same losses and weights as one per
+    # call; callbacks see one batch per call, at its last step; a NaN is named at its own step.
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 1, (20, 8, 8, 3)).astype("float32")
+    ds = tf.data.Dataset.from_tensor_slices((images, np.arange(20) % 3)).repeat().batch(4)
+    results = {}
+    for n in (1, 3):
+        keras.utils.set_random_seed(0)
+        trainer = Trainer(_tiny_model(), optimizers.SGD(0.1), tf.distribute.get_strategy(), 4,
+                          steps_per_execution=n)
+        ends = []
+        seen = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs, ends=ends: ends.append(batch))
+        history = trainer.fit(ds, epochs=2, steps_per_epoch=5, verbose=0, callbacks=[seen])
+        results[n] = (history.history["loss"], trainer.model.get_weights(), ends,
+                      int(trainer.optimizer.iterations.numpy()))
+    np.testing.assert_allclose(results[3][0], results[1][0], rtol=1e-6)
+    for a, b in zip(results[3][1], results[1][1], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert results[1][2] == [0, 1, 2, 3, 4] * 2 and results[3][2] == [2, 4] * 2
+    assert results[1][3] == results[3][3] == 10
+    trainer = Trainer(_tiny_model(), optimizers.SGD(0.1), tf.distribute.get_strategy(), 4, steps_per_execution=4)
+    cross_entropy = trainer.loss_fn
+    scale = tf.Variable(1.0, trainable=False)  # NaN from the third step on
+    trainer.loss_fn = lambda labels, probabilities: cross_entropy(labels, probabilities) * scale
+    original = trainer.optimizer.apply
+
+    def apply(grads, variables):
+        scale.assign(tf.where(trainer.optimizer.iterations >= 1, float("nan"), 1.0))
+        return original(grads, variables)
+
+    trainer.optimizer.apply = apply
+    with pytest.raises(NonFiniteLossError, match=r"at epoch 1, step 3\."):
+        trainer.fit(ds, epochs=1, steps_per_epoch=5, verbose=0)
+    with pytest.raises(ValueError, match="`steps_per_execution` must be a positive integer. Received: "
+                                         "steps_per_execution=0"):
+        Trainer(_tiny_model(), optimizers.SGD(0.1), tf.distribute.get_strategy(), 4, steps_per_execution=0)
+
+
+def test_jit_compile_auto_is_xla_with_one_replica_on_a_gpu_and_true_refuses_several():
+    from types import SimpleNamespace
+
+    one, two = SimpleNamespace(num_replicas_in_sync=1), SimpleNamespace(num_replicas_in_sync=2)
+    assert runtime.resolve_jit_compile("true", one) is True and runtime.resolve_jit_compile("false", one) is False
+    assert runtime.resolve_jit_compile("auto", one) is bool(tf.config.list_logical_devices("GPU"))
+    assert runtime.resolve_jit_compile("auto", two) is False
+    with pytest.raises(ValueError, match="`jit_compile` true needs one replica.*Received: jit_compile='true' with 2"):
+        runtime.resolve_jit_compile("true", two)
+
+
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_whose_keyboard_interrupt_was_swallowed_stops_the_next_step(signum, code):
     from keras_resnet_v2.plumbing import interrupts
@@ -365,3 +415,24 @@ def test_a_finite_training_pipeline_for_model_fit_without_steps():
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss="sparse_categorical_crossentropy")
     history = model.fit(finite, epochs=2, verbose=0)
     assert len(history.history["loss"]) == 2 and int(model.optimizer.iterations.numpy()) == 2 * steps
+
+
+def test_a_run_saved_before_the_padding_setting_resumes_only_with_padding_same(tmp_path):
+    # Issue 23 made padding="symmetric" the default; a run directory from before it has no `padding`
+    # in config.json and was built with Keras' "same": resuming it with the new default would load its
+    # weights into other arithmetic, so it is refused, naming the setting, and --padding same resumes.
+    import dataclasses
+    import json
+
+    from keras_resnet_v2.training.config import TrainConfig
+    from keras_resnet_v2.training.run import _check_resume
+
+    effective = {**dataclasses.asdict(TrainConfig()), "normalization": None}
+    old = {k: v for k, v in effective.items() if k != "padding"}
+    (tmp_path / "backup").mkdir()
+    (tmp_path / "backup" / "checkpoint").write_text("")
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert effective["padding"] == "symmetric"
+    with pytest.raises(ValueError, match="different configuration.*padding: 'same' -> 'symmetric'"):
+        _check_resume(str(tmp_path), effective)
+    assert _check_resume(str(tmp_path), {**effective, "padding": "same"}) is True

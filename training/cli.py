@@ -94,13 +94,21 @@ def _train_parser() -> argparse.ArgumentParser:
                    help="lr boundaries in the recipe's units, comma-separated")
     for name, kind in RECIPE_FLAGS.items():
         p.add_argument("--" + name.replace("_", "-"), type=kind)
+    p.add_argument("--padding", choices=("symmetric", "same"),
+                   help="stride-2 convs pad kernel//2 on every side (symmetric, default: the paper's Torch "
+                        "code) or as Keras' 'same' (runs made before that default; needed to resume them)")
     p.add_argument("--fused-batchnorm", type=_bool, help="train BatchNorm through TF's fused kernel (default true)")
     p.add_argument("--remat", action="store_true",
                    help="rematerialize runs of about sqrt(units) residual units (with --scan: each unit): "
                         "less memory, more compute")
-    p.add_argument("--scan", action="store_true",
+    p.add_argument("--scan", action=argparse.BooleanOptionalAction,
                    help="units 2..n of each stage as one loop (keras_resnet_v2.UnitStack): deep nets start "
-                        "training sooner; the same network and files (convert with keras_resnet_v2.to_plain)")
+                        "training sooner; the same network and files (convert with keras_resnet_v2.to_plain). "
+                        "Default: on from 100 units a stage (resnet1001, resnet1202), off below")
+    p.add_argument("--jit-compile", choices=("auto", "true", "false"),
+                   help="compile each replica's train step with XLA (default auto: on with one replica on a GPU)")
+    p.add_argument("--steps-per-execution", type=int, metavar="N",
+                   help="train steps per call, one host sync per N (default 1; progress and callbacks every N)")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="image folders: leave out images that do not decode (default: stop, naming them)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -18,10 +18,11 @@ from keras_resnet_v2.training import recipes
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
+JIT_COMPILE = ("auto", "true", "false")
 MODEL_PATTERN = re.compile(r"resnet(\d+)")
 # Fields that must match to resume a run directory (the rest, e.g. epochs, may change).
-IDENTITY_FIELDS = ("dataset", "model", "block", "unit", "shortcut", "variant_options", "scan", "batch_size",
-                   "precision", "seed", "recipe", "image_size", "normalization")
+IDENTITY_FIELDS = ("dataset", "model", "block", "unit", "shortcut", "variant_options", "scan", "padding",
+                   "batch_size", "precision", "seed", "recipe", "image_size", "normalization")
 
 
 @dataclass
@@ -45,8 +46,12 @@ class TrainConfig:
     image_size: int | None = None  # default: the dataset's size, or 224 for ImageNet-style data
     eval_size: int | None = None  # also test at this crop (ImageNet-style data; the paper's 320)
     remat: bool = False  # recompute each unit's activations in the backward pass (less memory)
-    scan: bool = False  # units 2..n of each stage as one UnitStack loop (keras_resnet_v2.ResNet(scan=True))
+    scan: bool | None = None  # units 2..n of each stage as one UnitStack loop; None: ResNet's default (stacked
+    # from 100 units a stage: ResNet-1001/1202), resolved to true/false before config.json is written
+    padding: str = "symmetric"  # stride-2 convs: "symmetric" (Torch, the paper) or "same" (runs before issue 23)
     fused_batchnorm: bool = True  # train BatchNorm through TensorFlow's fused kernel (runtime.fuse_batchnorm)
+    jit_compile: str = "auto"  # XLA for each replica's step: auto = on with one replica on a GPU (runtime)
+    steps_per_execution: int = 1  # train steps per tf.function call (one host sync each)
     skip_bad_images: bool = False  # image folders: leave out files that do not decode (default: refuse)
     verbose: int = 1
     recipe_overrides: dict = field(default_factory=dict)  # any `recipes.Recipe` field
@@ -123,11 +128,11 @@ def check_settings(config: TrainConfig) -> recipes.Recipe:
     resolve_depth(parse_model(config.model), None, config.block)
     if config.epochs is not None and config.steps is not None:
         raise ValueError(f"Give `epochs` or `steps`, not both. Received: epochs={config.epochs}, steps={config.steps}")
-    for name in ("epochs", "steps", "batch_size", "image_size", "eval_size"):
+    for name in ("epochs", "steps", "batch_size", "image_size", "eval_size", "steps_per_execution"):
         value = getattr(config, name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    for name, allowed in (("precision", PRECISIONS), ("strategy", STRATEGIES)):
+    for name, allowed in (("precision", PRECISIONS), ("strategy", STRATEGIES), ("jit_compile", JIT_COMPILE)):
         if getattr(config, name) not in allowed:
             raise ValueError(f"`{name}` must be one of {allowed}. Received: {name}={getattr(config, name)!r}")
     if not config.run_dir or not isinstance(config.run_dir, str):

@@ -64,6 +64,42 @@ def unit_gradient_norms(model: keras.Model, images, labels, training: bool = Tru
             zip(("input", *names), gradients, strict=True)]
 
 
+def unit_forward_ranges(model: keras.Model, images, training: bool = True) -> list[tuple[str, float, str]]:
+    """(name, max |x|, dtype) of the residual stream at every unit input x_l, and of the output.
+
+    Under mixed_float16 the stream is float16 (Keras casts each layer's inputs to its compute
+    dtype), whose largest value is 65,504: a value above it is Inf, and the BatchNorm that reads it
+    turns it into NaN. This says where that happens (`first_non_finite`) and how close the units
+    come before it (issue 21). `training=True` uses batch statistics as a training step does; the
+    moving statistics are left unchanged. Stacked and remat models are measured on their per-unit
+    copy.
+
+    Example:
+        >>> ranges = unit_forward_ranges(keras_resnet_v2.ResNet(1001, dtype="mixed_float16"), images)
+        >>> first_non_finite(ranges)   # e.g. "stage3_unit57", or None
+    """
+    if any(isinstance(layer, (keras_resnet_v2.Rematerialized, keras_resnet_v2.UnitStack)) for layer in model.layers):
+        model = keras_resnet_v2.to_plain(model, remat=False)
+    names, tensors = zip(*unit_inputs(model), strict=True)
+    probe = keras.Model(model.inputs, [*tensors, model.outputs[0]])
+    moving = [(v, v.numpy()) for v in model.non_trainable_variables]
+    values = probe(tf.convert_to_tensor(np.asarray(images, dtype="float32")), training=training)
+    for variable, value in moving:
+        variable.assign(value)
+    ranges = []
+    for name, value in zip((*names, "output"), values, strict=True):
+        x = tf.cast(value, tf.float32)
+        # Inf for any non-finite value: how max() treats NaN differs between CPUs, is_finite does not.
+        finite = bool(tf.reduce_all(tf.math.is_finite(x)))
+        ranges.append((name, float(tf.reduce_max(tf.abs(x))) if finite else float("inf"), value.dtype.name))
+    return ranges
+
+
+def first_non_finite(ranges: list[tuple[str, float, str]]):
+    """The first name in `unit_forward_ranges(...)` whose values are not all finite, or None."""
+    return next((name for name, largest, _ in ranges if not np.isfinite(largest)), None)
+
+
 def _mean_loss(model: keras.Model, labels, outputs) -> tf.Tensor:
     """Mean sparse categorical cross-entropy of `model`'s outputs (probabilities, or logits without softmax)."""
     from_logits = getattr(model.layers[-1], "activation", None) is not keras.activations.softmax

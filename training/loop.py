@@ -5,9 +5,12 @@ Why not `model.fit`: under MultiWorkerMirroredStrategy Keras 3's `fit` fails at 
 The loop is what `fit` does, in the open: `strategy.run` a train step inside `tf.function`,
 per-example losses averaged over the *global* batch (`tf.nn.compute_average_loss`), loss
 scaling through the optimizer (`scale_loss`, then `apply` unscales), BatchNorm moving statistics
-averaged over replicas at epoch ends, and Keras' `CallbackList` for the progress bar, history
-and checkpoints. The model is compiled with the same optimizer and loss, so a saved checkpoint
-continues with `model.fit` too.
+averaged over replicas (at each step by the builder's BatchNorm, and again at epoch ends for any
+other), and Keras' `CallbackList` for the progress bar, history and checkpoints. As `fit`'s
+`jit_compile` and `steps_per_execution`: each replica's step can be compiled by XLA, and N steps
+can run in one `tf.function` call with one host sync, callbacks then called once per N steps.
+The model is compiled with the same optimizer and loss, so a saved checkpoint continues with
+`model.fit` too.
 """
 
 from __future__ import annotations
@@ -37,18 +40,28 @@ class Trainer:
 
     `train_ds` yields global batches forever (see `keras_resnet_v2.training.data.pipeline`); `validation_data`
     is finite. Logs per epoch: loss, accuracy, lr, images_per_sec, val_loss, val_accuracy,
-    val_top5_accuracy.
+    val_top5_accuracy. `jit_compile=True` compiles each replica's train step with XLA;
+    `steps_per_execution=N` runs N steps per call (the last call of an epoch fewer), with one host
+    sync and one `on_train_batch_begin`/`end` pair per call, the logs at its last step.
     """
 
-    def __init__(self, model: keras.Model, optimizer, strategy: tf.distribute.Strategy, global_batch: int):
+    def __init__(self, model: keras.Model, optimizer, strategy: tf.distribute.Strategy, global_batch: int,
+                 jit_compile: bool = False, steps_per_execution: int = 1):
+        if not isinstance(jit_compile, bool):
+            raise ValueError(f"`jit_compile` must be True or False. Received: jit_compile={jit_compile!r}")
+        if not isinstance(steps_per_execution, int) or isinstance(steps_per_execution, bool) or steps_per_execution < 1:
+            raise ValueError("`steps_per_execution` must be a positive integer. "
+                             f"Received: steps_per_execution={steps_per_execution!r}")
         self.model, self.optimizer, self.strategy, self.global_batch = model, optimizer, strategy, global_batch
+        self.steps_per_execution = steps_per_execution
         self.loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
         with strategy.scope():
             model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(),
                           metrics=["accuracy"])
             optimizer.build(model.trainable_variables)
         self.moving_statistics = [v for v in model.non_trainable_variables if "moving_" in v.name]
-        self._train_step = tf.function(self._distributed_train_step)
+        self._replica_step = tf.function(self._train_replica, jit_compile=True) if jit_compile else self._train_replica
+        self._train_steps = tf.function(self._distributed_train_steps)
         self._eval_step = tf.function(self._distributed_eval_step)
 
     # ------------------------------------------------------------------ steps
@@ -64,9 +77,15 @@ class Trainer:
                                         tf.float32))
         return loss, correct
 
-    def _distributed_train_step(self, batch):
-        loss, correct = self.strategy.run(self._train_replica, args=batch)
-        return (self.strategy.reduce("SUM", loss, axis=None), self.strategy.reduce("SUM", correct, axis=None))
+    def _distributed_train_steps(self, iterator, steps):
+        """`steps` train steps (a tensor: one trace for every count); each step's loss and correct count."""
+        losses = tf.TensorArray(tf.float32, size=steps)
+        corrects = tf.TensorArray(tf.float32, size=steps)
+        for i in tf.range(steps):
+            loss, correct = self.strategy.run(self._replica_step, args=next(iterator))
+            losses = losses.write(i, self.strategy.reduce("SUM", loss, axis=None))
+            corrects = corrects.write(i, self.strategy.reduce("SUM", correct, axis=None))
+        return losses.stack(), corrects.stack()
 
     def _eval_replica(self, images, labels):
         probabilities = tf.cast(self.model(images, training=False), tf.float32)
@@ -113,26 +132,30 @@ class Trainer:
         for epoch in range(initial_epoch, epochs):
             callback_list.on_epoch_begin(epoch)
             loss_sum = correct_sum = 0.0
-            start = None  # images/s counts from the end of the first step: it excludes tracing
-            for step in range(steps_per_epoch):
+            start = None  # images/s counts from the end of the first call: it excludes tracing
+            first = 0  # steps the first call ran
+            for begin in range(0, steps_per_epoch, self.steps_per_execution):
                 raise_if_stopped()  # a Ctrl-C or SIGTERM whose KeyboardInterrupt was swallowed (GC callbacks)
-                callback_list.on_train_batch_begin(step)
-                loss, correct = self._train_step(next(iterator))
-                loss, correct = float(loss), float(correct)
-                if not math.isfinite(loss):
-                    message = f"Non-finite training loss ({loss}) at epoch {epoch + 1}, step {step + 1}."
-                    if on_non_finite is not None:
-                        message += " " + on_non_finite(epoch, step)
-                    raise NonFiniteLossError(message)
-                loss_sum += loss
-                correct_sum += correct
-                done = step + 1
+                count = min(self.steps_per_execution, steps_per_epoch - begin)
+                callback_list.on_train_batch_begin(begin)
+                losses, corrects = self._train_steps(iterator, tf.constant(count))
+                for offset, (loss, correct) in enumerate(zip(losses.numpy().tolist(), corrects.numpy().tolist(),
+                                                             strict=True)):
+                    if not math.isfinite(loss):
+                        step = begin + offset
+                        message = f"Non-finite training loss ({loss}) at epoch {epoch + 1}, step {step + 1}."
+                        if on_non_finite is not None:
+                            message += " " + on_non_finite(epoch, step)
+                        raise NonFiniteLossError(message)
+                    loss_sum += loss
+                    correct_sum += correct
+                done = begin + count
                 logs = {"loss": loss_sum / done, "accuracy": correct_sum / (done * self.global_batch)}
                 if start is None:
-                    start = time.perf_counter()
-                elif step > 0:
-                    logs["images_per_sec"] = step * self.global_batch / (time.perf_counter() - start)
-                callback_list.on_train_batch_end(step, logs)
+                    start, first = time.perf_counter(), done
+                else:
+                    logs["images_per_sec"] = (done - first) * self.global_batch / (time.perf_counter() - start)
+                callback_list.on_train_batch_end(done - 1, logs)
             sync_moving_statistics(self.strategy, self.moving_statistics)
             logs = dict(logs, lr=self.learning_rate())
             if validation_data is not None:

@@ -48,10 +48,12 @@ def check_config(config: TrainConfig) -> recipes.Recipe:
     """Validates everything that needs no data or devices; returns the effective recipe."""
     # The builder's own checks (depth, unit, shortcut, variant options), before any data is read;
     # then the settings' own (`config.check_settings`, which the command line runs first).
-    resolve_config(parse_model(config.model), unit=config.unit, shortcut=config.shortcut, family=None,
-                   block=config.block, stride_in="first", input_shape=None, input_tensor=None, include_top=True,
-                   pooling=None, classes=None, classifier_activation="softmax", weights=None, dtype=None, name=None,
-                   variant_options=config.variant_options, remat=config.remat, scan=config.scan)
+    resolved = resolve_config(
+        parse_model(config.model), unit=config.unit, shortcut=config.shortcut, family=None, block=config.block,
+        stride_in="first", input_shape=None, input_tensor=None, include_top=True, pooling=None, classes=None,
+        classifier_activation="softmax", weights=None, dtype=None, name=None,
+        variant_options=config.variant_options, remat=config.remat, scan=config.scan, padding=config.padding)
+    config.scan = resolved.scan  # None -> the builder's choice for this depth, so config.json says which
     return check_settings(config)
 
 
@@ -63,7 +65,7 @@ def build_model(config: TrainConfig, info: data_lib.DatasetInfo, image_size: int
     block = f"_{config.block}" if config.block else ""
     return keras_resnet_v2.ResNet(parse_model(config.model), unit=config.unit, shortcut=config.shortcut,
                                   block=config.block, input_tensor=x, classes=info.num_classes, remat=config.remat,
-                                  scan=config.scan, fused_batchnorm=config.fused_batchnorm,
+                                  scan=config.scan, fused_batchnorm=config.fused_batchnorm, padding=config.padding,
                                   name=f"{config.model}{block}_{config.unit}", **config.variant_options)
 
 
@@ -109,6 +111,7 @@ def _check_resume(run_dir: str, effective: dict) -> bool:
                          "safely; move its backup/ aside to start over, or use another --run-dir.") from None
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # runs saved before a field existed
     defaults["normalization"] = (previous.get("recipe_values") or {}).get("normalization")
+    defaults["padding"] = "same"  # runs saved before the field existed were built with Keras' "same"
     previous = {k: previous.get(k, defaults.get(k)) for k in IDENTITY_FIELDS}
     changed = changed_settings(previous, effective, IDENTITY_FIELDS)
     if changed:
@@ -173,6 +176,7 @@ def _run(config: TrainConfig, held: contextlib.ExitStack) -> dict:
     recipe = check_config(config)
     runtime.set_precision(config.precision)  # before any model is built
     strategy = runtime.make_strategy(config.strategy)
+    jit_compile = runtime.resolve_jit_compile(config.jit_compile, strategy)  # refused before any work
     global_batch = config.batch_size or recipe.batch_size
     runtime.per_replica_batch(global_batch, strategy)
     # Image folders: resized to the input size (CIFAR-style), or kept at their own sizes for the
@@ -215,7 +219,7 @@ def _run(config: TrainConfig, held: contextlib.ExitStack) -> dict:
     write_dir = run_dir if chief else os.path.join(run_dir, ".workers", str(strategy.cluster_resolver.task_id))
 
     _log(config, f"strategy {runtime.strategy_name(strategy)}, {strategy.num_replicas_in_sync} replica(s), "
-                 f"precision {config.precision}, global batch {global_batch} "
+                 f"precision {config.precision}, XLA {'on' if jit_compile else 'off'}, global batch {global_batch} "
                  f"({global_batch // strategy.num_replicas_in_sync} per replica), {steps_per_epoch} steps x "
                  f"{epochs} epochs, lr {schedule.values} at {schedule.boundaries}")
     mean, variance = data_lib.normalization_statistics(splits.train, recipe.normalization)
@@ -223,7 +227,9 @@ def _run(config: TrainConfig, held: contextlib.ExitStack) -> dict:
         model = build_model(config, info, image_size, mean, variance)  # fused BatchNorm unless turned off
         optimizer = runtime.wrap_optimizer(optimizers.make_optimizer(recipe, schedule), config.precision)
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="completed_epochs")
-    trainer = Trainer(model, optimizer, strategy, global_batch)
+    trainer = Trainer(model, optimizer, strategy, global_batch,
+                      jit_compile=jit_compile,
+                      steps_per_execution=config.steps_per_execution)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, completed_epochs=epoch_var)
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(write_dir, "backup"), max_to_keep=2)
     initial_epoch = 0

@@ -81,6 +81,23 @@ _STRATEGY_NAMES = {"_DefaultDistributionStrategy": "default", "DefaultDistributi
                    "TPUStrategy": "tpu"}
 
 
+def resolve_jit_compile(setting: str, strategy: tf.distribute.Strategy) -> bool:
+    """`--jit-compile` as a bool: "auto" is XLA with one replica on a GPU (Keras' `fit` default on
+    one GPU); "true" needs one replica. Under MirroredStrategy XLA cannot compile a step whose
+    variables live on several devices (TensorFlow's known issue "tf.Variable on a different
+    device"), so several replicas train without it; a TPU compiles with XLA anyway.
+    """
+    replicas = strategy.num_replicas_in_sync
+    if setting == "true" and replicas > 1:
+        raise ValueError(f"`jit_compile` true needs one replica: XLA cannot compile a step whose variables are "
+                         f"mirrored over {replicas} devices. Use jit_compile auto or false, or strategy default. "
+                         f"Received: jit_compile='true' with {replicas} replicas")
+    if setting == "auto":
+        return replicas == 1 and bool(tf.config.list_logical_devices("GPU")) and not isinstance(
+            strategy, tf.distribute.TPUStrategy)
+    return setting == "true"
+
+
 def strategy_name(strategy: tf.distribute.Strategy) -> str:
     """The strategy as `--strategy` names it ("default", "mirrored", ...)."""
     return _STRATEGY_NAMES.get(type(strategy).__name__, type(strategy).__name__)

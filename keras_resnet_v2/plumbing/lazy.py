@@ -58,8 +58,11 @@ class _LazyPackage(types.ModuleType):
 
 
 def lazy_package(package: str, exports: Mapping[str, Sequence[str]], register: Sequence[str] = (),
-                 on_register: Callable[[], None] | None = None):
+                 on_register: Callable[[], None] | None = None, public_subpackages: Sequence[str] = ()):
     """`(__getattr__, __dir__, __all__)` for `package`, whose names live in the submodules `exports` lists.
+
+    `__dir__` lists the exported names and `public_subpackages` (with `__version__` where the
+    package has one), not the package's modules or module-level helpers.
 
     `register`: submodules to import when Keras is imported (they define registered classes);
     `on_register` runs after them.
@@ -80,7 +83,9 @@ def lazy_package(package: str, exports: Mapping[str, Sequence[str]], register: S
         return value
 
     def __dir__() -> list[str]:
-        return sorted(set(namespace) | set(owner))
+        # The public API only (tab completion, `dir`): the exported names, the version, and the
+        # documented subpackages; not the modules, EXPORTS or the helpers that build the package.
+        return sorted(set(owner) | set(public_subpackages) | ({"__version__"} & set(namespace)))
 
     registered = []
 

@@ -1,7 +1,11 @@
-"""Runs a few Trainer steps under a strategy and saves every replica's variables.
+"""Runs a few Trainer steps (or plain `model.fit`) under a strategy and saves every replica's variables.
 
     python distributed_steps.py mirrored PRECISION OUT.npz [scan]   (two logical CPU devices)
+    python distributed_steps.py mirrored PRECISION OUT.npz fit fused|keras|scan|remat
     TF_CONFIG=... python distributed_steps.py multi_worker float32 OUT.npz
+
+`fit`: the notebook flow, `model.compile` + `model.fit` (Keras' own loop, no epoch-end sync), then
+`model.predict` in the process and of the saved `.keras` reloaded, both saved as `predicted`/`reloaded`.
 """
 
 import sys
@@ -25,6 +29,27 @@ strategy = runtime.make_strategy(strategy_name)
 global_batch = 8
 runtime.per_replica_batch(global_batch, strategy)
 keras.utils.set_random_seed(0)
+rng = np.random.default_rng(1)
+images = rng.uniform(0, 1, (64, 16, 16, 3)).astype("float32")
+labels = rng.integers(0, 4, 64)
+if sys.argv[4:5] == ["fit"]:
+    form = sys.argv[5]
+    with strategy.scope():
+        model = keras_resnet_v2.ResNet(20, input_shape=(16, 16, 3), classes=4, scan=form == "scan",
+                                       remat=form == "remat", fused_batchnorm=form != "keras")
+        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="sparse_categorical_crossentropy")
+    history = model.fit(images, labels, batch_size=global_batch, epochs=1, steps_per_epoch=5, verbose=0)
+    arrays = {"loss": np.array(history.history["loss"][-1]), "replicas": np.array(strategy.num_replicas_in_sync),
+              "predicted": model.predict(images[:16], batch_size=global_batch, verbose=0)}
+    for v in model.variables:
+        for i, value in enumerate(strategy.experimental_local_results(v.value)):
+            arrays[f"{v.path}#{i}"] = np.asarray(value, dtype="float32")
+    path = out + ".keras"
+    model.save(path)
+    arrays["reloaded"] = keras.models.load_model(path).predict(images[:16], batch_size=global_batch, verbose=0)
+    np.savez(out, **arrays)
+    print("done", strategy.num_replicas_in_sync)
+    sys.exit(0)
 with strategy.scope():
     if sys.argv[4:] == ["scan"]:  # units 2..3 of each stage as one UnitStack loop
         model = keras_resnet_v2.ResNet(20, input_shape=(16, 16, 3), classes=4, scan=True)
@@ -35,9 +60,6 @@ with strategy.scope():
     schedule = recipes.resolve(recipe, global_batch, 2, steps=3)
     optimizer = runtime.wrap_optimizer(optimizers.make_optimizer(recipe, schedule), precision)
 trainer = Trainer(model, optimizer, strategy, global_batch)
-rng = np.random.default_rng(1)
-images = rng.uniform(0, 1, (64, 16, 16, 3)).astype("float32")
-labels = rng.integers(0, 4, 64)
 data = tf.data.Dataset.from_tensor_slices((images, labels)).repeat().batch(global_batch)
 history = trainer.fit(data, epochs=1, steps_per_epoch=3, verbose=0)
 loss = history.history["loss"][-1]

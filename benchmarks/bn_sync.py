@@ -1,0 +1,88 @@
+"""BatchNorm statistics under MirroredStrategy: what keeping the replicas' copies equal costs (issue 21).
+
+    python benchmarks/bn_sync.py [--model resnet164] [--batch-size 64] [--steps 4] [--rounds 3] [--scan]
+        [--keras-batchnorm]
+
+Two logical CPU devices stand in for two GPUs. Two copies of the same network are built under one
+MirroredStrategy and trained with plain `model.fit`: "synced" (the builder's default since issue 21:
+the batch statistics are averaged over the replicas before each moving-average update, one all-reduce
+per BatchNorm layer, one per UnitStack) and "unsynced" (the same model with that averaging removed when
+its step is traced: how it was before). Rounds alternate between the two, so both see the same machine
+load; a round is one `model.fit` of `--steps` steps; s/step is the median over the rounds after one
+warm-up round each. The alternative, one sync at each epoch end (`training.runtime.sync_moving_statistics`,
+what `resnet-v2-train` does), is timed once too. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="resnet164")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--scan", action="store_true")
+    parser.add_argument("--keras-batchnorm", action="store_true", help="fused_batchnorm=False")
+    args = parser.parse_args()
+
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    import numpy as np
+
+    import keras_resnet_v2
+    from keras_resnet_v2 import _kernels
+    from keras_resnet_v2.training import runtime
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    depth = int(args.model.removeprefix("resnet"))
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (args.batch_size * args.steps, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 10, len(x))
+    averaging = _kernels.replica_mean
+    models = {}
+    for mode in ("synced", "unsynced"):
+        with strategy.scope():
+            model = keras_resnet_v2.ResNet(depth, scan=args.scan, fused_batchnorm=not args.keras_batchnorm)
+            model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="sparse_categorical_crossentropy")
+        keras_resnet_v2.build_optimizer(model)
+        _kernels.replica_mean = averaging if mode == "synced" else (lambda tensors: list(tensors))
+        try:  # the first round traces the step, with or without the averaging
+            model.fit(x, y, batch_size=args.batch_size, epochs=1, steps_per_epoch=args.steps, verbose=0)
+        finally:
+            _kernels.replica_mean = averaging
+        models[mode] = model
+    times = {mode: [] for mode in models}
+    for _ in range(args.rounds):
+        for mode, model in models.items():
+            start = time.perf_counter()
+            model.fit(x, y, batch_size=args.batch_size, epochs=1, steps_per_epoch=args.steps, verbose=0)
+            times[mode].append((time.perf_counter() - start) / args.steps)
+    moving = [v for v in models["unsynced"].non_trainable_variables if "moving_" in v.path]
+    runtime.sync_moving_statistics(strategy, moving)  # traced once, then timed
+    start = time.perf_counter()
+    runtime.sync_moving_statistics(strategy, moving)
+    epoch_end = time.perf_counter() - start
+    step = {mode: statistics.median(values) for mode, values in times.items()}
+    print(json.dumps({
+        "model": args.model, "scan": args.scan, "fused_batchnorm": not args.keras_batchnorm,
+        "batch": args.batch_size, "replicas": strategy.num_replicas_in_sync, "rounds": args.rounds,
+        "synced_s_per_step": round(step["synced"], 4), "unsynced_s_per_step": round(step["unsynced"], 4),
+        "sync_cost_percent": round(100 * (step["synced"] / step["unsynced"] - 1), 2),
+        "epoch_end_sync_s": round(epoch_end, 4), "all_rounds": {k: [round(t, 4) for t in v] for k, v in times.items()},
+    }))
+
+
+if __name__ == "__main__":
+    main()
