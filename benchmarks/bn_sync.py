@@ -9,8 +9,8 @@ the batch statistics are averaged over the replicas before each moving-average u
 per BatchNorm layer, one per UnitStack) and "unsynced" (the same model with that averaging removed when
 its step is traced: how it was before). Rounds alternate between the two, so both see the same machine
 load; a round is one `model.fit` of `--steps` steps; s/step is the median over the rounds after one
-warm-up round each. The alternative, one sync at each epoch end (`training.runtime.sync_moving_statistics`,
-what `resnet-v2-train` does), is timed once too. Prints one JSON line.
+warm-up round each. The alternative, one sync at each epoch end (`training.runtime.moving_statistics_sync`,
+what `resnet-v2-train` does as well), is timed once too, after its trace. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -70,9 +70,10 @@ def main() -> None:
             model.fit(x, y, batch_size=args.batch_size, epochs=1, steps_per_epoch=args.steps, verbose=0)
             times[mode].append((time.perf_counter() - start) / args.steps)
     moving = [v for v in models["unsynced"].non_trainable_variables if "moving_" in v.path]
-    runtime.sync_moving_statistics(strategy, moving)  # traced once, then timed
+    sync = runtime.moving_statistics_sync(strategy, moving)
+    sync()  # traced once, then timed (the Trainer keeps one such function)
     start = time.perf_counter()
-    runtime.sync_moving_statistics(strategy, moving)
+    sync()
     epoch_end = time.perf_counter() - start
     step = {mode: statistics.median(values) for mode, values in times.items()}
     print(json.dumps({

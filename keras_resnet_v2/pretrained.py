@@ -24,7 +24,7 @@ from keras_resnet_v2.depths import IMAGENET_DEPTHS
 from keras_resnet_v2.layers import Standardize
 from keras_resnet_v2.names import short_repr
 from keras_resnet_v2.resnet import ResNet
-from keras_resnet_v2.weights import assign_by_unit, weights_by_unit
+from keras_resnet_v2.weights import assign_by_unit, slot_shape, weights_by_unit
 
 # timm architectures that are this paper's network, and the checkpoint tag a bare name downloads.
 TIMM_MODELS: dict[str, str] = {
@@ -311,9 +311,9 @@ def _copy_timm_weights(state: Mapping[str, np.ndarray], model: keras.Model, new_
         raise ValueError(f"`source` holds {unused[0]!r}, which this network has no place for ({len(unused)} left "
                          "over): it is not the paper's pre-activation layout.")
     values = {}
-    for address, (variable, row) in want.items():
+    for address, slot in want.items():
         value = _as_ours(keys[address], state[keys[address]])
-        shape = tuple(variable.shape)[0 if row is None else 1:]
+        shape = slot_shape(slot)
         if value.shape != shape:
             raise ValueError(f"`source` {keys[address]!r} has shape {value.shape} as ours, this network needs "
                              f"{shape}.")

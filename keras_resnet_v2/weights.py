@@ -60,6 +60,12 @@ def unit_value(variable, row: Optional[int]) -> np.ndarray:
     return value if row is None else value[row]
 
 
+def slot_shape(slot: tuple[Any, Optional[int]]) -> tuple[int, ...]:
+    """The shape of the value one address holds: a plain variable's, or a stacked one's without its unit axis."""
+    variable, row = slot
+    return tuple(variable.shape)[0 if row is None else 1:]
+
+
 def assign_by_unit(want: Mapping[Address, tuple[Any, Optional[int]]], values: Mapping[Address, np.ndarray]) -> None:
     """Writes `values[address]` to each address of `want` (from `weights_by_unit`); a stacked variable is
     assigned once, with all its rows."""
@@ -163,8 +169,7 @@ def _copy_all_but_head(source: keras.Model, target: keras.Model, path: str) -> N
                          f"architecture it was saved from. Received: weights={path!r}")
     values = {key: unit_value(*have[key]) for key in want}
     for key, value in values.items():
-        variable, row = want[key]
-        shape = tuple(variable.shape)[0 if row is None else 1:]
+        shape = slot_shape(want[key])
         if value.shape != shape:
             raise ValueError(f"`weights` file holds {'/'.join(key)} of shape {value.shape}, this model's is "
                              f"{shape}. Received: weights={path!r}")

@@ -122,17 +122,20 @@ def per_replica_batch(global_batch: int, strategy: tf.distribute.Strategy) -> in
     return global_batch // replicas
 
 
-def sync_moving_statistics(strategy: tf.distribute.Strategy, variables) -> None:
-    """Sets each replica's copy of `variables` (BatchNorm moving statistics) to their mean.
+def moving_statistics_sync(strategy: tf.distribute.Strategy, variables):
+    """A callable that sets each replica's copy of `variables` (BatchNorm moving statistics) to their
+    mean, traced once (calling `sync_moving_statistics` traces it anew each time: 3.7 s for a
+    ResNet-164 on 2 logical CPUs, benchmarks/RESULTS.md).
 
     Keras BatchNorm updates its moving statistics on each replica from that replica's batch,
-    so replicas drift apart (as in the paper's multi-GPU Torch training, per-GPU BN). The
-    moving mean is linear in the batch means, so averaging the replicas' copies equals having
-    averaged every update. Call on every worker at the same point (an all-reduce).
+    so replicas drift apart (as in the paper's multi-GPU Torch training, per-GPU BN); the builder's
+    BatchNorm averages every update over the replicas already (issue 21), a model of other layers
+    does not. The moving mean is linear in the batch means, so averaging the replicas' copies
+    equals having averaged every update. Call on every worker at the same point (an all-reduce).
     """
     variables = list(variables)
     if not variables or strategy.num_replicas_in_sync == 1:
-        return
+        return lambda: None
 
     @tf.function
     def sync():
@@ -144,4 +147,9 @@ def sync_moving_statistics(strategy: tf.distribute.Strategy, variables) -> None:
 
         strategy.run(replica_fn)
 
-    sync()
+    return sync
+
+
+def sync_moving_statistics(strategy: tf.distribute.Strategy, variables) -> None:
+    """Sets each replica's copy of `variables` to their mean, once (`moving_statistics_sync`)."""
+    moving_statistics_sync(strategy, variables)()
