@@ -94,7 +94,7 @@ def resnet_arguments(model: keras.Model) -> dict[str, Any]:
         depth=depth, unit=_unit_variant(layers, convs), shortcut=shortcut, family=family, block=block,
         stride_in="last" if strided and len(units) > 1 else "first", include_top=top is not None,
         pooling=None if top else ("avg" if "avg_pool" in layers else "max" if "max_pool" in layers else None),
-        classes=top.units if top else None, widths=widths,
+        classes=top.units if top else None, widths=widths, stream_dtype=_stream_dtype(layers),
         padding="symmetric" if "stem_conv_pad" in layers or "stem_pool_pad" in layers
         or any(name.endswith("_conv_pad") for name in layers) else "same",
         classifier_activation=keras.activations.get(top.get_config()["activation"]) if top else "softmax",
@@ -104,6 +104,14 @@ def resnet_arguments(model: keras.Model) -> dict[str, Any]:
         **options,
     )
     return arguments
+
+
+def _stream_dtype(layers: dict):
+    """ResNet's `stream_dtype` of a built model: "float32" when its additions compute in float32 under
+    a mixed policy, else None."""
+    add = next((layer for name, layer in layers.items() if name.endswith(("_add", "_gated_sum"))), None)
+    mixed = layers["stem_conv"].dtype_policy.compute_dtype != "float32"
+    return "float32" if add is not None and mixed and add.dtype_policy.compute_dtype == "float32" else None
 
 
 def copy_weights(source: keras.Model, target: keras.Model) -> None:

@@ -76,6 +76,7 @@ class Config:
     scan: bool = False
     padding: str = "symmetric"
     widths: tuple[int, ...] = ()  # per stage: a basic unit's width, a bottleneck's inner width
+    stream_dtype: Optional[str] = None  # "float32": the identity path in float32
 
 
 def _resolve_widths(widths, family: Family) -> tuple[int, ...]:
@@ -139,7 +140,7 @@ def resolve_config(
     depth, *, unit, shortcut, family, block, stride_in, input_shape, input_tensor,
     include_top, pooling, classes, classifier_activation, weights, dtype, name, variant_options,
     remat: bool = False, scan: Optional[bool] = None, fused_batchnorm: bool = True, padding: str = "symmetric",
-    widths=None,
+    widths=None, stream_dtype: Optional[str] = None,
 ) -> Config:
     """Checks every argument of `ResNet` before any layer is built."""
     family, block, units = resolve_depth(depth, family, block)
@@ -180,6 +181,12 @@ def resolve_config(
     for arg, value in (("remat", remat), ("scan", scan), ("fused_batchnorm", fused_batchnorm)):
         if not isinstance(value, bool):
             raise ValueError(f"`{arg}` must be True or False. Received: {arg}={value!r}")
+    if stream_dtype not in (None, "float32"):
+        raise ValueError(f"`stream_dtype` must be None (the policy's compute dtype) or 'float32'. "
+                         f"Received: stream_dtype={stream_dtype!r}")
+    if stream_dtype and scan:
+        raise ValueError("`stream_dtype='float32'` is built for per-unit layers only so far: pass scan=False. "
+                         f"Received: stream_dtype={stream_dtype!r}, scan={scan!r}")
     if remat and shortcut == "dropout":
         raise ValueError("`remat=True` recomputes each unit in the backward pass, which would draw new "
                          "dropout masks: it cannot be combined with shortcut='dropout'. "
@@ -191,6 +198,7 @@ def resolve_config(
         shortcut=shortcut, shortcut_options=options, stride_in=stride_in,
         input_shape=_resolve_input_shape(input_shape, input_tensor, FAMILY_SPECS[family]),
         classes=classes, dtype=_resolve_dtype(dtype), remat=remat, scan=scan, padding=padding, widths=widths,
+        stream_dtype=stream_dtype,
     )
 
 
@@ -200,8 +208,12 @@ def resolve_config(
 class _Ops:
     """Layer factory: one dtype policy, deterministic names, the paper's conv, BN and padding."""
 
-    def __init__(self, dtype, padding: str = "symmetric"):
+    def __init__(self, dtype, padding: str = "symmetric", stream_dtype: Optional[str] = None):
         self.kw = {"dtype": dtype}
+        # The layers on the identity path (the stream x_l): additions, gates, scaling, the BN-ReLU that
+        # reads x_l. Keras casts a layer's inputs to its compute dtype, so a float32 stream needs each of
+        # them in float32; the branch convolutions keep the policy (float16 under mixed_float16).
+        self.stream_kw = {"dtype": stream_dtype} if stream_dtype else self.kw
         self.symmetric = padding == "symmetric"
 
     def conv(self, x, filters: int, kernel: int, stride: int, name: str):
@@ -223,18 +235,19 @@ class _Ops:
         x = EdgePadding2D(1, name=f"{name}_pad", **self.kw)(x)
         return keras.layers.MaxPooling2D(3, strides=2, padding="valid", name=name, **self.kw)(x)
 
-    def bn(self, x, name: str):
+    def bn(self, x, name: str, stream: bool = False):
         return keras.layers.BatchNormalization(
-            momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name, **self.kw
+            momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name, **(self.stream_kw if stream else self.kw)
         )(x)
 
-    def relu(self, x, name: str):
-        return keras.layers.ReLU(name=name, **self.kw)(x)
+    def relu(self, x, name: str, stream: bool = False):
+        return keras.layers.ReLU(name=name, **(self.stream_kw if stream else self.kw))(x)
 
-    def apply(self, x, ops: Sequence[str], name: str):
-        """Runs a sequence of "bn"/"relu" operations, naming each `{name}_{op}`."""
+    def apply(self, x, ops: Sequence[str], name: str, stream: bool = False):
+        """Runs a sequence of "bn"/"relu" operations, naming each `{name}_{op}`; `stream`: they are on
+        the identity path (`stream_kw`)."""
         for op in ops:
-            x = getattr(self, op)(x, f"{name}_{op}")
+            x = getattr(self, op)(x, f"{name}_{op}", stream=stream)
         return x
 
 
@@ -254,7 +267,7 @@ def residual_unit(ops: _Ops, x, filters: int, stride: int, cfg: Config, name: st
     family = FAMILY_SPECS[cfg.family]
     out_filters = filters * (4 if cfg.block == "bottleneck" else 1)
 
-    activated = ops.apply(x, spec.preact, f"{name}_preact")
+    activated = ops.apply(x, spec.preact, f"{name}_preact", stream=True)
     # A basic unit strides its first 3x3 (fb.resnet.torch, timm); a bottleneck the family's conv.
     stride_conv = family.bottleneck_stride_conv if cfg.block == "bottleneck" else 0
     residual = _residual_branch(ops, activated, filters, stride, cfg.block, stride_conv, spec, name)
@@ -267,13 +280,13 @@ def residual_unit(ops: _Ops, x, filters: int, stride: int, cfg: Config, name: st
         if spec.projection_bn:
             h = ops.bn(h, f"{name}_shortcut_bn")
     elif stride > 1:  # stride_in="last": same width, half the size: subsample.
-        h = keras.layers.MaxPooling2D(1, strides=stride, name=f"{name}_shortcut_pool", **ops.kw)(x)
+        h = keras.layers.MaxPooling2D(1, strides=stride, name=f"{name}_shortcut_pool", **ops.stream_kw)(x)
 
     y = shortcut.combine(
         ShortcutInputs(h, residual, activated, out_filters, stride, name),
-        cfg.shortcut_options, ops.kw,
+        cfg.shortcut_options, ops.stream_kw,
     )
-    return ops.apply(y, spec.after_add, f"{name}_out")
+    return ops.apply(y, spec.after_add, f"{name}_out", stream=True)
 
 
 def _unit_stride(stage: int, unit: int, units: int, cfg: Config) -> int:
@@ -304,7 +317,8 @@ def _rematerialized_segment(ops: _Ops, x, segment, cfg: Config):
     inputs = y = keras.Input(shape=x.shape[1:], dtype=x.dtype, name=f"{name}_input")
     for width, stride, unit_name in segment:
         y = residual_unit(ops, y, width, stride, cfg, unit_name)
-    return Rematerialized(keras.Model(inputs, y, name=f"{name}_block"), name=name, **ops.kw)(x)
+    # The stream's dtype: Keras would cast the segment's input to the wrapper's compute dtype.
+    return Rematerialized(keras.Model(inputs, y, name=f"{name}_block"), name=name, **ops.stream_kw)(x)
 
 
 # JAX: units of a `UnitStack` loop unrolled per iteration (benchmarks/RESULTS.md, "deep").
@@ -346,7 +360,7 @@ def build_features(ops: _Ops, x, cfg: Config):
     """Stem, stages of residual units, and the head's BN-ReLU (no pooling)."""
     family, spec = FAMILY_SPECS[cfg.family], UNIT_SPECS[cfg.unit]
     x = ops.conv(x, cfg.widths[0], family.stem_kernel, family.stem_stride, "stem_conv")
-    x = ops.apply(x, spec.stem, "stem")
+    x = ops.apply(x, spec.stem, "stem", stream=True)
     if family.stem_pool:
         x = ops.max_pool(x, "stem_pool")
     units = _units(cfg)
@@ -359,7 +373,7 @@ def build_features(ops: _Ops, x, cfg: Config):
     else:
         for width, stride, name in units:
             x = residual_unit(ops, x, width, stride, cfg, name)
-    return ops.apply(x, spec.head, "post")
+    return ops.apply(x, spec.head, "post", stream=True)
 
 
 # ---------------------------------------------------------------- public API
@@ -393,6 +407,7 @@ def ResNet(
     fused_batchnorm: bool = True,
     padding: str = "symmetric",
     widths: Optional[Sequence[int]] = None,
+    stream_dtype: Optional[str] = None,
     **variant_options: Any,
 ) -> keras.Model:
     """Builds a residual network of He et al. (2016) as an uncompiled functional model.
@@ -455,6 +470,14 @@ def ResNet(
         widths: per stage, a basic unit's width or a bottleneck's inner width (its output is 4x);
             the stem has `widths[0]` filters. Default (16, 32, 64) for CIFAR, (64, 128, 256, 512)
             for ImageNet (the paper's).
+        stream_dtype: None (default: every layer in the policy's compute dtype) or "float32": the
+            identity path (each addition, gate and scaling layer, and the BN-ReLU that reads the
+            stream x_l: pre-activations, the stem's and the final one) in float32 while the branch
+            convolutions and their inner BatchNorms keep the policy, so under mixed_float16 the
+            stream can exceed float16's 65,504 (as PyTorch's autocast adds in float32; Megatron-LM's
+            `fp32_residual_connection`). Same weights and exports (they are float32 anyway);
+            per-unit layers only (scan=False) so far; its speed and its effect at 1000 layers are
+            not measured yet (issue 21).
         **variant_options: options of the chosen shortcut: `shortcut_scale` (0.5) and
             `scale_residual` (True) for "constant_scaling"; `gate_bias` (-6.0) for the
             gating shortcuts; `dropout_rate` (0.5) for "dropout".
@@ -477,19 +500,20 @@ def ResNet(
         include_top=include_top, pooling=pooling, classes=classes,
         classifier_activation=classifier_activation, weights=weights, dtype=dtype,
         name=name, variant_options=variant_options, remat=remat, scan=scan, fused_batchnorm=fused_batchnorm,
-        padding=padding, widths=widths,
+        padding=padding, widths=widths, stream_dtype=stream_dtype,
     )
 
-    if cfg.dtype.name == "mixed_float16" and sum(cfg.units_per_stage) > FLOAT16_UNIT_LIMIT:
+    if cfg.dtype.name == "mixed_float16" and not cfg.stream_dtype and sum(cfg.units_per_stage) > FLOAT16_UNIT_LIMIT:
         warnings.warn(
             f"ResNet-{cfg.depth} under mixed_float16: networks this deep leave float16's range early in training "
             "(measured: a NaN loss within 20 steps at lr 0.1, also after 15 warm-up steps at lr 0.01, and in one "
             "of two runs at lr 0.01; the BatchNorm moving statistics become NaN too). Use mixed_bfloat16 (it "
             "stayed finite, at the same speed on an H100) or float32 (benchmarks/RESULTS.md, 'Mixed precision "
-            "at depth').", UserWarning, stacklevel=2)
+            "at depth'); stream_dtype='float32' (scan=False) keeps the residual stream in float32 (untested at "
+            "this depth).", UserWarning, stacklevel=2)
     # About ten layers a unit; a few frames of Keras' graph walk per layer.
     ensure_recursion_limit(max(DEEP_GRAPH_RECURSION_LIMIT, 40 * sum(cfg.units_per_stage)))
-    ops = _Ops(cfg.dtype, cfg.padding)
+    ops = _Ops(cfg.dtype, cfg.padding, cfg.stream_dtype)
     if input_tensor is None:
         inputs = keras.Input(shape=cfg.input_shape, name="input")
         x = inputs
@@ -516,7 +540,7 @@ def ResNet(
             return ResNet(depth, unit=unit, shortcut=shortcut, family=cfg.family, block=cfg.block,
                           stride_in=stride_in, input_shape=cfg.input_shape, classes=file_classes, dtype=dtype,
                           remat=remat, scan=cfg.scan, fused_batchnorm=False, padding=padding, widths=widths,
-                          **variant_options)
+                          stream_dtype=stream_dtype, **variant_options)
 
         load_weights(model, weights, with_head)
     fuse_batchnorm(model, enable=fused_batchnorm)  # TensorFlow: the kernel, and one set of statistics
@@ -543,7 +567,8 @@ def _named(depth: int, family: str, paper: str) -> Callable[..., keras.Model]:
         f"{'CIFAR' if family == 'cifar' else 'ImageNet'} ResNet-{depth} ({paper}).\n\n"
         "Takes the keyword arguments of `ResNet` (unit, shortcut, family, block, stride_in,\n"
         "include_top, input_shape, input_tensor, pooling, classes, classifier_activation,\n"
-        "weights, dtype, name, remat, scan, fused_batchnorm, padding, widths and the shortcut\n"
+        "weights, dtype, name, remat, scan, fused_batchnorm, padding, widths, stream_dtype and the\n"
+        "shortcut "
         "options: see "
         "`help(keras_resnet_v2.ResNet)`)\n"
         "and returns an uncompiled `keras.Model`. Inputs are standardized images: see\n"

@@ -79,3 +79,64 @@ def test_unit_forward_ranges_name_the_first_unit_whose_float16_stream_overflows(
     ranges = diagnostics.unit_forward_ranges(model, images)
     assert diagnostics.first_non_finite(ranges) == "stage2_unit2"
     assert all(0 < r < 65504 for _, r, _ in ranges[:4])  # stage1_unit1..3, stage2_unit1
+
+
+def _resnet20_8px(**kwargs):
+    keras.utils.set_random_seed(0)
+    policy = keras.config.dtype_policy()
+    try:
+        return krv2.ResNet(20, input_shape=(8, 8, 3), classes=3, **kwargs)
+    finally:
+        keras.config.set_dtype_policy(policy)
+
+
+def test_a_float32_stream_stays_finite_where_the_float16_stream_overflows():
+    # Issue 21: every unit's last conv kernel x 1e4 gives branch outputs up to ~41,000 (inside float16's
+    # 65,504) whose sum on the stream reaches ~79,000 at stage2_unit1 (measured on the float32 net).
+    # All-float16 stream: Inf there; stream_dtype="float32": finite, and close to the float32 network.
+    images = np.random.default_rng(0).uniform(0, 1, (4, 8, 8, 3)).astype("float32")
+    nets = {"float16": _resnet20_8px(dtype="mixed_float16"),
+            "float32 stream": _resnet20_8px(dtype="mixed_float16", stream_dtype="float32"),
+            "float32": _resnet20_8px()}
+    for model in nets.values():
+        for layer in model.layers:
+            if layer.name.endswith("_2_conv"):
+                layer.kernel.assign(layer.kernel * 1e4)
+    stream = nets["float32 stream"]
+    assert stream.get_layer("stage2_unit1_add").compute_dtype == "float32"
+    assert stream.get_layer("stage2_unit2_preact_bn").compute_dtype == "float32"
+    assert stream.get_layer("stage2_unit2_1_conv").compute_dtype == "float16"
+    assert stream.get_layer("stage2_unit2_1_bn").compute_dtype == "float16"
+    ranges = {name: diagnostics.unit_forward_ranges(model, images) for name, model in nets.items()}
+    assert max(r for _, r, _ in ranges["float32"]) > 65504  # the stream does leave float16's range
+    assert diagnostics.first_non_finite(ranges["float16"]) == "stage2_unit1"
+    assert diagnostics.first_non_finite(ranges["float32 stream"]) is None
+    # Unit 1 reads the stem conv's float16 output; every addition from there on is float32.
+    assert [dtype for _, _, dtype in ranges["float32 stream"][:-1]] == ["float16"] + ["float32"] * 8
+    for (_, got, _), (_, want, _) in zip(ranges["float32 stream"], ranges["float32"], strict=True):
+        assert abs(got - want) <= 2e-2 * want  # float16 branches: about 3 significant digits
+    from keras_resnet_v2.convert import resnet_arguments
+
+    assert resnet_arguments(stream)["stream_dtype"] == "float32"
+    assert resnet_arguments(nets["float16"])["stream_dtype"] is None
+    with pytest.raises(ValueError, match="`stream_dtype` must be None .* or 'float32'. Received: stream_dtype='bf16'"):
+        krv2.ResNet20(stream_dtype="bf16")
+    with pytest.raises(ValueError, match="per-unit layers only so far: pass scan=False"):
+        krv2.ResNet20(stream_dtype="float32", scan=True)
+
+
+def test_a_float32_stream_model_trains_saves_and_converts(tmp_path):
+    images = np.random.default_rng(1).uniform(0, 1, (8, 8, 8, 3)).astype("float32")
+    labels = np.arange(8) % 3
+    model = _resnet20_8px(dtype="mixed_float16", stream_dtype="float32")
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    history = model.fit(images, labels, batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.get_layer("stage3_unit3_add").compute_dtype == "float32"
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(images)), keras.ops.convert_to_numpy(model(images)))
+    remat = krv2.to_plain(model, remat=True)  # the same network in rematerialized segments
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(remat(images)), keras.ops.convert_to_numpy(model(images)),
+                               rtol=0, atol=1e-6)
