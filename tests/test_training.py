@@ -260,6 +260,30 @@ def test_jit_compile_auto_is_xla_with_one_replica_on_a_gpu_and_true_refuses_seve
         runtime.resolve_jit_compile("true", two)
 
 
+def test_a_signal_during_a_garbage_collector_callback_is_recorded_without_a_traceback(capfd):
+    # JAX registers a gc callback; a KeyboardInterrupt raised inside one is printed as "Exception
+    # ignored in ... Traceback" and lost (a CI run's SIGTERM test saw exactly that). The signal is
+    # recorded instead, and the next raise_if_stopped() raises it.
+    import gc
+
+    from keras_resnet_v2.plumbing import interrupts
+
+    def callback(phase, info):
+        if phase == "start":
+            signal.raise_signal(signal.SIGTERM)
+
+    with interrupts.stop_on_signals():
+        gc.callbacks.append(callback)
+        try:
+            gc.collect()
+        finally:
+            gc.callbacks.remove(callback)
+        assert interrupts.received() == signal.SIGTERM and interrupts.exit_code() == 143
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.raise_if_stopped()
+    assert "Traceback" not in capfd.readouterr().err
+
+
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_whose_keyboard_interrupt_was_swallowed_stops_the_next_step(signum, code):
     from keras_resnet_v2.plumbing import interrupts

@@ -6,6 +6,8 @@ exception is printed as "Exception ignored in ..." and lost, and the run goes on
 happened. `stop_on_signals()` installs a handler for SIGINT and SIGTERM (what containers and
 preemptible machines send) that records the signal and raises `KeyboardInterrupt`;
 `raise_if_stopped()`, which the training loop calls between steps, raises it again if it was lost.
+A signal that arrives while a garbage-collector callback runs is only recorded: raised there it would
+be lost anyway, after Python printed a traceback of it, which a user would read as a crash.
 Outside `stop_on_signals()` (a notebook, a library caller) nothing is recorded and nothing changes.
 
 Example:
@@ -19,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import gc
 import signal
 import threading
 from typing import Iterator
@@ -27,9 +30,20 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _received: list[int] = []
 
 
+def _in_gc_callback(frame) -> bool:
+    """True if `frame` is (called from) one of `gc.callbacks`."""
+    codes = {getattr(getattr(callback, "__func__", callback), "__code__", None) for callback in gc.callbacks}
+    while frame is not None:
+        if frame.f_code in codes:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _handler(signum: int, frame) -> None:
     _received.append(signum)
-    raise KeyboardInterrupt
+    if not _in_gc_callback(frame):  # else raise_if_stopped() raises it, at the next training step
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
