@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import os
 import sys
@@ -86,12 +85,7 @@ def _serving_preprocessing(args, model, default: Optional[str]):
     from keras_resnet_v2.plumbing import images
 
     base = images.as_preprocessing(default or pretrained.serving_preprocessing(model) or "resize")
-    fields = dataclasses.asdict(base)
-    if args.preprocessing and args.preprocessing != base.mode:
-        fields = {"mode": args.preprocessing}
-    fields.update({key: value for key, value in (("crop_fraction", args.crop_fraction),
-                                                 ("interpolation", args.interpolation)) if value is not None})
-    return images.Preprocessing(**fields)
+    return base.overridden(args.preprocessing, args.crop_fraction, args.interpolation)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -26,6 +26,12 @@ def fused_batchnorm_training(x, gamma, beta, epsilon: float):
     return y, mean, variance * (n - 1) / n
 
 
+def _several_replicas() -> bool:
+    """True inside a replica context of a strategy with more than one replica."""
+    context = tf.distribute.get_replica_context()
+    return context is not None and context.num_replicas_in_sync > 1
+
+
 def replica_mean(tensors: list) -> list:
     """Each tensor averaged over the replicas of a `tf.distribute` strategy, in one all-reduce; the
     tensors themselves with one replica or outside a replica context.
@@ -36,9 +42,9 @@ def replica_mean(tensors: list) -> list:
     update keeps every copy equal to the mean of what the replicas would have held (the moving
     average is linear): tf.keras 2's MEAN aggregation, applied at each step.
     """
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1 or not tensors:
+    if not tensors or not _several_replicas():
         return list(tensors)
+    context = tf.distribute.get_replica_context()
     sizes = [t.shape.num_elements() for t in tensors]
     flat = tf.concat([tf.reshape(tf.stop_gradient(tf.cast(t, tf.float32)), [-1]) for t in tensors], 0)
     flat = context.all_reduce(tf.distribute.ReduceOp.MEAN, flat)
@@ -51,8 +57,7 @@ def _synced_call(layer: keras.layers.BatchNormalization):
 
     def call(inputs, training=None, mask=None):
         y = keras_call(inputs, training=training, mask=mask)
-        if training and layer.trainable and tf.distribute.get_replica_context() is not None \
-                and tf.distribute.get_replica_context().num_replicas_in_sync > 1:
+        if training and layer.trainable and _several_replicas():
             mean, variance = replica_mean([layer.moving_mean.value, layer.moving_variance.value])
             layer.moving_mean.assign(mean)
             layer.moving_variance.assign(variance)

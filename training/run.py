@@ -359,10 +359,8 @@ def evaluate(model_path: str, dataset: str, data_dir: str | None = None, batch_s
         raise ValueError(f"`eval_size` must be a positive integer. Received: eval_size={eval_size!r}")
     image_ops.Preprocessing("shorter_side_crop", crop_fraction, interpolation or "bilinear")  # checks both
     model = export.load_model(model_path)
-    given = {key: value for key, value in (("crop_fraction", crop_fraction), ("interpolation", interpolation))
-             if value is not None}
-    sizing = image_ops.Preprocessing(**{**(pretrained.serving_preprocessing(model) or {"mode": "shorter_side_crop"}),
-                                        **given})
+    sizing = image_ops.as_preprocessing(pretrained.serving_preprocessing(model) or "shorter_side_crop").overridden(
+        crop_fraction=crop_fraction, interpolation=interpolation)
     height = model.input_shape[1] or 224
     # Image folders are kept at their own sizes (and centre-cropped) for a run trained that way,
     # as in its own test; otherwise resized to the model's input.
@@ -373,7 +371,7 @@ def evaluate(model_path: str, dataset: str, data_dir: str | None = None, batch_s
     if splits.info.num_classes != model.output_shape[-1]:
         raise ValueError(f"The model has {model.output_shape[-1]} classes, dataset {dataset!r} has "
                          f"{splits.info.num_classes}.")
-    for name, value in (("eval_size", eval_size), *given.items()):
+    for name, value in (("eval_size", eval_size), ("crop_fraction", crop_fraction), ("interpolation", interpolation)):
         if value is not None and splits.info.image_shape is not None:
             raise ValueError(f"`{name}` sets the test crop of variable-size (ImageNet-style) images; {dataset!r} "
                              f"images are all {splits.info.image_shape[0]}x{splits.info.image_shape[1]}. Received: "

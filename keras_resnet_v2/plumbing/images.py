@@ -62,6 +62,18 @@ class Preprocessing:
         """The shorter side a `crop` x `crop` centre crop is taken from."""
         return default_side(crop) if self.crop_fraction is None else math.floor(crop / self.crop_fraction)
 
+    def overridden(self, mode: Optional[str] = None, crop_fraction: Optional[float] = None,
+                   interpolation: Optional[str] = None) -> Preprocessing:
+        """This sizing with the given fields replaced (None: kept); another `mode` starts from its defaults.
+
+        Example:
+            >>> Preprocessing("shorter_side_crop", 0.95, "bicubic").overridden(interpolation="bilinear").crop_fraction
+            0.95
+        """
+        fields = dataclasses.asdict(self) if mode in (None, self.mode) else {"mode": mode}
+        given = {"crop_fraction": crop_fraction, "interpolation": interpolation}
+        return Preprocessing(**{**fields, **{key: value for key, value in given.items() if value is not None}})
+
     def as_metadata(self) -> dict:
         return {"image_bytes_preprocessing": self.mode, "image_bytes_crop_fraction": self.crop_fraction,
                 "image_bytes_interpolation": self.interpolation}
