@@ -107,11 +107,12 @@ def resnet_arguments(model: keras.Model) -> dict[str, Any]:
 
 
 def _stream_dtype(layers: dict):
-    """ResNet's `stream_dtype` of a built model: "float32" when its additions compute in float32 under
-    a mixed policy, else None."""
+    """ResNet's `stream_dtype` of a built model: under a mixed policy "float32" when its additions compute
+    in float32, "compute" when in the policy's compute dtype; None (either) under a float32 policy."""
+    if layers["stem_conv"].dtype_policy.compute_dtype == "float32":
+        return None
     add = next((layer for name, layer in layers.items() if name.endswith(("_add", "_gated_sum"))), None)
-    mixed = layers["stem_conv"].dtype_policy.compute_dtype != "float32"
-    return "float32" if add is not None and mixed and add.dtype_policy.compute_dtype == "float32" else None
+    return "float32" if add is not None and add.dtype_policy.compute_dtype == "float32" else "compute"
 
 
 def copy_weights(source: keras.Model, target: keras.Model) -> None:

@@ -45,8 +45,26 @@ BN_EPSILON = 1e-5
 # when it builds a model and when it loads one. ResNet-1202 is deeper than Python's
 # default limit of 1,000 frames, so the package raises the limit (it never lowers it).
 DEEP_GRAPH_RECURSION_LIMIT = 10_000
-# Above this many residual units, ResNet warns that mixed_float16 training overflows (ResNet-1001: 333).
+# Above this many residual units, mixed_float16 training with a float16 residual stream overflows
+# (ResNet-1001, 333 units: benchmarks/RESULTS.md, "Mixed precision at depth"): ResNet keeps the stream
+# in float32 there by default (`stream_dtype=None`) and warns if it is asked for float16 (`"compute"`).
 FLOAT16_UNIT_LIMIT = 100
+STREAM_DTYPES = (None, "float32", "compute")
+
+
+def default_stream_dtype(dtype_policy, units: int) -> Optional[str]:
+    """`ResNet(stream_dtype=None)`: "float32" under mixed_float16 beyond FLOAT16_UNIT_LIMIT units, where an
+    all-float16 stream leaves float16's range; otherwise None (every layer in the policy's compute dtype:
+    float32, bfloat16's float32 range, or a shallow net whose stream stays small).
+
+    Example:
+        >>> default_stream_dtype(keras.dtype_policies.get("mixed_float16"), units=333)
+        'float32'
+        >>> default_stream_dtype(keras.dtype_policies.get("mixed_float16"), units=54) is None
+        True
+    """
+    return "float32" if dtype_policy.name == "mixed_float16" and units > FLOAT16_UNIT_LIMIT else None
+
 
 def ensure_recursion_limit(limit: int = DEEP_GRAPH_RECURSION_LIMIT) -> None:
     """Raises Python's recursion limit to at least `limit` (called at import)."""
@@ -181,12 +199,15 @@ def resolve_config(
     for arg, value in (("remat", remat), ("scan", scan), ("fused_batchnorm", fused_batchnorm)):
         if not isinstance(value, bool):
             raise ValueError(f"`{arg}` must be True or False. Received: {arg}={value!r}")
-    if stream_dtype not in (None, "float32"):
-        raise ValueError(f"`stream_dtype` must be None (the policy's compute dtype) or 'float32'. "
+    if not any(stream_dtype is allowed or stream_dtype == allowed for allowed in STREAM_DTYPES):
+        raise ValueError("`stream_dtype` must be None (float32 under mixed_float16 beyond "
+                         f"{FLOAT16_UNIT_LIMIT} units), 'float32' or 'compute' (the policy's compute dtype). "
                          f"Received: stream_dtype={stream_dtype!r}")
-    if stream_dtype and scan:
-        raise ValueError("`stream_dtype='float32'` is built for per-unit layers only so far: pass scan=False. "
-                         f"Received: stream_dtype={stream_dtype!r}, scan={scan!r}")
+    dtype = _resolve_dtype(dtype)
+    if stream_dtype is None:
+        stream_dtype = default_stream_dtype(dtype, sum(units))
+    elif stream_dtype == "compute" or dtype.compute_dtype == "float32":
+        stream_dtype = None  # nothing to keep apart: every layer computes in the policy's dtype
     if remat and shortcut == "dropout":
         raise ValueError("`remat=True` recomputes each unit in the backward pass, which would draw new "
                          "dropout masks: it cannot be combined with shortcut='dropout'. "
@@ -197,7 +218,7 @@ def resolve_config(
         depth=depth, family=family, block=block, units_per_stage=units, unit=unit,
         shortcut=shortcut, shortcut_options=options, stride_in=stride_in,
         input_shape=_resolve_input_shape(input_shape, input_tensor, FAMILY_SPECS[family]),
-        classes=classes, dtype=_resolve_dtype(dtype), remat=remat, scan=scan, padding=padding, widths=widths,
+        classes=classes, dtype=dtype, remat=remat, scan=scan, padding=padding, widths=widths,
         stream_dtype=stream_dtype,
     )
 
@@ -352,7 +373,7 @@ def _stage_features(ops: _Ops, x, cfg: Config):
             x = UnitStack(len(group), group[0][0], block=cfg.block, unit=cfg.unit, shortcut=cfg.shortcut,
                           shortcut_options=cfg.shortcut_options, unroll=SCAN_UNROLL, remat=cfg.remat,
                           momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=stack_name(group[0][2], group[-1][2]),
-                          **ops.kw)(x)
+                          stream_dtype=cfg.stream_dtype, **ops.kw)(x)
     return x
 
 
@@ -470,14 +491,16 @@ def ResNet(
         widths: per stage, a basic unit's width or a bottleneck's inner width (its output is 4x);
             the stem has `widths[0]` filters. Default (16, 32, 64) for CIFAR, (64, 128, 256, 512)
             for ImageNet (the paper's).
-        stream_dtype: None (default: every layer in the policy's compute dtype) or "float32": the
-            identity path (each addition, gate and scaling layer, and the BN-ReLU that reads the
-            stream x_l: pre-activations, the stem's and the final one) in float32 while the branch
-            convolutions and their inner BatchNorms keep the policy, so under mixed_float16 the
-            stream can exceed float16's 65,504 (as PyTorch's autocast adds in float32; Megatron-LM's
-            `fp32_residual_connection`). Same weights and exports (they are float32 anyway);
-            per-unit layers only (scan=False) so far; its speed and its effect at 1000 layers are
-            not measured yet (issue 21).
+        stream_dtype: "float32": the identity path (each addition, gate and scaling layer, the
+            BN-ReLU that reads the stream x_l: pre-activations, the stem's and the final one, and a
+            `UnitStack`'s loop carry) in float32 while the branch convolutions and their inner
+            BatchNorms keep the policy, so under mixed_float16 the stream can exceed float16's
+            65,504 (as PyTorch's autocast adds in float32; Megatron-LM's `fp32_residual_connection`).
+            "compute": every layer in the policy's compute dtype. None (default): "float32" under
+            mixed_float16 beyond 100 residual units (ResNet-1001, ResNet-1202:
+            `default_stream_dtype`), where a float16 stream goes NaN (benchmarks/RESULTS.md, "Mixed
+            precision at depth"), "compute" otherwise. Same weights, saved variables and serving
+            signatures either way; no effect under a float32 policy.
         **variant_options: options of the chosen shortcut: `shortcut_scale` (0.5) and
             `scale_residual` (True) for "constant_scaling"; `gate_bias` (-6.0) for the
             gating shortcuts; `dropout_rate` (0.5) for "dropout".
@@ -505,12 +528,11 @@ def ResNet(
 
     if cfg.dtype.name == "mixed_float16" and not cfg.stream_dtype and sum(cfg.units_per_stage) > FLOAT16_UNIT_LIMIT:
         warnings.warn(
-            f"ResNet-{cfg.depth} under mixed_float16: networks this deep leave float16's range early in training "
-            "(measured: a NaN loss within 20 steps at lr 0.1, also after 15 warm-up steps at lr 0.01, and in one "
-            "of two runs at lr 0.01; the BatchNorm moving statistics become NaN too). Use mixed_bfloat16 (it "
-            "stayed finite, at the same speed on an H100) or float32 (benchmarks/RESULTS.md, 'Mixed precision "
-            "at depth'); stream_dtype='float32' (scan=False) keeps the residual stream in float32 (untested at "
-            "this depth).", UserWarning, stacklevel=2)
+            f"ResNet-{cfg.depth} under mixed_float16 with stream_dtype='compute': with a float16 residual stream, "
+            "networks this deep leave float16's range early in training (measured: a NaN loss within 20 steps "
+            "at lr 0.1, also after 15 warm-up steps at lr 0.01; the BatchNorm moving statistics become NaN too). "
+            "Leave stream_dtype=None (a float32 stream, the default at this depth), or use mixed_bfloat16 "
+            "(benchmarks/RESULTS.md, 'Mixed precision at depth').", UserWarning, stacklevel=2)
     # About ten layers a unit; a few frames of Keras' graph walk per layer.
     ensure_recursion_limit(max(DEEP_GRAPH_RECURSION_LIMIT, 40 * sum(cfg.units_per_stage)))
     ops = _Ops(cfg.dtype, cfg.padding, cfg.stream_dtype)

@@ -103,6 +103,10 @@ class UnitStack(keras.layers.Layer):
             faster: benchmarks/RESULTS.md).
         remat: recompute each unit's activations in the backward pass, keeping only the unit
             inputs (not with shortcut="dropout").
+        stream_dtype: None (the policy's compute dtype) or "float32": the loop's carry x_l, the
+            additions, gates and scaling, and the BN-ReLU that reads x_l in float32, the branch
+            convolutions and their BatchNorms in the policy's (as `ResNet(stream_dtype=...)`'s
+            per-unit layers).
 
     Weights are named `{key}_{field}` after the per-unit layers they stack: `1_conv_kernel` holds
     `stage1_unit{u}_1_conv/kernel` of every unit of the run, `preact_bn_gamma` their
@@ -118,7 +122,8 @@ class UnitStack(keras.layers.Layer):
 
     def __init__(self, units: int, filters: int, block: str = "basic", unit: str = "full_preact",
                  shortcut: str = "identity", shortcut_options: Optional[dict] = None, unroll: int = 1,
-                 remat: bool = False, momentum: float = 0.9, epsilon: float = 1e-5, **kwargs: Any):
+                 remat: bool = False, momentum: float = 0.9, epsilon: float = 1e-5,
+                 stream_dtype: Optional[str] = None, **kwargs: Any):
         kwargs.setdefault("autocast", False)  # BatchNorm weights stay float32 (as Keras' BN)
         super().__init__(**kwargs)
         for arg, value in (("units", units), ("filters", filters), ("unroll", unroll)):
@@ -127,6 +132,8 @@ class UnitStack(keras.layers.Layer):
         check_choice("block", block, BLOCKS)
         check_choice("unit", unit, UNITS)
         check_choice("shortcut", shortcut, SHORTCUT_NAMES)
+        if stream_dtype not in (None, "float32"):
+            raise ValueError(f"`stream_dtype` must be None or 'float32'. Received: stream_dtype={stream_dtype!r}")
         if remat and shortcut == "dropout":
             raise ValueError("`remat=True` would draw new dropout masks when recomputing: not with "
                              f"shortcut='dropout'. Received: remat={remat!r}")
@@ -134,6 +141,7 @@ class UnitStack(keras.layers.Layer):
         self.unit, self.shortcut, self.unroll, self.remat = unit, shortcut, unroll, bool(remat)
         self.shortcut_options = resolve_shortcut_options(shortcut, dict(shortcut_options or {}))
         self.momentum, self.epsilon = float(momentum), float(epsilon)
+        self.stream_dtype = stream_dtype
         self.plan = _UnitPlan(unit, shortcut, block, filters)
         if shortcut == "dropout":
             self.seed_generator = keras.random.SeedGenerator(name="dropout_seed")
@@ -172,14 +180,19 @@ class UnitStack(keras.layers.Layer):
 
     # ------------------------------------------------------------------ one unit
 
-    def _batchnorm(self, x, w, key: str, training: bool, stats: dict):
+    @property
+    def _stream(self) -> str:
+        """The dtype of x_l: float32 with stream_dtype="float32", else the policy's compute dtype."""
+        return self.stream_dtype or self.compute_dtype
+
+    def _batchnorm(self, x, w, key: str, training: bool, stats: dict, dtype: Optional[str] = None):
         gamma, beta = w[f"{key}_gamma"], w[f"{key}_beta"]
         if training and keras.backend.backend() == "tensorflow":
             from keras_resnet_v2._kernels import fused_batchnorm_training
 
             y, mean, variance = fused_batchnorm_training(x, gamma, beta, self.epsilon)
             stats[key] = (mean, variance)
-            return y
+            return ops.cast(y, dtype or self.compute_dtype)
         x32 = ops.cast(x, "float32")  # as Keras' BatchNormalization: statistics in float32
         if training:
             mean, variance = ops.moments(x32, axes=[0, 1, 2])
@@ -187,15 +200,17 @@ class UnitStack(keras.layers.Layer):
         else:
             mean, variance = w[f"{key}_moving_mean"], w[f"{key}_moving_variance"]
         y = ops.batch_normalization(x32, mean, variance, axis=-1, offset=beta, scale=gamma, epsilon=self.epsilon)
-        return ops.cast(y, self.compute_dtype)
+        return ops.cast(y, dtype or self.compute_dtype)
 
-    def _apply(self, x, todo, w, training, stats):
+    def _apply(self, x, todo, w, training, stats, dtype: Optional[str] = None):
+        """BN / ReLU in order; BatchNorm outputs `dtype` (default: the policy's compute dtype)."""
         for op, key in todo:
-            x = self._batchnorm(x, w, key, training, stats) if op == "bn" else ops.relu(x)
+            x = self._batchnorm(x, w, key, training, stats, dtype) if op == "bn" else ops.relu(x)
         return x
 
-    def _conv(self, x, w, key: str):
-        y = ops.conv(x, ops.cast(w[f"{key}_kernel"], self.compute_dtype), strides=1, padding="same")
+    def _conv(self, x, w, key: str, dtype: Optional[str] = None):
+        dtype = dtype or self.compute_dtype
+        y = ops.conv(ops.cast(x, dtype), ops.cast(w[f"{key}_kernel"], dtype), strides=1, padding="same")
         if keras.backend.backend() == "jax":  # what the loop keeps for the backward pass (`_saving`)
             from jax.ad_checkpoint import checkpoint_name
 
@@ -204,8 +219,8 @@ class UnitStack(keras.layers.Layer):
 
     def _unit(self, x, w, noise, training: bool):
         """x_{l+1} = f(h(x_l) + F(x_l)) for one unit's weights `w` (variants.py, Eqn. 1-2)."""
-        plan, opts, stats = self.plan, self.shortcut_options, {}
-        activated = self._apply(x, plan.preact, w, training, stats)
+        plan, opts, stats, stream = self.plan, self.shortcut_options, {}, self._stream
+        activated = self._apply(x, plan.preact, w, training, stats, stream)  # reads x_l: the stream's dtype
         residual = activated
         for key, _, _, _, after in plan.convs:
             residual = self._apply(self._conv(residual, w, key), after, w, training, stats)
@@ -214,6 +229,7 @@ class UnitStack(keras.layers.Layer):
             h = self._conv(activated, w, "shortcut_conv")
             if plan.project_bn:
                 h = self._batchnorm(h, w, "shortcut_bn", training, stats)
+        h, residual = ops.cast(h, stream), ops.cast(residual, stream)  # the addition in the stream's dtype
         if self.shortcut == "constant_scaling":
             scale = opts["shortcut_scale"]
             h = h * ops.cast(scale, h.dtype)
@@ -221,8 +237,8 @@ class UnitStack(keras.layers.Layer):
                 residual = residual * ops.cast(1.0 - scale, residual.dtype)
             y = h + residual
         elif plan.gate:
-            gate = ops.sigmoid(self._conv(activated, w, "gate_conv")
-                               + ops.cast(w["gate_conv_bias"], self.compute_dtype))
+            gate = ops.sigmoid(self._conv(activated, w, "gate_conv", stream)
+                               + ops.cast(w["gate_conv_bias"], stream))
             carried = (1 - gate) * h
             y = carried + (gate * residual if self.shortcut == "exclusive_gating" else residual)
         elif noise is not None:  # Fig. 2(f): dropout on the shortcut, a fresh mask per unit
@@ -231,12 +247,13 @@ class UnitStack(keras.layers.Layer):
             y = h + residual
         else:
             y = h + residual
-        return self._apply(y, plan.after_add, w, training, stats), stats
+        return self._apply(y, plan.after_add, w, training, stats, stream), stats
 
     # ------------------------------------------------------------------ the loop
 
     def call(self, inputs, training=None):
         training = bool(training)
+        inputs = ops.cast(inputs, self._stream)
         weights = {v.name: v.value for v in self.weights}
         xs = {"weights": weights}
         if self.shortcut == "dropout" and training:  # one uniform draw per unit and per step
@@ -267,7 +284,8 @@ class UnitStack(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "units": self.units, "filters": self.filters, "block": self.block,
                 "unit": self.unit, "shortcut": self.shortcut, "shortcut_options": dict(self.shortcut_options),
-                "unroll": self.unroll, "remat": self.remat, "momentum": self.momentum, "epsilon": self.epsilon}
+                "unroll": self.unroll, "remat": self.remat, "momentum": self.momentum, "epsilon": self.epsilon,
+                "stream_dtype": self.stream_dtype}
 
 
 def _saving(step, remat: bool):

@@ -118,11 +118,26 @@ def test_a_float32_stream_stays_finite_where_the_float16_stream_overflows():
     from keras_resnet_v2.convert import resnet_arguments
 
     assert resnet_arguments(stream)["stream_dtype"] == "float32"
-    assert resnet_arguments(nets["float16"])["stream_dtype"] is None
-    with pytest.raises(ValueError, match="`stream_dtype` must be None .* or 'float32'. Received: stream_dtype='bf16'"):
+    assert resnet_arguments(nets["float16"])["stream_dtype"] == "compute"
+    assert resnet_arguments(nets["float32"])["stream_dtype"] is None
+    with pytest.raises(ValueError, match="`stream_dtype` must be None .*, 'float32' or 'compute' .* "
+                                         "Received: stream_dtype='bf16'"):
         krv2.ResNet20(stream_dtype="bf16")
-    with pytest.raises(ValueError, match="per-unit layers only so far: pass scan=False"):
-        krv2.ResNet20(stream_dtype="float32", scan=True)
+
+    # The stacked form: the loop carries x_l in float32 (UnitStack(stream_dtype="float32")), the same
+    # numbers as the per-unit layers; with a float16 carry the stack's output is not finite.
+    def stack_output(model):
+        stacked = krv2.to_stacked(model)
+        stack = stacked.get_layer("stage1_unit2_to_unit3")  # its output is stage2_unit1's input
+        probe = keras.Model(stacked.inputs, [stack.output, stacked.outputs[0]])
+        return stack, [keras.ops.convert_to_numpy(v) for v in probe(images, training=True)]
+
+    stack, (carry, logits) = stack_output(stream)
+    assert stack.stream_dtype == "float32" and stack.compute_dtype == "float16"
+    assert carry.dtype == np.float32 and np.isfinite(carry).all() and np.abs(carry).max() > 65504
+    np.testing.assert_allclose(logits, keras.ops.convert_to_numpy(stream(images, training=True)), rtol=0, atol=1e-3)
+    stack16, (carry16, _) = stack_output(nets["float16"])
+    assert stack16.stream_dtype is None and carry16.dtype == np.float16 and not np.isfinite(carry16).all()
 
 
 def test_a_float32_stream_model_trains_saves_and_converts(tmp_path):
