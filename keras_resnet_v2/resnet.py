@@ -526,7 +526,7 @@ def ResNet(
         padding=padding, widths=widths, stream_dtype=stream_dtype,
     )
 
-    if cfg.dtype.name == "mixed_float16" and not cfg.stream_dtype and sum(cfg.units_per_stage) > FLOAT16_UNIT_LIMIT:
+    if default_stream_dtype(cfg.dtype, sum(cfg.units_per_stage)) and not cfg.stream_dtype:  # asked for "compute"
         warnings.warn(
             f"ResNet-{cfg.depth} under mixed_float16 with stream_dtype='compute': with a float16 residual stream, "
             "networks this deep leave float16's range early in training (measured: a NaN loss within 20 steps "
