@@ -45,8 +45,9 @@ EXPORTS = {
     "resnet": ("ResNet", "ResNet18", "ResNet20", "ResNet32", "ResNet34", "ResNet44", "ResNet50",
                "ResNet56", "ResNet101", "ResNet110", "ResNet152", "ResNet164", "ResNet200", "ResNet1001", "ResNet1202",
                "ensure_recursion_limit"),
+    "scaled": ("ScaledConv2D",),
     "speed": ("build_optimizer", "fuse_batchnorm"),
-    "stack": ("UnitStack",),
+    "stack": ("StackedModel", "UnitStack"),
     "variants": ("SHORTCUTS", "UNIT_SPECS"),
 }
 

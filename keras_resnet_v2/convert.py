@@ -15,10 +15,11 @@ import keras
 
 from keras_resnet_v2.depths import CIFAR_LAYERS_PER_UNIT, IMAGENET_DEPTHS
 from keras_resnet_v2.layers import ConstantScale, GatedSum, Rematerialized
+from keras_resnet_v2.names import UNIT_NAME as _UNIT_NAME
 from keras_resnet_v2.resnet import ResNet
+from keras_resnet_v2.scaled import ScaledConv2D
 from keras_resnet_v2.stack import UnitStack
 from keras_resnet_v2.variants import UNIT_SPECS
-from keras_resnet_v2.weights import UNIT_NAME as _UNIT_NAME
 from keras_resnet_v2.weights import assign_by_unit, leaf_layers, unit_value, weights_by_unit
 
 
@@ -98,7 +99,7 @@ def resnet_arguments(model: keras.Model) -> dict[str, Any]:
         padding="symmetric" if "stem_conv_pad" in layers or "stem_pool_pad" in layers
         or any(name.endswith("_conv_pad") for name in layers) else "same",
         classifier_activation=keras.activations.get(top.get_config()["activation"]) if top else "softmax",
-        dtype=layers["stem_conv"].dtype_policy, name=model.name,
+        dtype=_policy(layers["stem_conv"]), name=model.name,
         remat=any(isinstance(layer, Rematerialized) for layer in model._flatten_layers(include_self=False))
         or any(stack.remat for stack in stacks),
         **options,
@@ -106,9 +107,18 @@ def resnet_arguments(model: keras.Model) -> dict[str, Any]:
     return arguments
 
 
+def _policy(stem: keras.layers.Layer):
+    """The network's dtype policy: the stem's, or mixed_float16 where the convolutions are `ScaledConv2D`."""
+    if isinstance(stem, ScaledConv2D):
+        return keras.dtype_policies.get(f"mixed_{stem.inner_dtype}")
+    return stem.dtype_policy
+
+
 def _stream_dtype(layers: dict):
     """ResNet's `stream_dtype` of a built model: under a mixed policy "float32" when its additions compute
     in float32, "compute" when in the policy's compute dtype; None (either) under a float32 policy."""
+    if isinstance(layers["stem_conv"], ScaledConv2D):
+        return "float32"
     if layers["stem_conv"].dtype_policy.compute_dtype == "float32":
         return None
     add = next((layer for name, layer in layers.items() if name.endswith(("_add", "_gated_sum"))), None)
@@ -138,7 +148,9 @@ def _convert(model: keras.Model, scan: bool, remat: Optional[bool]) -> keras.Mod
         front = keras.models.clone_model(original, input_tensors=inputs)
         front.set_weights(original.get_weights())
         converted = ResNet(**{**arguments, "name": None}, input_tensor=front.output, scan=scan)
-        converted = keras.Model(inputs, converted.output, name=arguments["name"])
+        network = converted
+        converted = type(network)(inputs, network.output, name=arguments["name"])  # StackedModel stays one
+        converted.dtype_policy = network.dtype_policy
     copy_weights(model, converted)
     return converted
 

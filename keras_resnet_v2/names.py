@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from typing import Optional, Sequence
 
 # Fig. 4 (a)-(e): where BN and ReLU sit in a residual unit.
@@ -27,6 +28,9 @@ POOLINGS: tuple[Optional[str], ...] = (None, "avg", "max")
 # How a stride-2 convolution or pooling pads: as the authors' Torch code (k // 2 on every side) or
 # as Keras' padding="same" (the extra row and column on the bottom and right for even sizes).
 PADDINGS: tuple[str, ...] = ("symmetric", "same")
+# A layer's residual unit: `stage1_unit5_1_conv` is (stage1, 5, None); a `UnitStack` named
+# `stage1_unit2_to_unit18` is (stage1, 2, 18).
+UNIT_NAME = re.compile(r"^(stage\d+)_unit(\d+)(?:_to_unit(\d+))?(?:_|$)")
 
 
 def choices(values: Sequence) -> str:

@@ -274,7 +274,8 @@ def from_timm(source: Union[str, os.PathLike, Mapping[str, Any]], *, standardize
                         name=TIMM_STANDARDIZE)(inputs)
         name = arguments.pop("name", None)
         network = ResNet(architecture["depth"], input_tensor=x, **arguments)
-        model = keras.Model(inputs, network.output, name=name or network.name)
+        model = type(network)(inputs, network.output, name=name or network.name)  # StackedModel stays one
+        model.dtype_policy = network.dtype_policy
     else:
         model = ResNet(architecture["depth"], **arguments)
     _copy_timm_weights(state, model, new_head=arguments["classes"] != architecture["classes"])

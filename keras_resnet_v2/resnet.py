@@ -25,8 +25,9 @@ from keras_resnet_v2.depths import (
 )
 from keras_resnet_v2.layers import EdgePadding2D, Rematerialized
 from keras_resnet_v2.names import PADDINGS, POOLINGS, SHORTCUT_NAMES, STRIDE_IN, UNITS, check_choice
+from keras_resnet_v2.scaled import ScaledConv2D
 from keras_resnet_v2.speed import fuse_batchnorm
-from keras_resnet_v2.stack import UnitStack, branch_layout
+from keras_resnet_v2.stack import StackedModel, UnitStack, branch_layout
 from keras_resnet_v2.variants import (
     SHORTCUTS,
     UNIT_SPECS,
@@ -230,11 +231,15 @@ class _Ops:
     """Layer factory: one dtype policy, deterministic names, the paper's conv, BN and padding."""
 
     def __init__(self, dtype, padding: str = "symmetric", stream_dtype: Optional[str] = None):
-        self.kw = {"dtype": dtype}
+        self.policy_kw = {"dtype": dtype}
         # The layers on the identity path (the stream x_l): additions, gates, scaling, the BN-ReLU that
         # reads x_l. Keras casts a layer's inputs to its compute dtype, so a float32 stream needs each of
         # them in float32; the branch convolutions keep the policy (float16 under mixed_float16).
-        self.stream_kw = {"dtype": stream_dtype} if stream_dtype else self.kw
+        self.stream_kw = {"dtype": stream_dtype} if stream_dtype else self.policy_kw
+        # Under float16 the branches overflow too once the first steps have grown the weights
+        # (scaled.py): then every layer is float32 and each convolution a float16 `ScaledConv2D`.
+        self.scaled = bool(stream_dtype) and keras.dtype_policies.get(dtype).compute_dtype == "float16"
+        self.kw = self.stream_kw if self.scaled else self.policy_kw
         self.symmetric = padding == "symmetric"
 
     def conv(self, x, filters: int, kernel: int, stride: int, name: str):
@@ -244,9 +249,10 @@ class _Ops:
             # stride-2 conv of an even size (0, 1) or (2, 3). Stride 1 and 1x1 convs agree already.
             x = keras.layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad", **self.kw)(x)
             padding = "valid"
-        return keras.layers.Conv2D(
+        conv, inner = (ScaledConv2D, {"inner_dtype": "float16"}) if self.scaled else (keras.layers.Conv2D, {})
+        return conv(
             filters, kernel, strides=stride, padding=padding, use_bias=False,
-            kernel_initializer=kernel_initializer(), name=name, **self.kw,
+            kernel_initializer=kernel_initializer(), name=name, **inner, **self.kw,
         )(x)
 
     def max_pool(self, x, name: str):
@@ -373,7 +379,7 @@ def _stage_features(ops: _Ops, x, cfg: Config):
             x = UnitStack(len(group), group[0][0], block=cfg.block, unit=cfg.unit, shortcut=cfg.shortcut,
                           shortcut_options=cfg.shortcut_options, unroll=SCAN_UNROLL, remat=cfg.remat,
                           momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=stack_name(group[0][2], group[-1][2]),
-                          stream_dtype=cfg.stream_dtype, **ops.kw)(x)
+                          stream_dtype=cfg.stream_dtype, **ops.policy_kw)(x)
     return x
 
 
@@ -556,7 +562,9 @@ def ResNet(
     elif pooling == "max":
         x = keras.layers.GlobalMaxPooling2D(name="max_pool", **ops.kw)(x)
 
-    model = keras.Model(inputs, x, name=name or _default_name(cfg.depth, cfg.unit))
+    # Stacked: a keras.Model whose get_layer says where a unit inside a UnitStack went.
+    model = (StackedModel if cfg.scan else keras.Model)(inputs, x, name=name or _default_name(cfg.depth, cfg.unit))
+    model.dtype_policy = cfg.dtype  # compile() reads it: under mixed_float16 it adds dynamic loss scaling
     if weights is not None:
         def with_head(file_classes: int) -> keras.Model:  # the file's network, for fine-tuning a new head
             return ResNet(depth, unit=unit, shortcut=shortcut, family=cfg.family, block=cfg.block,

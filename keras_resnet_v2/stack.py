@@ -24,7 +24,8 @@ import numpy as np
 from keras import ops
 
 from keras_resnet_v2.layers import PACKAGE
-from keras_resnet_v2.names import BLOCKS, SHORTCUT_NAMES, UNITS, check_choice
+from keras_resnet_v2.names import BLOCKS, SHORTCUT_NAMES, UNIT_NAME, UNITS, check_choice
+from keras_resnet_v2.scaled import scaled_conv
 from keras_resnet_v2.variants import SHORTCUTS, UNIT_SPECS, resolve_shortcut_options
 
 BN_FIELDS = ("gamma", "beta", "moving_mean", "moving_variance")
@@ -208,27 +209,36 @@ class UnitStack(keras.layers.Layer):
             x = self._batchnorm(x, w, key, training, stats, dtype) if op == "bn" else ops.relu(x)
         return x
 
+    @property
+    def _scaled(self) -> bool:
+        """A float32 stream under float16: the branch convolutions read rescaled operands (scaled.py)."""
+        return self.stream_dtype == "float32" and self.compute_dtype == "float16"
+
     def _conv(self, x, w, key: str, dtype: Optional[str] = None):
-        dtype = dtype or self.compute_dtype
-        y = ops.conv(ops.cast(x, dtype), ops.cast(w[f"{key}_kernel"], dtype), strides=1, padding="same")
+        dtype, kernel, scale = dtype or self.compute_dtype, w[f"{key}_kernel"], None
+        if self._scaled and dtype == "float16":
+            y, scale = scaled_conv(x, kernel, dtype, strides=1, padding="same")
+        else:
+            y = ops.conv(ops.cast(x, dtype), ops.cast(kernel, dtype), strides=1, padding="same")
         if keras.backend.backend() == "jax":  # what the loop keeps for the backward pass (`_saving`)
             from jax.ad_checkpoint import checkpoint_name
 
-            y = checkpoint_name(y, "unit_conv")
-        return y
+            y = checkpoint_name(y, "unit_conv")  # float16 where scaled: rescaled in float32 where read
+        return y if scale is None else ops.cast(y, "float32") * scale
 
     def _unit(self, x, w, noise, training: bool):
         """x_{l+1} = f(h(x_l) + F(x_l)) for one unit's weights `w` (variants.py, Eqn. 1-2)."""
         plan, opts, stats, stream = self.plan, self.shortcut_options, {}, self._stream
+        inner = stream if self._scaled else None  # the branch's BN-ReLU: float32 between scaled convolutions
         activated = self._apply(x, plan.preact, w, training, stats, stream)  # reads x_l: the stream's dtype
         residual = activated
         for key, _, _, _, after in plan.convs:
-            residual = self._apply(self._conv(residual, w, key), after, w, training, stats)
+            residual = self._apply(self._conv(residual, w, key), after, w, training, stats, inner)
         h = x
         if plan.project:
             h = self._conv(activated, w, "shortcut_conv")
             if plan.project_bn:
-                h = self._batchnorm(h, w, "shortcut_bn", training, stats)
+                h = self._batchnorm(h, w, "shortcut_bn", training, stats, inner)
         h, residual = ops.cast(h, stream), ops.cast(residual, stream)  # the addition in the stream's dtype
         if self.shortcut == "constant_scaling":
             scale = opts["shortcut_scale"]
@@ -286,6 +296,49 @@ class UnitStack(keras.layers.Layer):
                 "unit": self.unit, "shortcut": self.shortcut, "shortcut_options": dict(self.shortcut_options),
                 "unroll": self.unroll, "remat": self.remat, "momentum": self.momentum, "epsilon": self.epsilon,
                 "stream_dtype": self.stream_dtype}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class StackedModel(keras.Model):
+    """A functional model with `UnitStack`s (`ResNet(scan=True)`): a unit's layers are rows of a stack.
+
+    The same `keras.Model` in every other respect. `get_layer` of a per-unit layer that lives inside a
+    stack (`stage1_unit5_1_conv`) says which stack holds it, its row, and how to get per-unit layers,
+    where Keras would list every layer name.
+
+    Example:
+        >>> model = keras_resnet_v2.ResNet(20, scan=True)
+        >>> model.get_layer("stage1_unit2_to_unit3").units
+        2
+        >>> model.get_layer("stage1_unit3_1_conv")
+        Traceback (most recent call last):
+        ValueError: No layer 'stage1_unit3_1_conv': its unit is row 1 of the UnitStack 'stage1_unit2_to_unit3', ...
+    """
+
+    def get_layer(self, name: Optional[str] = None, index: Optional[int] = None) -> keras.layers.Layer:
+        try:
+            return super().get_layer(name=name, index=index)
+        except ValueError:
+            held = _stack_row(self, name) if index is None and isinstance(name, str) else None
+            if held is None:
+                raise
+        stack, row = held
+        raise ValueError(
+            f"No layer {name!r}: its unit is row {row} of the UnitStack {stack.name!r}, whose weights hold "
+            f"one row per unit (model.get_layer({stack.name!r}).get_weight('1_conv_kernel')[{row}]). "
+            "keras_resnet_v2.to_plain(model) gives the same network with one layer per unit, "
+            "as does building it with scan=False."
+        ) from None
+
+
+def _stack_row(model: keras.Model, name: str) -> Optional[tuple[UnitStack, int]]:
+    """The `UnitStack` of `model` holding the unit a per-unit layer name (`stage1_unit5_add`) names, and its row."""
+    unit = UNIT_NAME.match(name)
+    for layer in model.layers if unit and not unit.group(3) else ():
+        held = UNIT_NAME.match(layer.name) if isinstance(layer, UnitStack) else None
+        if held and held.group(1) == unit.group(1) and int(held.group(2)) <= int(unit.group(2)) <= int(held.group(3)):
+            return layer, int(unit.group(2)) - int(held.group(2))
+    return None
 
 
 def _saving(step, remat: bool):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import re
 import warnings
 import zipfile
 from typing import Any, Callable, Mapping, Optional
@@ -20,9 +19,9 @@ import keras
 import numpy as np
 
 from keras_resnet_v2.layers import Rematerialized, Standardize
+from keras_resnet_v2.names import UNIT_NAME
 from keras_resnet_v2.stack import UnitStack
 
-UNIT_NAME = re.compile(r"^(stage\d+)_unit(\d+)(?:_to_unit(\d+))?(?:_|$)")
 _FIELDS = ("moving_variance", "moving_mean", "kernel", "bias", "gamma", "beta")
 CLASSIFIER = "predictions"  # the dense head's layer name (resnet.py)
 

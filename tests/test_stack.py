@@ -168,6 +168,7 @@ def test_stacked_files_round_trip_and_weights_of_the_wrong_form(tmp_path, images
     again = keras.models.load_model(tmp_path / "stacked.keras", safe_mode=True)
     np.testing.assert_array_equal(_numpy(again(x)), _numpy(stacked(x)))
     assert isinstance(again.get_layer("stage2_unit2_to_unit3"), krv2.UnitStack)
+    assert isinstance(again, krv2.StackedModel) and isinstance(keras.models.clone_model(again), krv2.StackedModel)
     stacked.save_weights(tmp_path / "stacked.weights.h5")
     loaded = build(20, {"shortcut": "exclusive_gating"}, scan=True, weights=str(tmp_path / "stacked.weights.h5"))
     np.testing.assert_array_equal(_numpy(loaded(x)), _numpy(stacked(x)))
@@ -176,6 +177,21 @@ def test_stacked_files_round_trip_and_weights_of_the_wrong_form(tmp_path, images
     krv2.to_plain(stacked).save_weights(tmp_path / "plain.weights.h5")
     with pytest.raises(ValueError, match=r"per-unit form \(scan=False\).*scan=False"):
         build(20, {"shortcut": "exclusive_gating"}, scan=True, weights=str(tmp_path / "plain.weights.h5"))
+
+
+def test_get_layer_of_a_unit_inside_a_stack_names_the_stack_and_to_plain():
+    stacked = build(20, {}, scan=True)
+    with pytest.raises(ValueError, match=r"^No layer 'stage2_unit3_1_conv': its unit is row 1 of the UnitStack "
+                                         r"'stage2_unit2_to_unit3'.*get_weight\('1_conv_kernel'\)\[1\].*to_plain"):
+        stacked.get_layer("stage2_unit3_1_conv")
+    assert stacked.get_layer("stage2_unit1_1_conv").name == "stage2_unit1_1_conv"  # unit 1: a layer of its own
+    with pytest.raises(ValueError, match="No such layer: stage9_unit2_add"):  # no stack holds it: Keras' message
+        stacked.get_layer("stage9_unit2_add")
+    with pytest.raises(ValueError, match="No such layer: stage1_unit4_add"):  # past the stack: Keras' message
+        stacked.get_layer("stage1_unit4_add")
+    plain = krv2.to_plain(stacked)
+    assert plain.get_layer("stage2_unit3_1_conv").name == "stage2_unit3_1_conv"
+    assert not isinstance(plain, krv2.StackedModel)
 
 
 def test_conversion_keeps_layers_in_front_and_checks_its_argument(images):
@@ -234,7 +250,8 @@ def test_mixed_float16_at_depth_keeps_a_float32_stream_by_default():
         bfloat = krv2.ResNet(1001, dtype="mixed_bfloat16")
     assert deep.get_layer("stage3_unit2_to_unit111").stream_dtype == "float32"
     assert deep.get_layer("stage3_unit1_add").compute_dtype == "float32"
-    assert deep.get_layer("stage3_unit1_1_conv").compute_dtype == "float16"
+    assert deep.get_layer("stage3_unit1_1_conv").inner_dtype == "float16"  # a ScaledConv2D (scaled.py)
+    assert deep.dtype_policy.name == "mixed_float16"  # so compile() adds dynamic loss scaling
     assert shallow.get_layer("stage1_unit2_to_unit18").stream_dtype is None
     assert bfloat.get_layer("stage3_unit2_to_unit111").stream_dtype is None
     assert krv2.ResNet(1001, stream_dtype="float32").get_layer("stage3_unit1_add").compute_dtype == "float32"

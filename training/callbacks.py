@@ -14,6 +14,7 @@ import os
 import keras
 
 from keras_resnet_v2.plumbing.files import atomic_write
+from keras_resnet_v2.stack import StackedModel
 
 
 def read_history(path: str) -> list[dict]:
@@ -54,11 +55,12 @@ def save_model(model: keras.Model, path: str) -> None:
     """Writes `model` to `path` (`.keras`) atomically, without its training state.
 
     The file holds the architecture and weights of an uncompiled model sharing `model`'s layers
-    (a functional view, made in milliseconds), so it loads with `keras.models.load_model` after
-    importing only `keras_resnet_v2`, for serving or fine-tuning. The optimizer state of a run lives
-    in its `backup/` checkpoint, which is what resuming reads.
+    (a functional view, made in milliseconds; a `StackedModel` for a stacked net), so it loads with
+    `keras.models.load_model` after importing only `keras_resnet_v2`, for serving or fine-tuning.
+    The optimizer state of a run lives in its `backup/` checkpoint, which is what resuming reads.
     """
-    view = keras.Model(model.input, model.output, name=model.name)
+    functional = StackedModel if isinstance(model, StackedModel) else keras.Model
+    view = functional(model.input, model.output, name=model.name)
     atomic_write(path, lambda tmp: view.save(tmp))
 
 
