@@ -4,7 +4,8 @@
         [--size 16] [--runs compute:0.1,float32:0.1,compute:warmup,float32:warmup] [--scan | --no-scan]
 
 Each run builds `ResNet(1001, dtype="mixed_float16", stream_dtype=...)` with seed 0 ("compute": every
-layer in float16, the former default; "float32": the stream x_l in float32, the default since issue 21)
+layer in float16, the former default; "float32": the default since issue 21, the stream x_l in float32
+and every convolution in float16 on power-of-two rescaled operands, keras_resnet_v2/scaled.py)
 and trains it with plain `model.fit` (Keras wraps SGD in its dynamic LossScaleOptimizer) on the same
 fixed random images and labels: SGD with Nesterov momentum 0.9 and weight decay 1e-4 (the paper's
 appendix), at lr 0.1 from the first step ("0.1") or at 0.01 for `--warmup-steps` steps, then 0.1

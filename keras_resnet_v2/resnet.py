@@ -48,7 +48,8 @@ BN_EPSILON = 1e-5
 DEEP_GRAPH_RECURSION_LIMIT = 10_000
 # Above this many residual units, mixed_float16 training with a float16 residual stream overflows
 # (ResNet-1001, 333 units: benchmarks/RESULTS.md, "Mixed precision at depth"): ResNet keeps the stream
-# in float32 there by default (`stream_dtype=None`) and warns if it is asked for float16 (`"compute"`).
+# in float32 there by default (`stream_dtype=None`), with range-safe float16 convolutions (scaled.py),
+# and warns if it is asked for float16 (`"compute"`).
 FLOAT16_UNIT_LIMIT = 100
 STREAM_DTYPES = (None, "float32", "compute")
 
@@ -499,10 +500,14 @@ def ResNet(
             for ImageNet (the paper's).
         stream_dtype: "float32": the identity path (each addition, gate and scaling layer, the
             BN-ReLU that reads the stream x_l: pre-activations, the stem's and the final one, and a
-            `UnitStack`'s loop carry) in float32 while the branch convolutions and their inner
-            BatchNorms keep the policy, so under mixed_float16 the stream can exceed float16's
-            65,504 (as PyTorch's autocast adds in float32; Megatron-LM's `fp32_residual_connection`).
-            "compute": every layer in the policy's compute dtype. None (default): "float32" under
+            `UnitStack`'s loop carry) in float32, so under mixed_float16 the stream can exceed
+            float16's 65,504 (as PyTorch's autocast adds in float32; Megatron-LM's
+            `fp32_residual_connection`). Under mixed_float16 that alone still overflowed at 1000
+            layers, in the branches, so there the other layers are float32 too and every
+            convolution computes in float16 on operands rescaled by powers of two, which cannot
+            overflow (`ScaledConv2D`, keras_resnet_v2/scaled.py). Under mixed_bfloat16 the branch
+            convolutions and their BatchNorms keep the policy. "compute": every layer in the
+            policy's compute dtype. None (default): "float32" under
             mixed_float16 beyond 100 residual units (ResNet-1001, ResNet-1202:
             `default_stream_dtype`), where a float16 stream goes NaN (benchmarks/RESULTS.md, "Mixed
             precision at depth"), "compute" otherwise. Same weights, saved variables and serving

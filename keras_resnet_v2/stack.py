@@ -106,8 +106,9 @@ class UnitStack(keras.layers.Layer):
             inputs (not with shortcut="dropout").
         stream_dtype: None (the policy's compute dtype) or "float32": the loop's carry x_l, the
             additions, gates and scaling, and the BN-ReLU that reads x_l in float32, the branch
-            convolutions and their BatchNorms in the policy's (as `ResNet(stream_dtype=...)`'s
-            per-unit layers).
+            convolutions in the policy's (as `ResNet(stream_dtype=...)`'s per-unit layers). Under
+            float16 the convolutions read operands rescaled by powers of two (`scaled_conv`) and
+            the branch's BN-ReLU is float32 too.
 
     Weights are named `{key}_{field}` after the per-unit layers they stack: `1_conv_kernel` holds
     `stage1_unit{u}_1_conv/kernel` of every unit of the run, `preact_bn_gamma` their
