@@ -89,9 +89,10 @@ def test_grown_weights_stay_finite_under_mixed_float16_with_a_float32_stream(sca
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-2)  # probabilities; float16 convolutions
 
 
+@pytest.mark.slow
 def test_a_deep_mixed_float16_net_with_grown_weights_trains_finite():
-    # CI's witness of the 1000-layer runs (benchmarks/mixed_float16_depth.py): a stacked ResNet-56 in
-    # the grown state, SGD at lr 0.1 under Keras' dynamic loss scaling, fixed seed.
+    # CI's witness (slow tier) of the 1000-layer runs (benchmarks/mixed_float16_depth.py): a stacked
+    # ResNet-56 in the grown state, SGD at lr 0.1 under Keras' dynamic loss scaling, fixed seed.
     images = np.random.default_rng(1).uniform(0, 1, (16, 8, 8, 3)).astype("float32")
     labels = np.arange(16) % 3
     keras.utils.set_random_seed(0)
