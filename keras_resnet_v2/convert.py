@@ -18,7 +18,7 @@ from keras_resnet_v2.layers import ConstantScale, GatedSum, Rematerialized
 from keras_resnet_v2.names import UNIT_NAME as _UNIT_NAME
 from keras_resnet_v2.resnet import ResNet
 from keras_resnet_v2.scaled import ScaledConv2D
-from keras_resnet_v2.stack import UnitStack
+from keras_resnet_v2.stack import UnitStack, functional_like
 from keras_resnet_v2.variants import UNIT_SPECS
 from keras_resnet_v2.weights import assign_by_unit, leaf_layers, unit_value, weights_by_unit
 
@@ -148,9 +148,7 @@ def _convert(model: keras.Model, scan: bool, remat: Optional[bool]) -> keras.Mod
         front = keras.models.clone_model(original, input_tensors=inputs)
         front.set_weights(original.get_weights())
         converted = ResNet(**{**arguments, "name": None}, input_tensor=front.output, scan=scan)
-        network = converted
-        converted = type(network)(inputs, network.output, name=arguments["name"])  # StackedModel stays one
-        converted.dtype_policy = network.dtype_policy
+        converted = functional_like(converted, inputs, converted.output, arguments["name"])
     copy_weights(model, converted)
     return converted
 

@@ -24,6 +24,7 @@ from keras_resnet_v2.depths import IMAGENET_DEPTHS
 from keras_resnet_v2.layers import Standardize
 from keras_resnet_v2.names import short_repr
 from keras_resnet_v2.resnet import ResNet
+from keras_resnet_v2.stack import functional_like
 from keras_resnet_v2.weights import assign_by_unit, slot_shape, weights_by_unit
 
 # timm architectures that are this paper's network, and the checkpoint tag a bare name downloads.
@@ -274,8 +275,7 @@ def from_timm(source: Union[str, os.PathLike, Mapping[str, Any]], *, standardize
                         name=TIMM_STANDARDIZE)(inputs)
         name = arguments.pop("name", None)
         network = ResNet(architecture["depth"], input_tensor=x, **arguments)
-        model = type(network)(inputs, network.output, name=name or network.name)  # StackedModel stays one
-        model.dtype_policy = network.dtype_policy
+        model = functional_like(network, inputs, network.output, name or network.name)
     else:
         model = ResNet(architecture["depth"], **arguments)
     _copy_timm_weights(state, model, new_head=arguments["classes"] != architecture["classes"])

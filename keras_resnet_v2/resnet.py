@@ -25,7 +25,7 @@ from keras_resnet_v2.depths import (
 )
 from keras_resnet_v2.layers import EdgePadding2D, Rematerialized
 from keras_resnet_v2.names import PADDINGS, POOLINGS, SHORTCUT_NAMES, STRIDE_IN, UNITS, check_choice
-from keras_resnet_v2.scaled import ScaledConv2D
+from keras_resnet_v2.scaled import ScaledConv2D, rescales
 from keras_resnet_v2.speed import fuse_batchnorm
 from keras_resnet_v2.stack import StackedModel, UnitStack, branch_layout
 from keras_resnet_v2.variants import (
@@ -239,7 +239,7 @@ class _Ops:
         self.stream_kw = {"dtype": stream_dtype} if stream_dtype else self.policy_kw
         # Under float16 the branches overflow too once the first steps have grown the weights
         # (scaled.py): then every layer is float32 and each convolution a float16 `ScaledConv2D`.
-        self.scaled = bool(stream_dtype) and keras.dtype_policies.get(dtype).compute_dtype == "float16"
+        self.scaled = rescales(stream_dtype, keras.dtype_policies.get(dtype).compute_dtype)
         self.kw = self.stream_kw if self.scaled else self.policy_kw
         self.symmetric = padding == "symmetric"
 

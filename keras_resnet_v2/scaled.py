@@ -35,6 +35,11 @@ from keras_resnet_v2.layers import PACKAGE
 HEADROOM = 14  # |y'| <= 2^14: float16 reaches 65,504 (just under 2^16)
 
 
+def rescales(stream_dtype, compute_dtype: str) -> bool:
+    """Whether a network's convolutions go through `scaled_conv`: a float32 stream under float16."""
+    return stream_dtype == "float32" and compute_dtype == "float16"
+
+
 def _exponent(magnitude):
     """ceil(log2(magnitude)) as float32, in [-60, 60], without a gradient (0 and inf stay finite)."""
     magnitude = ops.maximum(ops.stop_gradient(ops.cast(magnitude, "float32")), 2.0 ** -60)

@@ -25,7 +25,7 @@ from keras import ops
 
 from keras_resnet_v2.layers import PACKAGE
 from keras_resnet_v2.names import BLOCKS, SHORTCUT_NAMES, UNIT_NAME, UNITS, check_choice
-from keras_resnet_v2.scaled import scaled_conv
+from keras_resnet_v2.scaled import rescales, scaled_conv
 from keras_resnet_v2.variants import SHORTCUTS, UNIT_SPECS, resolve_shortcut_options
 
 BN_FIELDS = ("gamma", "beta", "moving_mean", "moving_variance")
@@ -213,7 +213,7 @@ class UnitStack(keras.layers.Layer):
     @property
     def _scaled(self) -> bool:
         """A float32 stream under float16: the branch convolutions read rescaled operands (scaled.py)."""
-        return self.stream_dtype == "float32" and self.compute_dtype == "float16"
+        return rescales(self.stream_dtype, self.compute_dtype)
 
     def _conv(self, x, w, key: str, dtype: Optional[str] = None):
         dtype, kernel, scale = dtype or self.compute_dtype, w[f"{key}_kernel"], None
@@ -330,6 +330,14 @@ class StackedModel(keras.Model):
             "keras_resnet_v2.to_plain(model) gives the same network with one layer per unit, "
             "as does building it with scan=False."
         ) from None
+
+
+def functional_like(model: keras.Model, inputs, outputs, name: Optional[str]) -> keras.Model:
+    """A functional model `inputs` -> `outputs` of `model`'s kind (a `StackedModel` stays one) and dtype
+    policy (which `compile` reads to add loss scaling), for a network rewired to new inputs."""
+    view = (StackedModel if isinstance(model, StackedModel) else keras.Model)(inputs, outputs, name=name)
+    view.dtype_policy = model.dtype_policy
+    return view
 
 
 def _stack_row(model: keras.Model, name: str) -> Optional[tuple[UnitStack, int]]:

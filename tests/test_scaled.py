@@ -64,11 +64,11 @@ def _grown(model, factor=1e5):
     return model
 
 
-def _resnet(scan, **kwargs):
+def _resnet(scan, depth=20, **kwargs):
     keras.utils.set_random_seed(0)
     policy = keras.config.dtype_policy()
     try:
-        return krv2.ResNet(20, input_shape=(8, 8, 3), classes=3, scan=scan, **kwargs)
+        return krv2.ResNet(depth, input_shape=(8, 8, 3), classes=3, scan=scan, **kwargs)
     finally:
         keras.config.set_dtype_policy(policy)
 
@@ -95,13 +95,7 @@ def test_a_deep_mixed_float16_net_with_grown_weights_trains_finite():
     # ResNet-56 in the grown state, SGD at lr 0.1 under Keras' dynamic loss scaling, fixed seed.
     images = np.random.default_rng(1).uniform(0, 1, (16, 8, 8, 3)).astype("float32")
     labels = np.arange(16) % 3
-    keras.utils.set_random_seed(0)
-    policy = keras.config.dtype_policy()
-    try:
-        model = _grown(krv2.ResNet(56, input_shape=(8, 8, 3), classes=3, scan=True, dtype="mixed_float16",
-                                   stream_dtype="float32"))
-    finally:
-        keras.config.set_dtype_policy(policy)
+    model = _grown(_resnet(True, depth=56, dtype="mixed_float16", stream_dtype="float32"))
     before = _numpy(model.get_layer("stage2_unit2_to_unit9").get_weight("2_conv_kernel"))
     model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="sparse_categorical_crossentropy")
     history = model.fit(images, labels, batch_size=2, epochs=2, shuffle=False, verbose=0)

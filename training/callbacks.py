@@ -14,7 +14,7 @@ import os
 import keras
 
 from keras_resnet_v2.plumbing.files import atomic_write
-from keras_resnet_v2.stack import StackedModel
+from keras_resnet_v2.stack import functional_like
 
 
 def read_history(path: str) -> list[dict]:
@@ -59,8 +59,7 @@ def save_model(model: keras.Model, path: str) -> None:
     `keras.models.load_model` after importing only `keras_resnet_v2`, for serving or fine-tuning.
     The optimizer state of a run lives in its `backup/` checkpoint, which is what resuming reads.
     """
-    functional = StackedModel if isinstance(model, StackedModel) else keras.Model
-    view = functional(model.input, model.output, name=model.name)
+    view = functional_like(model, model.input, model.output, model.name)
     atomic_write(path, lambda tmp: view.save(tmp))
 
 
