@@ -8,8 +8,18 @@ saved files: these are faster ways to compute the same numbers.
 
 from __future__ import annotations
 
+import functools
+import threading
+
 import keras
 import tensorflow as tf
+from keras.src.backend.common.stateless_scope import in_stateless_scope
+
+from keras_resnet_v2.layers import assign_updates
+
+# Per replica thread (MirroredStrategy traces each replica in its own thread): the moving-statistics
+# updates of the training call of a model in progress, or None outside one (`collect_updates`).
+_pending = threading.local()
 
 
 def fused_batchnorm_training(x, gamma, beta, epsilon: float):
@@ -51,6 +61,50 @@ def replica_mean(tensors: list) -> list:
     return [tf.cast(tf.reshape(part, t.shape), t.dtype) for part, t in zip(tf.split(flat, sizes), tensors, strict=True)]
 
 
+def update_moving_statistics(updates: list) -> None:
+    """`layers.moving_average_updates` under TensorFlow: each `(variable, batch, momentum)`'s batch
+    averaged over the replicas of a strategy, then `variable <- variable * momentum + batch * (1 - momentum)`.
+
+    Inside the training call of a model that collects (`collect_updates`, which `fuse_batchnorm`
+    installs on the model) the updates wait for the end of that call, where every layer's are
+    averaged in ONE all-reduce: one meeting point of the replicas per step instead of one per
+    BatchNorm layer. Inside a `keras.StatelessScope` (the forward pass of a `Rematerialized` block,
+    and its recomputation in the backward pass) they go to the scope as they are: the block averages
+    what it then assigns. Elsewhere (one replica, a layer called on its own) they apply now.
+    """
+    pending = getattr(_pending, "updates", None)
+    if in_stateless_scope():
+        assign_updates(updates)
+    elif pending is not None:
+        pending.extend(updates)
+    else:
+        batches = replica_mean([batch for _, batch, _ in updates])
+        assign_updates([(variable, batch, momentum) for (variable, _, momentum), batch
+                        in zip(updates, batches, strict=True)])
+
+
+def collect_updates(model: keras.Model):
+    """`model`'s own `call`, its BatchNorm layers' moving-statistics updates applied at its end, in one
+    all-reduce over the replicas (`update_moving_statistics`); plain `call` with one replica."""
+    keras_call = type(model).call.__get__(model)
+
+    @functools.wraps(keras_call)
+    def call(*args, **kwargs):
+        if not kwargs.get("training") or not _several_replicas() or getattr(_pending, "updates", None) is not None:
+            return keras_call(*args, **kwargs)  # nothing to gather, or an enclosing model gathers
+        _pending.updates = []
+        try:
+            outputs = keras_call(*args, **kwargs)
+            updates = _pending.updates
+        finally:
+            _pending.updates = None
+        if updates:
+            update_moving_statistics(updates)
+        return outputs
+
+    return call
+
+
 def _synced_call(layer: keras.layers.BatchNormalization):
     """Keras' own `call` for `layer`, its moving statistics then averaged over the replicas."""
     keras_call = type(layer).call.__get__(layer)
@@ -58,9 +112,8 @@ def _synced_call(layer: keras.layers.BatchNormalization):
     def call(inputs, training=None, mask=None):
         y = keras_call(inputs, training=training, mask=mask)
         if training and layer.trainable and _several_replicas():
-            mean, variance = replica_mean([layer.moving_mean.value, layer.moving_variance.value])
-            layer.moving_mean.assign(mean)
-            layer.moving_variance.assign(variance)
+            update_moving_statistics([(layer.moving_mean, layer.moving_mean.value, None),
+                                      (layer.moving_variance, layer.moving_variance.value, None)])
         return y
 
     return call
@@ -74,10 +127,8 @@ def _fused_call(layer: keras.layers.BatchNormalization):
         if not training or not layer.trainable or mask is not None or inputs.shape.rank != 4:
             return keras_call(inputs, training=training, mask=mask)
         y, mean, variance = fused_batchnorm_training(inputs, layer.gamma.value, layer.beta.value, layer.epsilon)
-        mean, variance = replica_mean([mean, variance])
-        momentum = layer.momentum
-        layer.moving_mean.assign(layer.moving_mean * momentum + mean * (1 - momentum))
-        layer.moving_variance.assign(layer.moving_variance * momentum + variance * (1 - momentum))
+        update_moving_statistics([(layer.moving_mean, mean, layer.momentum),
+                                  (layer.moving_variance, variance, layer.momentum)])
         return y
 
     return call
@@ -85,7 +136,8 @@ def _fused_call(layer: keras.layers.BatchNormalization):
 
 def fuse_batchnorm(model: keras.Model, enable: bool = True) -> int:
     """Gives `model`'s eligible BatchNorm layers the fused training kernel (or Keras' own, with
-    `enable=False`); either way their moving statistics stay equal across replicas (`replica_mean`).
+    `enable=False`); either way their moving statistics stay equal across replicas, averaged in one
+    all-reduce at the end of `model`'s training call (`collect_updates`).
 
     Eligible: 4D NHWC input, centre and scale, not synchronized. Returns how many layers changed kernel.
     """
@@ -98,6 +150,8 @@ def fuse_batchnorm(model: keras.Model, enable: bool = True) -> int:
         count += enable != fused
         layer.call = _fused_call(layer) if enable else _synced_call(layer)
         layer._fused_for_training = enable
+    if "call" not in vars(model):  # the layers' updates gathered into one all-reduce per step
+        model.call = collect_updates(model)
     return count
 
 

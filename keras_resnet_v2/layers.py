@@ -14,6 +14,25 @@ from keras import ops
 PACKAGE = "keras_resnet_v2"
 
 
+def moving_average_updates(updates: list) -> None:
+    """`variable <- variable * momentum + batch * (1 - momentum)` for each `(variable, batch, momentum)`;
+    `momentum=None` assigns `batch`. Under TensorFlow, `_kernels.update_moving_statistics` averages the
+    batches over the replicas of a strategy first (issue 21); other backends assign them as they are."""
+    if keras.backend.backend() == "tensorflow":
+        from keras_resnet_v2._kernels import update_moving_statistics
+
+        update_moving_statistics(updates)
+        return
+    assign_updates(updates)
+
+
+def assign_updates(updates: list) -> None:
+    """The assignments of `moving_average_updates`, batches as given."""
+    for variable, batch, momentum in updates:
+        batch = ops.cast(ops.stop_gradient(batch), variable.dtype)
+        variable.assign(batch if momentum is None else variable * momentum + batch * (1.0 - momentum))
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class ConstantScale(keras.layers.Layer):
     """Multiplies its input by a fixed number: `lambda * x` (paper Sec. 3.1, Fig. 2(b)).
@@ -185,8 +204,8 @@ class Rematerialized(keras.layers.Layer):
             return [y] + [ops.stop_gradient(scope.get_current_value(v)) for v in updated]
 
         outputs = keras.remat(forward)(inputs)
-        for variable, value in zip(updated, outputs[1:], strict=True):
-            variable.assign(value)
+        # The block's updates went to the scope unaveraged; averaged over replicas here, once.
+        moving_average_updates([(variable, value, None) for variable, value in zip(updated, outputs[1:], strict=True)])
         return outputs[0]
 
     def compute_output_shape(self, input_shape):

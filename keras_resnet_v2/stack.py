@@ -23,7 +23,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_resnet_v2.layers import PACKAGE
+from keras_resnet_v2.layers import PACKAGE, moving_average_updates
 from keras_resnet_v2.names import BLOCKS, SHORTCUT_NAMES, UNIT_NAME, UNITS, check_choice
 from keras_resnet_v2.scaled import rescales, scaled_conv
 from keras_resnet_v2.variants import SHORTCUTS, UNIT_SPECS, resolve_shortcut_options
@@ -277,16 +277,9 @@ class UnitStack(keras.layers.Layer):
         if training:
             step = _saving(step, self.remat)
         y, stats = _loop(step, inputs, xs, self.units, self.unroll)
-        if stats and keras.backend.backend() == "tensorflow":  # one set of statistics over replicas
-            from keras_resnet_v2._kernels import replica_mean
-
-            averaged = iter(replica_mean([batch for pair in stats.values() for batch in pair]))
-            stats = {key: (next(averaged), next(averaged)) for key in stats}
-        for key, (means, variances) in stats.items():  # (units, width) each: assigned once, per unit
-            for field, batch in (("moving_mean", means), ("moving_variance", variances)):
-                variable = self.get_weight(f"{key}_{field}")
-                batch = ops.stop_gradient(ops.cast(batch, variable.dtype))
-                variable.assign(variable * self.momentum + batch * (1.0 - self.momentum))
+        # (units, width) each: assigned once per unit, averaged over the replicas of a strategy
+        moving_average_updates([(self.get_weight(f"{key}_{field}"), batch, self.momentum) for key, pair in stats.items()
+                                for field, batch in zip(("moving_mean", "moving_variance"), pair, strict=True)])
         return y
 
     def compute_output_shape(self, input_shape):

@@ -34,12 +34,22 @@ images = rng.uniform(0, 1, (64, 16, 16, 3)).astype("float32")
 labels = rng.integers(0, 4, 64)
 if sys.argv[4:5] == ["fit"]:
     form = sys.argv[5]
+    from keras_resnet_v2 import _kernels
+
+    averaging, reductions = _kernels.replica_mean, []
+
+    def counted(tensors):  # the all-reduces of moving statistics in the traced steps, per replica
+        reductions.append(len(tensors) if tensors and _kernels._several_replicas() else 0)
+        return averaging(tensors)
+
+    _kernels.replica_mean = counted
     with strategy.scope():
         model = keras_resnet_v2.ResNet(20, input_shape=(16, 16, 3), classes=4, scan=form == "scan",
                                        remat=form == "remat", fused_batchnorm=form != "keras")
         model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="sparse_categorical_crossentropy")
     history = model.fit(images, labels, batch_size=global_batch, epochs=1, steps_per_epoch=5, verbose=0)
     arrays = {"loss": np.array(history.history["loss"][-1]), "replicas": np.array(strategy.num_replicas_in_sync),
+              "reductions": np.array([n for n in reductions if n]),
               "predicted": model.predict(images[:16], batch_size=global_batch, verbose=0)}
     for v in model.variables:
         for i, value in enumerate(strategy.experimental_local_results(v.value)):
