@@ -1,15 +1,19 @@
 """BatchNorm statistics under MirroredStrategy: what keeping the replicas' copies equal costs (issue 21).
 
-    python benchmarks/bn_sync.py [--model resnet164] [--batch-size 64] [--steps 4] [--rounds 3] [--scan]
+    python benchmarks/bn_sync.py [--model resnet164] [--batch-size 64] [--steps 5] [--rounds 3] [--scan]
         [--keras-batchnorm]
 
 Two logical CPU devices stand in for two GPUs. Two copies of the same network are built under one
 MirroredStrategy and trained with plain `model.fit`: "synced" (the builder's default since issue 21:
-the batch statistics are averaged over the replicas before each moving-average update, one all-reduce
-per BatchNorm layer, one per UnitStack) and "unsynced" (the same model with that averaging removed when
-its step is traced: how it was before). Rounds alternate between the two, so both see the same machine
-load; a round is one `model.fit` of `--steps` steps; s/step is the median over the rounds after one
-warm-up round each, and the cost is also given from the best round of each. The alternative, one sync
+every BatchNorm layer's and UnitStack's moving-statistics update is gathered during the model's
+training call and the batch statistics averaged over the replicas in ONE packed all-reduce at its end,
+`_kernels.collect_updates`) and "unsynced" (the same model with neither the gathering nor the
+averaging when its step is traced: each layer assigns its own replica's statistics at once, as before
+issue 21). Rounds alternate between the two, so both see the same machine
+load; a round is one `model.fit` of `--steps` steps, its s/step the mean of steps 2.. (benchmarks/
+timing.py: a `fit` call's own overhead is not a step time); s/step is the median over the rounds
+after one warm-up round each, and the cost is also given from the best round of each and from the
+median of all timed steps. The alternative, one sync
 at each epoch end (`training.runtime.moving_statistics_sync`, what `resnet-v2-train` does as well), is
 timed once too, after its trace. Prints one JSON line.
 """
@@ -29,11 +33,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="resnet164")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--scan", action="store_true")
     parser.add_argument("--keras-batchnorm", action="store_true", help="fused_batchnorm=False")
     args = parser.parse_args()
+    if args.steps < 2 or args.rounds < 1:
+        parser.error(f"--steps must be >= 2 and --rounds >= 1. Received: {args.steps}, {args.rounds}")
 
     import tensorflow as tf
 
@@ -41,6 +47,7 @@ def main() -> None:
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
     import numpy as np
+    from timing import fit_step_seconds  # benchmarks/timing.py
 
     import keras_resnet_v2
     from keras_resnet_v2 import _kernels
@@ -58,18 +65,19 @@ def main() -> None:
             model = keras_resnet_v2.ResNet(depth, scan=args.scan, fused_batchnorm=not args.keras_batchnorm)
             model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss="sparse_categorical_crossentropy")
         keras_resnet_v2.build_optimizer(model)
-        _kernels.replica_mean = averaging if mode == "synced" else (lambda tensors: list(tensors))
+        if mode == "unsynced":  # Keras' own model call, and no averaging
+            vars(model).pop("call")
+            _kernels.replica_mean = lambda tensors: list(tensors)
         try:  # the first round traces the step, with or without the averaging
             model.fit(x, y, batch_size=args.batch_size, epochs=1, steps_per_epoch=args.steps, verbose=0)
         finally:
             _kernels.replica_mean = averaging
         models[mode] = model
-    times = {mode: [] for mode in models}
+    times, steps = {mode: [] for mode in models}, {mode: [] for mode in models}
     for _ in range(args.rounds):
         for mode, model in models.items():
-            start = time.perf_counter()
-            model.fit(x, y, batch_size=args.batch_size, epochs=1, steps_per_epoch=args.steps, verbose=0)
-            times[mode].append((time.perf_counter() - start) / args.steps)
+            steps[mode] += fit_step_seconds(model, args.steps, x, y, args.batch_size)
+            times[mode].append(statistics.mean(steps[mode][1 - args.steps:]))
     moving = [v for v in models["unsynced"].non_trainable_variables if "moving_" in v.path]
     sync = runtime.moving_statistics_sync(strategy, moving)
     sync()  # traced once, then timed (the Trainer keeps one such function)
@@ -84,6 +92,9 @@ def main() -> None:
         "sync_cost_percent": round(100 * (step["synced"] / step["unsynced"] - 1), 2),
         # The best round: this machine's CPU quota only adds time, so the minimum is the steadier figure.
         "best_cost_percent": round(100 * (min(times["synced"]) / min(times["unsynced"]) - 1), 2),
+        # Every timed step of every round: the median step is the figure least moved by a slow round.
+        "step_median_cost_percent": round(100 * (statistics.median(steps["synced"])
+                                                 / statistics.median(steps["unsynced"]) - 1), 2),
         "epoch_end_sync_s": round(epoch_end, 4), "all_rounds": {k: [round(t, 4) for t in v] for k, v in times.items()},
     }))
 

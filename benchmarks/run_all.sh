@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every benchmark in one command (about 40 minutes on a 2-core CPU); Markdown to stdout.
+# Every benchmark in one command (about 50 minutes on a 2-core CPU); Markdown to stdout.
 #   pip install -e ".[all]" -r benchmarks/requirements.txt && bash benchmarks/run_all.sh | tee results.md
 # GPU mode of the training benchmark: python benchmarks/train.py --device gpu --precision mixed_float16
 set -euo pipefail
@@ -12,4 +12,6 @@ python benchmarks/resnet1001.py
 python benchmarks/export_time.py --depth 164 --depth 1001
 python benchmarks/build.py
 python benchmarks/deep.py --model resnet1001 --modes plain,stacked,stacked_remat --steps 6
+python benchmarks/tf_stacked.py --rounds 8 --steps 6 --variants plain,stacked --profile
+python benchmarks/bn_sync.py --model resnet164 --rounds 10 --steps 6
 python benchmarks/startup.py --rounds 7

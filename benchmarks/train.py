@@ -36,6 +36,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_resnet_v2 as krv2  # noqa: E402
+from benchmarks.timing import fit_step_seconds  # noqa: E402
 
 CONFIGS = {  # model -> (depth, input side, classes, batch, peers)
     "resnet164": (164, 32, 10, 64, ("ours", "ours_keras_bn", "torch")),
@@ -77,16 +78,6 @@ def fp32_peak_gflops() -> tuple[float, str]:
 # ------------------------------------------------------------------ peers
 
 
-class StepTimes(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.ends: list[float] = []
-
-    def on_train_batch_end(self, batch, logs=None):
-        float(logs["loss"])  # waits for the step's result
-        self.ends.append(time.perf_counter())
-
-
 def keras_peer(model: keras.Model, side: int, classes: int, batch: int, precision: str):
     """`model` was built under the precision policy and in the strategy's scope; compiles it there."""
     import tensorflow as tf
@@ -100,9 +91,7 @@ def keras_peer(model: keras.Model, side: int, classes: int, batch: int, precisio
                   loss=keras.losses.SparseCategoricalCrossentropy())
 
     def run(steps: int) -> list[float]:
-        timer = StepTimes()
-        model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[timer])
-        return list(np.diff(timer.ends))
+        return fit_step_seconds(model, steps, data)
 
     return run
 

@@ -22,10 +22,10 @@ def fuse_batchnorm(model: keras.Model, enable: bool = True) -> int:
     the same moving averages. Only these instances change: config, weights, files and the
     inference path (which exports trace) stay Keras'. `enable=False` gives the layers back
     Keras' own kernel. Either way, under a `tf.distribute` strategy with several replicas, the
-    batch statistics are averaged over the replicas before the moving averages take them (one
-    all-reduce per layer), so every replica holds the same moving statistics after `model.fit`
-    and in-process predictions equal the saved model's (issue 21; `UnitStack` does the same, one
-    all-reduce per stack). On other backends it does nothing and returns 0.
+    batch statistics are averaged over the replicas before the moving averages take them, every
+    layer's (and `UnitStack`'s) in one packed all-reduce at the end of the model's training call,
+    so every replica holds the same moving statistics after `model.fit` and in-process predictions
+    equal the saved model's (issue 21). On other backends it does nothing and returns 0.
 
     Models built by `keras_resnet_v2.ResNet` and loaded by `keras_resnet_v2.load_model` under
     TensorFlow are already fused; `keras.models.load_model` gives Keras' BatchNorm until this is called.

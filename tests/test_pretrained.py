@@ -133,6 +133,7 @@ def _timm_resize(image, side, crop):
     return resized[top:top + crop, left:left + crop].astype("float32")
 
 
+@pytest.mark.slow  # 15 s; the fast tier loads converted weights (fine-tuning) and exports trained runs elsewhere
 def test_converted_model_exports_and_evaluates_with_timms_preprocessing(tmp_path, monkeypatch, capsys):
     # A converted .keras file exports (resnet-v2-export, no flags) and evaluates (resnet-v2-train
     # evaluate --dataset imagenet2012) with timm's test-time sizing: shorter side floor(64 / 0.95) = 67,
