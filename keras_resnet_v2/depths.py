@@ -16,7 +16,7 @@ from keras_resnet_v2.names import BLOCKS, FAMILIES, check_choice, choices
 # otherwise: ResNet-1001 (111 a stage) and ResNet-1202 (200). benchmarks/RESULTS.md, "Deep networks":
 # the stacked ResNet-1001 builds in 0.5 s instead of 14 s, takes its first step 4.5x sooner on a CPU
 # and 7x sooner on an H100, where it also trains 1.54x faster (TensorFlow on a CPU, side by side:
-# 1.03x plain). ResNet-110/164 (18 a stage) stay per-unit: their plain graphs build in seconds and
+# 0.9-1.0x plain). ResNet-110/164 (18 a stage) stay per-unit: their plain graphs build in seconds and
 # train slightly faster under TensorFlow on a CPU (ResNet-164 stacked 0.965x).
 STACKED_UNITS = 100
 
