@@ -28,18 +28,18 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from timing import add_round_options, check_round_options, fit_step_seconds  # noqa: E402 (benchmarks/timing.py)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="resnet164")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3)
+    add_round_options(parser, steps=5, rounds=3)
     parser.add_argument("--scan", action="store_true")
     parser.add_argument("--keras-batchnorm", action="store_true", help="fused_batchnorm=False")
     args = parser.parse_args()
-    if args.steps < 2 or args.rounds < 1:
-        parser.error(f"--steps must be >= 2 and --rounds >= 1. Received: {args.steps}, {args.rounds}")
+    check_round_options(parser, args)
 
     import tensorflow as tf
 
@@ -47,7 +47,6 @@ def main() -> None:
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
     import numpy as np
-    from timing import fit_step_seconds  # benchmarks/timing.py
 
     import keras_resnet_v2
     from keras_resnet_v2 import _kernels
@@ -76,8 +75,9 @@ def main() -> None:
     times, steps = {mode: [] for mode in models}, {mode: [] for mode in models}
     for _ in range(args.rounds):
         for mode, model in models.items():
-            steps[mode] += fit_step_seconds(model, args.steps, x, y, args.batch_size)
-            times[mode].append(statistics.mean(steps[mode][1 - args.steps:]))
+            seconds = fit_step_seconds(model, args.steps, x, y, args.batch_size)
+            steps[mode] += seconds
+            times[mode].append(statistics.mean(seconds))
     moving = [v for v in models["unsynced"].non_trainable_variables if "moving_" in v.path]
     sync = runtime.moving_statistics_sync(strategy, moving)
     sync()  # traced once, then timed (the Trainer keeps one such function)

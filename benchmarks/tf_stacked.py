@@ -31,20 +31,20 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from timing import add_round_options, check_round_options, fit_step_seconds  # noqa: E402 (benchmarks/timing.py)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="resnet164")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3)
+    add_round_options(parser, steps=5, rounds=3)
     parser.add_argument("--variants", default="plain,stacked,plain/remapping,stacked/remapping")
     parser.add_argument("--profile", action="store_true",
                         help="then profile one more fit per variant: kernel time per step by op type")
     args = parser.parse_args()
     variants = args.variants.split(",")
-    if args.steps < 2 or args.rounds < 1:
-        parser.error(f"--steps must be >= 2 and --rounds >= 1. Received: {args.steps}, {args.rounds}")
+    check_round_options(parser, args)
     for variant in variants:
         if variant.partition("/")[0] not in ("plain", "stacked"):
             parser.error(f"--variants: each must start with plain or stacked. Received: {variant}")
@@ -52,7 +52,6 @@ def main() -> None:
     import keras
     import numpy as np
     import tensorflow as tf
-    from timing import fit_step_seconds  # benchmarks/timing.py
 
     import keras_resnet_v2
 
