@@ -13,9 +13,9 @@ issue 21). Rounds alternate between the two, so both see the same machine
 load; a round is one `model.fit` of `--steps` steps, its s/step the mean of steps 2.. (benchmarks/
 timing.py: a `fit` call's own overhead is not a step time); s/step is the median over the rounds
 after one warm-up round each, and the cost is also given from the best round of each and from the
-median of all timed steps. The alternative, one sync
-at each epoch end (`training.runtime.moving_statistics_sync`, what `resnet-v2-train` does as well), is
-timed once too, after its trace. Prints one JSON line.
+median of all timed steps. (The per-step averaging is the package's one sync path: `resnet-v2-train`'s
+Trainer uses it too, `batchnorm.sync_batchnorm_statistics`; the epoch-end sync it had before is gone.)
+Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -50,7 +49,6 @@ def main() -> None:
 
     import keras_resnet_v2
     from keras_resnet_v2 import _kernels
-    from keras_resnet_v2.training import runtime
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     depth = int(args.model.removeprefix("resnet"))
@@ -78,12 +76,6 @@ def main() -> None:
             seconds = fit_step_seconds(model, args.steps, x, y, args.batch_size)
             steps[mode] += seconds
             times[mode].append(statistics.mean(seconds))
-    moving = [v for v in models["unsynced"].non_trainable_variables if "moving_" in v.path]
-    sync = runtime.moving_statistics_sync(strategy, moving)
-    sync()  # traced once, then timed (the Trainer keeps one such function)
-    start = time.perf_counter()
-    sync()
-    epoch_end = time.perf_counter() - start
     step = {mode: statistics.median(values) for mode, values in times.items()}
     print(json.dumps({
         "model": args.model, "scan": args.scan, "fused_batchnorm": not args.keras_batchnorm,
@@ -95,7 +87,7 @@ def main() -> None:
         # Every timed step of every round: the median step is the figure least moved by a slow round.
         "step_median_cost_percent": round(100 * (statistics.median(steps["synced"])
                                                  / statistics.median(steps["unsynced"]) - 1), 2),
-        "epoch_end_sync_s": round(epoch_end, 4), "all_rounds": {k: [round(t, 4) for t in v] for k, v in times.items()},
+        "all_rounds": {k: [round(t, 4) for t in v] for k, v in times.items()},
     }))
 
 

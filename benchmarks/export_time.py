@@ -5,7 +5,7 @@
 The model's BatchNorm statistics are calibrated on one batch first (momentum 0, one training
 pass), as after training, so verification compares informative outputs. Prints a Markdown table
 row per depth: seconds for each stage, and the parity errors against Keras, with the float32
-noise floor that sets the allowed error (export/verify.py).
+noise floor that sets the allowed error (export/verification.py).
 """
 
 from __future__ import annotations

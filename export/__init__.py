@@ -28,8 +28,8 @@ from keras_resnet_v2.plumbing.lazy import lazy_package  # noqa: E402
 # Public names by defining module, imported on first use (keras_resnet_v2.plumbing.lazy).
 EXPORTS = {
     "onnx": ("export_onnx",),
-    "savedmodel": ("export_savedmodel", "float32_copy", "load_model", "serving_preprocessing", "training_metadata"),
-    "verify": ("VerificationError", "verify"),
+    "savedmodel": ("export_savedmodel", "float32_copy", "load_model", "run_preprocessing", "training_metadata"),
+    "verification": ("VerificationError", "verify"),
     "workflow": ("export_and_verify",),
 }
 __getattr__, __dir__, _names = lazy_package(__name__, EXPORTS)

@@ -34,7 +34,7 @@ def _run_details(path: str) -> dict:
         raise ValueError(f"{config_path} is damaged: `class_names` must be a list of class-name strings. "
                          f"Received: class_names={short_repr(labels)}")
     return {"extra_metadata": export.training_metadata(config), "labels": labels,
-            "preprocessing": export.serving_preprocessing(config)}
+            "preprocessing": export.run_preprocessing(config)}
 
 
 def _check_version_dir(path: str) -> None:
@@ -79,12 +79,12 @@ def crop_fraction(text: str) -> float:
     return value
 
 
-def _serving_preprocessing(args, model, default: Optional[str]):
+def _preprocessing_for(args, model, default: Optional[str]):
     """The run's (or a converted model's) preprocessing, with the flags given on top."""
     from keras_resnet_v2 import pretrained
     from keras_resnet_v2.plumbing import images
 
-    base = images.as_preprocessing(default or pretrained.serving_preprocessing(model) or "resize")
+    base = images.as_preprocessing(default or pretrained.timm_preprocessing(model) or "resize")
     return base.overridden(args.preprocessing, args.crop_fraction, args.interpolation)
 
 
@@ -179,7 +179,7 @@ def _export_or_verify(args, verify_only: bool, labels: Optional[list] = None) ->
             report = export.verify(model, savedmodel_dir=args.savedmodel, onnx_path=args.onnx, report_path=report_path)
         else:
             details = _run_details(args.model)
-            details["preprocessing"] = _serving_preprocessing(args, model, details.get("preprocessing"))
+            details["preprocessing"] = _preprocessing_for(args, model, details.get("preprocessing"))
             if labels is not None:
                 details["labels"] = labels
             result = export.export_and_verify(model, args.savedmodel, args.onnx, version=args.version,

@@ -248,7 +248,7 @@ def training_metadata(run_config: dict) -> dict:
             "normalization": recipe.get("normalization", "none (raw pixels)")}
 
 
-def serving_preprocessing(run_config: dict) -> str:
+def run_preprocessing(run_config: dict) -> str:
     """How `serve_image_bytes` should size images for a model trained by this run (its config.json):
     ImageNet-style data (images of varying sizes) was tested on centre crops, the rest resized."""
     if run_config.get("preprocessing") in image_ops.MODES:

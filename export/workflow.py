@@ -17,7 +17,7 @@ from keras_resnet_v2.export.savedmodel import (
     stage_savedmodel,
     with_input_scale,
 )
-from keras_resnet_v2.export.verify import verify
+from keras_resnet_v2.export.verification import verify
 from keras_resnet_v2.plumbing.files import DirectoryLock
 
 

@@ -31,23 +31,25 @@ More, with the `train` and `export` extras:
 
 from keras_resnet_v2.plumbing.lazy import lazy_package
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Public names by the module that defines them; each module is imported on first use, so
 # `import keras_resnet_v2` is instant and loads no backend (keras_resnet_v2.plumbing.lazy).
 EXPORTS = {
+    "batchnorm": ("fuse_batchnorm",),
     "convert": ("copy_weights", "to_plain", "to_stacked"),
     "depths": ("IMAGENET_DEPTHS", "resolve_depth"),
     "features": ("pyramid_outputs",),
     "layers": ("ConstantScale", "EdgePadding2D", "GatedSum", "Rematerialized", "Standardize"),
+    "models": ("ResNetModel", "StackedModel"),
     "names": ("BLOCKS", "FAMILIES", "PADDINGS", "POOLINGS", "SHORTCUT_NAMES", "STRIDE_IN", "UNITS"),
     "pretrained": ("TIMM_MODELS", "TIMM_SERVING", "from_timm"),
     "resnet": ("ResNet", "ResNet18", "ResNet20", "ResNet32", "ResNet34", "ResNet44", "ResNet50",
                "ResNet56", "ResNet101", "ResNet110", "ResNet152", "ResNet164", "ResNet200", "ResNet1001", "ResNet1202",
                "ensure_recursion_limit"),
     "scaled": ("ScaledConv2D",),
-    "speed": ("build_optimizer", "fuse_batchnorm"),
-    "stack": ("StackedModel", "UnitStack"),
+    "speed": ("build_optimizer",),
+    "stack": ("UnitStack",),
     "variants": ("SHORTCUTS", "UNIT_SPECS"),
 }
 
@@ -60,7 +62,7 @@ def _keras_loaded() -> None:
 
 
 # When Keras is imported (before or after this package), the modules defining our layers run, so
-# `keras.models.load_model` finds them (resnet imports layers and stack).
+# `keras.models.load_model` finds them (resnet imports layers, stack and models).
 __getattr__, __dir__, _names = lazy_package(__name__, EXPORTS, register=("resnet",), on_register=_keras_loaded,
                                             public_subpackages=("export", "training"))
 __all__ = ["__version__", *_names]

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import functools
 import threading
+from typing import Optional
 
 import keras
 import tensorflow as tf
 from keras.src.backend.common.stateless_scope import in_stateless_scope
 
-from keras_resnet_v2.layers import assign_updates
+from keras_resnet_v2.moving import assign_moving_averages
 
 # Per replica thread (MirroredStrategy traces each replica in its own thread): the moving-statistics
 # updates of the training call of a model in progress, or None outside one (`collect_updates`).
@@ -62,10 +63,10 @@ def replica_mean(tensors: list) -> list:
 
 
 def update_moving_statistics(updates: list) -> None:
-    """`layers.moving_average_updates` under TensorFlow: each `(variable, batch, momentum)`'s batch
+    """`batchnorm.moving_average_updates` under TensorFlow: each `(variable, batch, momentum)`'s batch
     averaged over the replicas of a strategy, then `variable <- variable * momentum + batch * (1 - momentum)`.
 
-    Inside the training call of a model that collects (`collect_updates`, which `fuse_batchnorm`
+    Inside the training call of a model that collects (`collect_updates`, which `set_batchnorm_kernels`
     installs on the model) the updates wait for the end of that call, where every layer's are
     averaged in ONE all-reduce: one meeting point of the replicas per step instead of one per
     BatchNorm layer. Inside a `keras.StatelessScope` (the forward pass of a `Rematerialized` block,
@@ -74,12 +75,12 @@ def update_moving_statistics(updates: list) -> None:
     """
     pending = getattr(_pending, "updates", None)
     if in_stateless_scope():
-        assign_updates(updates)
+        assign_moving_averages(updates)
     elif pending is not None:
         pending.extend(updates)
     else:
         batches = replica_mean([batch for _, batch, _ in updates])
-        assign_updates([(variable, batch, momentum) for (variable, _, momentum), batch
+        assign_moving_averages([(variable, batch, momentum) for (variable, _, momentum), batch
                         in zip(updates, batches, strict=True)])
 
 
@@ -134,10 +135,11 @@ def _fused_call(layer: keras.layers.BatchNormalization):
     return call
 
 
-def fuse_batchnorm(model: keras.Model, enable: bool = True) -> int:
-    """Gives `model`'s eligible BatchNorm layers the fused training kernel (or Keras' own, with
-    `enable=False`); either way their moving statistics stay equal across replicas, averaged in one
-    all-reduce at the end of `model`'s training call (`collect_updates`).
+def set_batchnorm_kernels(model: keras.Model, fused: Optional[bool] = True) -> int:
+    """`batchnorm.fuse_batchnorm` under TensorFlow: gives `model`'s eligible BatchNorm layers the fused
+    training kernel (`fused=True`), Keras' own (False) or keeps each one's (None); either way their moving
+    statistics stay equal across replicas, averaged in one all-reduce at the end of `model`'s training
+    call (`collect_updates`).
 
     Eligible: 4D NHWC input, centre and scale, not synchronized. Returns how many layers changed kernel.
     """
@@ -146,10 +148,11 @@ def fuse_batchnorm(model: keras.Model, enable: bool = True) -> int:
         if not (isinstance(layer, keras.layers.BatchNormalization) and layer.axis in (-1, 3) and layer.center
                 and layer.scale and not layer.synchronized):
             continue
-        fused = "call" in vars(layer) and getattr(layer, "_fused_for_training", False)
-        count += enable != fused
-        layer.call = _fused_call(layer) if enable else _synced_call(layer)
-        layer._fused_for_training = enable
+        was_fused = "call" in vars(layer) and getattr(layer, "_fused_for_training", False)
+        use = was_fused if fused is None else fused
+        count += use != was_fused
+        layer.call = _fused_call(layer) if use else _synced_call(layer)
+        layer._fused_for_training = use
     if "call" not in vars(model):  # the layers' updates gathered into one all-reduce per step
         model.call = collect_updates(model)
     return count

@@ -1,24 +1,30 @@
 """Between the two forms of one network: per-unit layers (`scan=False`) and `UnitStack`s (`scan=True`).
 
-`to_stacked(model)` and `to_plain(model)` read the architecture back from a model built by `ResNet`
-(its layer names and configs, so a model loaded from a file works too), build the other form with
-the same arguments, and copy every weight: a plain unit's `stage1_unit5_1_conv/kernel` is row 3 of
-`stage1_unit2_to_unit18`'s `1_conv_kernel`. Layers in front of the network (a `Standardize`
-layer, as `resnet-v2-train` puts there) are cloned with their weights.
+`to_stacked(model)` and `to_plain(model)` take the `Config` a model built by `ResNet` keeps
+(`network_config`), build the other form from it, and copy every weight: a plain unit's
+`stage1_unit5_1_conv/kernel` is row 3 of `stage1_unit2_to_unit18`'s `1_conv_kernel`. Layers in front
+of the network (a `Standardize` layer, as `resnet-v2-train` puts there) are cloned with their weights.
+
+A model without a kept `Config` (a `.keras` file saved by keras_resnet_v2 0.1, or a network rewired
+by other code) has its arguments read back from its layer names and configs instead
+(`_arguments_from_layers`): the fallback, not the way.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional
 
 import keras
 
+from keras_resnet_v2.config import Config
 from keras_resnet_v2.depths import CIFAR_LAYERS_PER_UNIT, IMAGENET_DEPTHS
 from keras_resnet_v2.layers import ConstantScale, GatedSum, Rematerialized
+from keras_resnet_v2.models import functional_like
 from keras_resnet_v2.names import UNIT_NAME as _UNIT_NAME
-from keras_resnet_v2.resnet import ResNet
+from keras_resnet_v2.resnet import build, resolve_config
 from keras_resnet_v2.scaled import ScaledConv2D
-from keras_resnet_v2.stack import UnitStack, functional_like
+from keras_resnet_v2.stack import UnitStack
 from keras_resnet_v2.variants import UNIT_SPECS
 from keras_resnet_v2.weights import assign_by_unit, leaf_layers, unit_value, weights_by_unit
 
@@ -71,8 +77,27 @@ def _unit_variant(layers: dict, convs: int) -> str:
     raise ValueError(f"`model` has residual units of no known variant (layers {sorted(seen)}).")
 
 
+def network_config(model: keras.Model) -> Config:
+    """The `Config` `model` was built from: the one it keeps, else read back from its layers.
+
+    Example:
+        >>> network_config(keras_resnet_v2.ResNet164()).units_per_stage
+        (18, 18, 18)
+    """
+    config = getattr(model, "resnet_config", None)
+    if config is not None:
+        return config
+    arguments = _arguments_from_layers(model)
+    return resolve_config(**arguments, input_shape=model.input_shape[1:])
+
+
 def resnet_arguments(model: keras.Model) -> dict[str, Any]:
-    """The `ResNet(...)` arguments `model` was built with, read from its layers (not `input_tensor`)."""
+    """The `ResNet(...)` arguments `model` was built with (not `input_tensor` or `weights`)."""
+    return network_config(model).arguments()
+
+
+def _arguments_from_layers(model: keras.Model) -> dict[str, Any]:
+    """`ResNet`'s arguments worked out from layer names and configs: models that keep no `Config`."""
     layers = leaf_layers(model)
     _check_resnet(model, layers)
     stacks = [layer for layer in layers.values() if isinstance(layer, UnitStack)]
@@ -98,10 +123,10 @@ def resnet_arguments(model: keras.Model) -> dict[str, Any]:
         classes=top.units if top else None, widths=widths, stream_dtype=_stream_dtype(layers),
         padding="symmetric" if "stem_conv_pad" in layers or "stem_pool_pad" in layers
         or any(name.endswith("_conv_pad") for name in layers) else "same",
-        classifier_activation=keras.activations.get(top.get_config()["activation"]) if top else "softmax",
+        classifier_activation=top.get_config()["activation"] if top else "softmax",
         dtype=_policy(layers["stem_conv"]), name=model.name,
         remat=any(isinstance(layer, Rematerialized) for layer in model._flatten_layers(include_self=False))
-        or any(stack.remat for stack in stacks),
+        or any(stack.remat for stack in stacks), scan=bool(stacks),
         **options,
     )
     return arguments
@@ -135,20 +160,19 @@ def copy_weights(source: keras.Model, target: keras.Model) -> None:
 
 
 def _convert(model: keras.Model, scan: bool, remat: Optional[bool]) -> keras.Model:
-    arguments = resnet_arguments(model)
-    if remat is not None:
-        arguments["remat"] = remat
+    config = network_config(model)
+    config = dataclasses.replace(config, scan=scan, remat=config.remat if remat is None else remat)
     layers = leaf_layers(model)
     stem_input = layers.get("stem_conv_pad", layers["stem_conv"]).input  # the network's first layer
     if stem_input is model.inputs[0]:
-        converted = ResNet(**arguments, input_shape=model.input_shape[1:], scan=scan)
+        converted = build(dataclasses.replace(config, input_shape=model.input_shape[1:]))
     else:  # layers in front of the network (e.g. Standardize): cloned, weights copied below
         inputs = keras.Input(shape=model.input_shape[1:], dtype=model.inputs[0].dtype, name=model.inputs[0].name)
         original = keras.Model(model.inputs[0], stem_input)
         front = keras.models.clone_model(original, input_tensors=inputs)
         front.set_weights(original.get_weights())
-        converted = ResNet(**{**arguments, "name": None}, input_tensor=front.output, scan=scan)
-        converted = functional_like(converted, inputs, converted.output, arguments["name"])
+        converted = build(dataclasses.replace(config, name=None), input_tensor=front.output)
+        converted = functional_like(converted, inputs, converted.output, config.name)
     copy_weights(model, converted)
     return converted
 

@@ -1,8 +1,8 @@
 """Depth tables as data, and the check of a depth against them (no Keras: the CLIs use it first).
 
-FACTS.md "CIFAR architecture" / "ImageNet architecture": CIFAR nets have 3 stages of n units
+The paper's CIFAR nets (Sec. 4 and Appendix; He et al. 2015, Sec. 4.2) have 3 stages of n units
 (depth 6n+2 basic, 9n+2 bottleneck, 3n+2 single-conv); ImageNet nets have 4 stages whose unit
-counts are listed per depth.
+counts are listed per depth (He et al. 2015, Table 1; ResNet-200: this paper, Sec. 5).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ MAX_DEPTH = 2_000
 
 @dataclass(frozen=True)
 class Family:
-    """The fixed parts of a network layout (FACTS.md "CIFAR/ImageNet architecture")."""
+    """The fixed parts of a network layout (the paper's Appendix; He et al. 2015, Table 1 and Sec. 4.2)."""
 
     widths: tuple[int, ...]  # basic-unit width per stage; bottleneck inner width
     stem_kernel: int
@@ -61,7 +61,7 @@ FAMILY_SPECS: dict[str, Family] = {
     "imagenet": Family((64, 128, 256, 512), 7, 2, True, 1, (224, 224, 3), 1000),
 }
 
-# ImageNet: units per stage (paper / FACTS.md). A new depth is one line.
+# ImageNet: units per stage (He et al. 2015, Table 1; ResNet-200: this paper). A new depth is one line.
 IMAGENET_DEPTHS: dict[int, tuple[str, tuple[int, ...]]] = {
     18: ("basic", (2, 2, 2, 2)),
     34: ("basic", (3, 4, 6, 3)),

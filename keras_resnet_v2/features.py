@@ -20,23 +20,19 @@ import math
 
 import keras
 
-from keras_resnet_v2.convert import resnet_arguments, unit_counts
-from keras_resnet_v2.depths import FAMILY_SPECS
+from keras_resnet_v2.convert import network_config
 from keras_resnet_v2.layers import Rematerialized
 from keras_resnet_v2.variants import UNIT_SPECS
 from keras_resnet_v2.weights import leaf_layers
 
 
 def _stage_outputs(layers: dict, counts: tuple[int, ...]) -> list:
-    """The raw output tensor of each stage: its last unit's last layer, or the stack holding it."""
+    """The raw output tensor of each stage: its last unit's last layer (`layers` is in the graph's order,
+    whatever the unit and shortcut variant), or the stack holding that unit."""
     found = []
     for k, n in enumerate(counts, start=1):
-        last = f"stage{k}_unit{n}"
-        for name in (f"{last}_out_relu", f"{last}_out_bn", f"{last}_add", f"{last}_gated_sum",
-                     f"stage{k}_unit2_to_unit{n}"):
-            if name in layers:
-                found.append(layers[name].output)
-                break
+        last, stack = f"stage{k}_unit{n}_", f"stage{k}_unit2_to_unit{n}"
+        found.append(layers[[name for name in layers if name.startswith(last) or name == stack][-1]].output)
     return found
 
 
@@ -61,21 +57,21 @@ def pyramid_outputs(model: keras.Model, normalized: bool = True) -> dict[str, ke
     """
     if not isinstance(normalized, bool):
         raise ValueError(f"`normalized` must be True or False. Received: normalized={normalized!r}")
-    arguments = resnet_arguments(model)  # refuses a model that is not ours, in one line
+    config = network_config(model)  # refuses a model that is not ours, in one line
     if any(isinstance(layer, Rematerialized) for layer in model.layers):
         raise ValueError("`model` was built with remat=True, whose blocks span stage boundaries: take the features "
                          "of `keras_resnet_v2.to_plain(model, remat=False)` (the same weights). "
                          f"Received: model={model.name!r}")
     layers = leaf_layers(model)
-    counts = unit_counts(layers)
+    counts = config.units_per_stage
     stages = len(counts)
     raw = _stage_outputs(layers, counts)
-    spec = UNIT_SPECS[arguments["unit"]]
-    family = FAMILY_SPECS[arguments["family"]]
+    spec = UNIT_SPECS[config.unit]
+    family = config.family_spec
     stem = family.stem_stride * (2 if family.stem_pool else 1)
     found = {}
     for k in range(1, stages + 1):
-        halvings = k - 1 if arguments["stride_in"] == "first" else min(k, stages - 1)
+        halvings = k - 1 if config.stride_in == "first" else min(k, stages - 1)
         feature = raw[k - 1]
         if normalized:
             reader = (f"stage{k + 1}_unit1_preact_{spec.preact[-1]}" if k < stages and spec.preact

@@ -1,4 +1,5 @@
-"""The small layers the shortcut variants of the paper need (Fig. 2 (b)-(d)), and `Standardize`.
+"""The small layers the networks need: the shortcut variants' (Fig. 2 (b)-(d)), `Standardize`,
+`EdgePadding2D` and `Rematerialized`.
 
 Both are registered with Keras, so a model that uses them saves to `.keras` and
 loads back with `keras.models.load_model(path, safe_mode=True)`: no `Lambda`.
@@ -11,26 +12,15 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_resnet_v2.batchnorm import moving_average_updates
+
 PACKAGE = "keras_resnet_v2"
 
 
-def moving_average_updates(updates: list) -> None:
-    """`variable <- variable * momentum + batch * (1 - momentum)` for each `(variable, batch, momentum)`;
-    `momentum=None` assigns `batch`. Under TensorFlow, `_kernels.update_moving_statistics` averages the
-    batches over the replicas of a strategy first (issue 21); other backends assign them as they are."""
-    if keras.backend.backend() == "tensorflow":
-        from keras_resnet_v2._kernels import update_moving_statistics
-
-        update_moving_statistics(updates)
-        return
-    assign_updates(updates)
-
-
-def assign_updates(updates: list) -> None:
-    """The assignments of `moving_average_updates`, batches as given."""
-    for variable, batch, momentum in updates:
-        batch = ops.cast(ops.stop_gradient(batch), variable.dtype)
-        variable.assign(batch if momentum is None else variable * momentum + batch * (1.0 - momentum))
+def gated_sum(shortcut, residual, gate, exclusive: bool):
+    """`(1 - g) * h + g * F` (exclusive gating, Fig. 2(c)) or `(1 - g) * h + F` (shortcut-only gating, 2(d))."""
+    carried = (1 - gate) * shortcut
+    return carried + (gate * residual if exclusive else residual)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -76,9 +66,7 @@ class GatedSum(keras.layers.Layer):
         self.exclusive = bool(exclusive)
 
     def call(self, inputs):
-        shortcut, residual, gate = inputs
-        carried = (1 - gate) * shortcut
-        return carried + (gate * residual if self.exclusive else residual)
+        return gated_sum(*inputs, exclusive=self.exclusive)
 
     def compute_output_shape(self, input_shape):
         return input_shape[0]

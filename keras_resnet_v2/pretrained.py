@@ -22,9 +22,9 @@ import numpy as np
 
 from keras_resnet_v2.depths import IMAGENET_DEPTHS
 from keras_resnet_v2.layers import Standardize
+from keras_resnet_v2.models import functional_like
 from keras_resnet_v2.names import short_repr
 from keras_resnet_v2.resnet import ResNet
-from keras_resnet_v2.stack import functional_like
 from keras_resnet_v2.weights import assign_by_unit, slot_shape, weights_by_unit
 
 # timm architectures that are this paper's network, and the checkpoint tag a bare name downloads.
@@ -46,7 +46,7 @@ TIMM_STD = (0.229, 0.224, 0.225)
 # (keras_resnet_v2.plumbing.images): the shorter side to floor(224 / 0.95) = 235, then the centre 224 crop.
 TIMM_SERVING = {"mode": "shorter_side_crop", "crop_fraction": 0.95, "interpolation": "bicubic"}
 # The name of the Standardize layer from_timm puts in front; exports and evaluation of a model that
-# has it default to TIMM_SERVING (`serving_preprocessing`), so a converted `.keras` file needs no flags.
+# has it default to TIMM_SERVING (`timm_preprocessing`), so a converted `.keras` file needs no flags.
 TIMM_STANDARDIZE = "timm_standardize"
 # Builder arguments that keep the checkpoint's architecture (anything else would not fit it).
 _BUILDER_ARGUMENTS = ("include_top", "input_shape", "pooling", "classes", "classifier_activation", "dtype",
@@ -282,12 +282,12 @@ def from_timm(source: Union[str, os.PathLike, Mapping[str, Any]], *, standardize
     return model
 
 
-def serving_preprocessing(model: keras.Model) -> Union[dict, None]:
+def timm_preprocessing(model: keras.Model) -> Union[dict, None]:
     """`TIMM_SERVING` for a model `from_timm` built with `standardize=True` (its `timm_standardize`
     layer), else None: how `resnet-v2-export` and `resnet-v2-train evaluate` size its test images.
 
     Example:
-        >>> serving_preprocessing(from_timm("tests/data/timm_resnetv2_18_tiny.safetensors"))["crop_fraction"]
+        >>> timm_preprocessing(from_timm("tests/data/timm_resnetv2_18_tiny.safetensors"))["crop_fraction"]
         0.95
     """
     names = {layer.name for layer in model.layers[:3]}

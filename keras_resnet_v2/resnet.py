@@ -1,42 +1,32 @@
 """ResNet builders: He et al., "Identity Mappings in Deep Residual Networks" (ECCV 2016).
 
-One builder, `ResNet`, composes a family (CIFAR or ImageNet layout), a depth (a line
-of data), a residual-unit variant (Fig. 4) and a shortcut variant (Fig. 2). The
-named constructors (`ResNet1001`, `ResNet50`, ...) are thin wrappers over it.
+One builder, `ResNet`, checks its arguments into a `Config` (config.py: a family, a depth as a line
+of data, a residual-unit variant of Fig. 4 and a shortcut variant of Fig. 2) and builds from it:
+each residual unit runs the steps of `variants.unit_plan` as named Keras layers, and the units
+take one of three forms (plain, rematerialized segments, stacked). The named constructors
+(`ResNet1001`, `ResNet50`, ...) are thin wrappers over it, with its signature.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import os
 import sys
 import warnings
-from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Union
 
 import keras
 
-from keras_resnet_v2.depths import (
-    FAMILY_SPECS,
-    Family,
-    default_scan,
-    resolve_depth,
-)
+from keras_resnet_v2.batchnorm import fuse_batchnorm
+from keras_resnet_v2.config import Config, Unit, check_arguments, default_stream_dtype
 from keras_resnet_v2.layers import EdgePadding2D, Rematerialized
-from keras_resnet_v2.names import PADDINGS, POOLINGS, SHORTCUT_NAMES, STRIDE_IN, UNITS, check_choice
+from keras_resnet_v2.models import ResNetModel, model_class
 from keras_resnet_v2.scaled import ScaledConv2D, rescales
-from keras_resnet_v2.speed import fuse_batchnorm
-from keras_resnet_v2.stack import StackedModel, UnitStack, branch_layout
-from keras_resnet_v2.variants import (
-    SHORTCUTS,
-    UNIT_SPECS,
-    ShortcutInputs,
-    UnitSpec,
-    kernel_initializer,
-    resolve_shortcut_options,
-)
-from keras_resnet_v2.weights import check_weights_path, load_weights
+from keras_resnet_v2.stack import UnitStack
+from keras_resnet_v2.variants import UNIT_SPECS, ConvStep, ShortcutInputs, kernel_initializer, keyed, unit_plan
+from keras_resnet_v2.weights import load_weights
 
 # BatchNorm as in the authors' Torch code: momentum 0.1 there is 0.9 here, eps 1e-5.
 BN_MOMENTUM = 0.9
@@ -46,26 +36,8 @@ BN_EPSILON = 1e-5
 # when it builds a model and when it loads one. ResNet-1202 is deeper than Python's
 # default limit of 1,000 frames, so the package raises the limit (it never lowers it).
 DEEP_GRAPH_RECURSION_LIMIT = 10_000
-# Above this many residual units, mixed_float16 training with a float16 residual stream overflows
-# (ResNet-1001, 333 units: benchmarks/RESULTS.md, "Mixed precision at depth"): ResNet keeps the stream
-# in float32 there by default (`stream_dtype=None`), with range-safe float16 convolutions (scaled.py),
-# and warns if it is asked for float16 (`"compute"`).
-FLOAT16_UNIT_LIMIT = 100
-STREAM_DTYPES = (None, "float32", "compute")
-
-
-def default_stream_dtype(dtype_policy, units: int) -> Optional[str]:
-    """`ResNet(stream_dtype=None)`: "float32" under mixed_float16 beyond FLOAT16_UNIT_LIMIT units, where an
-    all-float16 stream leaves float16's range; otherwise None (every layer in the policy's compute dtype:
-    float32, bfloat16's float32 range, or a shallow net whose stream stays small).
-
-    Example:
-        >>> default_stream_dtype(keras.dtype_policies.get("mixed_float16"), units=333)
-        'float32'
-        >>> default_stream_dtype(keras.dtype_policies.get("mixed_float16"), units=54) is None
-        True
-    """
-    return "float32" if dtype_policy.name == "mixed_float16" and units > FLOAT16_UNIT_LIMIT else None
+# JAX: units of a `UnitStack` loop unrolled per iteration (benchmarks/RESULTS.md, "deep").
+SCAN_UNROLL = 5
 
 
 def ensure_recursion_limit(limit: int = DEEP_GRAPH_RECURSION_LIMIT) -> None:
@@ -74,174 +46,23 @@ def ensure_recursion_limit(limit: int = DEEP_GRAPH_RECURSION_LIMIT) -> None:
         sys.setrecursionlimit(limit)
 
 
-# -------------------------------------------------------------------- validation
-
-
-@dataclass(frozen=True)
-class Config:
-    """A checked, complete description of one network."""
-
-    depth: int
-    family: str
-    block: str
-    units_per_stage: tuple[int, ...]
-    unit: str
-    shortcut: str
-    shortcut_options: dict
-    stride_in: str
-    input_shape: tuple
-    classes: int
-    dtype: Any
-    remat: bool = False
-    scan: bool = False
-    padding: str = "symmetric"
-    widths: tuple[int, ...] = ()  # per stage: a basic unit's width, a bottleneck's inner width
-    stream_dtype: Optional[str] = None  # "float32": the identity path in float32
-
-
-def _resolve_widths(widths, family: Family) -> tuple[int, ...]:
-    if widths is None:
-        return family.widths
-    if not (isinstance(widths, (tuple, list)) and len(widths) == len(family.widths) and all(
-            isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths)):
-        raise ValueError(f"`widths` must be {len(family.widths)} positive integers, one per stage (default "
-                         f"{family.widths}). Received: widths={widths!r}")
-    return tuple(widths)
-
-
-def _resolve_input_shape(input_shape, input_tensor, family: Family) -> tuple:
-    if input_tensor is not None:
-        if not keras.backend.is_keras_tensor(input_tensor):
-            raise ValueError(
-                "`input_tensor` must be a Keras tensor such as `keras.Input(shape=(32, 32, 3))`. "
-                f"Received: input_tensor={input_tensor!r}"
-            )
-        tensor_shape = tuple(input_tensor.shape[1:])
-        if input_shape is not None and tuple(input_shape) != tensor_shape:
-            raise ValueError(
-                f"`input_shape` {tuple(input_shape)} does not match the shape of `input_tensor` "
-                f"{tensor_shape}. Pass one of them. Received: input_shape={input_shape!r}"
-            )
-        input_shape = tensor_shape
-    if input_shape is None:
-        return family.input_shape
-    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else None
-    if shape is None or len(shape) != 3 or not all(
-        d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= 1) for d in shape
-    ):
-        raise ValueError(
-            "`input_shape` must be (height, width, channels) with positive integers "
-            f"(height and width may be None). Received: input_shape={input_shape!r}"
-        )
-    if shape[2] is None:
-        raise ValueError(f"The channel count in `input_shape` must be known. Received: input_shape={input_shape!r}")
-    small = [d for d in shape[:2] if d is not None and d < family.total_stride]
-    if small:
-        raise ValueError(
-            f"`input_shape` is too small: this family downsamples by {family.total_stride}, so height "
-            f"and width must be at least {family.total_stride}. Received: input_shape={input_shape!r}"
-        )
-    return shape
-
-
-def _resolve_dtype(dtype):
-    if dtype is None:
-        return keras.config.dtype_policy()
-    try:
-        return keras.dtype_policies.get(dtype)
-    except (ValueError, TypeError) as error:
-        raise ValueError(
-            "`dtype` must be None, a dtype name such as 'float32' or a dtype policy such as "
-            f"'mixed_float16'. Received: dtype={dtype!r}"
-        ) from error
-
-
-def resolve_config(
-    depth, *, unit, shortcut, family, block, stride_in, input_shape, input_tensor,
-    include_top, pooling, classes, classifier_activation, weights, dtype, name, variant_options,
-    remat: bool = False, scan: Optional[bool] = None, fused_batchnorm: bool = True, padding: str = "symmetric",
-    widths=None, stream_dtype: Optional[str] = None,
-) -> Config:
-    """Checks every argument of `ResNet` before any layer is built."""
-    family, block, units = resolve_depth(depth, family, block)
-    check_choice("unit", unit, UNITS)
-    check_choice("shortcut", shortcut, SHORTCUT_NAMES)
-    options = resolve_shortcut_options(shortcut, variant_options)
-    check_choice("stride_in", stride_in, STRIDE_IN)
-    check_choice("padding", padding, PADDINGS)
-    widths = _resolve_widths(widths, FAMILY_SPECS[family])
-    if not isinstance(include_top, bool):
-        raise ValueError(f"`include_top` must be True or False. Received: include_top={include_top!r}")
-    check_choice("pooling", pooling, POOLINGS)
-    if include_top and pooling is not None:
-        raise ValueError(
-            "`pooling` applies only when include_top=False (the classifier head always "
-            f"average-pools). Received: pooling={pooling!r} with include_top=True"
-        )
-    if classes is None:
-        classes = FAMILY_SPECS[family].classes
-    if include_top:
-        if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
-            raise ValueError(f"`classes` must be an integer >= 1. Received: classes={classes!r}")
-        try:
-            keras.activations.get(classifier_activation)
-        except (ValueError, TypeError) as error:
-            raise ValueError(
-                "`classifier_activation` must be None, a Keras activation name or a callable. "
-                f"Received: classifier_activation={classifier_activation!r}"
-            ) from error
-    if keras.config.image_data_format() != "channels_last":
-        raise ValueError(
-            "keras_resnet_v2 builds channels_last models. Received: "
-            f"keras.config.image_data_format()={keras.config.image_data_format()!r}"
-        )
-    check_weights_path(weights)
-    if scan is None:
-        scan = default_scan(units)
-    for arg, value in (("remat", remat), ("scan", scan), ("fused_batchnorm", fused_batchnorm)):
-        if not isinstance(value, bool):
-            raise ValueError(f"`{arg}` must be True or False. Received: {arg}={value!r}")
-    if not any(stream_dtype is allowed or stream_dtype == allowed for allowed in STREAM_DTYPES):
-        raise ValueError("`stream_dtype` must be None (float32 under mixed_float16 beyond "
-                         f"{FLOAT16_UNIT_LIMIT} units), 'float32' or 'compute' (the policy's compute dtype). "
-                         f"Received: stream_dtype={stream_dtype!r}")
-    dtype = _resolve_dtype(dtype)
-    if stream_dtype is None:
-        stream_dtype = default_stream_dtype(dtype, sum(units))
-    elif stream_dtype == "compute" or dtype.compute_dtype == "float32":
-        stream_dtype = None  # nothing to keep apart: every layer computes in the policy's dtype
-    if remat and shortcut == "dropout":
-        raise ValueError("`remat=True` recomputes each unit in the backward pass, which would draw new "
-                         "dropout masks: it cannot be combined with shortcut='dropout'. "
-                         f"Received: remat={remat!r}, shortcut={shortcut!r}")
-    if name is not None and not (isinstance(name, str) and name):
-        raise ValueError(f"`name` must be a non-empty string or None. Received: name={name!r}")
-    return Config(
-        depth=depth, family=family, block=block, units_per_stage=units, unit=unit,
-        shortcut=shortcut, shortcut_options=options, stride_in=stride_in,
-        input_shape=_resolve_input_shape(input_shape, input_tensor, FAMILY_SPECS[family]),
-        classes=classes, dtype=dtype, remat=remat, scan=scan, padding=padding, widths=widths,
-        stream_dtype=stream_dtype,
-    )
-
-
-# ---------------------------------------------------------------- the network
+# ---------------------------------------------------------------- one unit, as layers
 
 
 class _Ops:
     """Layer factory: one dtype policy, deterministic names, the paper's conv, BN and padding."""
 
-    def __init__(self, dtype, padding: str = "symmetric", stream_dtype: Optional[str] = None):
-        self.policy_kw = {"dtype": dtype}
+    def __init__(self, cfg: Config):
+        self.policy_kw = {"dtype": cfg.dtype}
         # The layers on the identity path (the stream x_l): additions, gates, scaling, the BN-ReLU that
         # reads x_l. Keras casts a layer's inputs to its compute dtype, so a float32 stream needs each of
         # them in float32; the branch convolutions keep the policy (float16 under mixed_float16).
-        self.stream_kw = {"dtype": stream_dtype} if stream_dtype else self.policy_kw
+        self.stream_kw = {"dtype": cfg.stream_dtype} if cfg.stream_dtype else self.policy_kw
         # Under float16 the branches overflow too once the first steps have grown the weights
         # (scaled.py): then every layer is float32 and each convolution a float16 `ScaledConv2D`.
-        self.scaled = rescales(stream_dtype, keras.dtype_policies.get(dtype).compute_dtype)
+        self.scaled = rescales(cfg.stream_dtype, cfg.dtype.compute_dtype)
         self.kw = self.stream_kw if self.scaled else self.policy_kw
-        self.symmetric = padding == "symmetric"
+        self.symmetric = cfg.padding == "symmetric"
 
     def conv(self, x, filters: int, kernel: int, stride: int, name: str):
         padding = "same"
@@ -254,6 +75,18 @@ class _Ops:
         return conv(
             filters, kernel, strides=stride, padding=padding, use_bias=False,
             kernel_initializer=kernel_initializer(), name=name, **inner, **self.kw,
+        )(x)
+
+    def step(self, x, conv: ConvStep, unit: str):
+        """One convolution of a unit's plan and the BN/ReLU after it."""
+        return self.apply(self.conv(x, conv.cout, conv.kernel, conv.stride, f"{unit}_{conv.key}"), conv.after, unit)
+
+    def gate(self, x, conv: ConvStep, bias: float, unit: str):
+        """g(x) = sigmoid(W_g x + b_g), W_g a 1x1 convolution, b_g initialised to `gate_bias` (Fig. 2(c), (d))."""
+        return keras.layers.Conv2D(
+            conv.cout, 1, strides=conv.stride, padding="same", activation="sigmoid",
+            kernel_initializer=kernel_initializer(), bias_initializer=keras.initializers.Constant(bias),
+            name=f"{unit}_{conv.key}", **self.stream_kw,
         )(x)
 
     def max_pool(self, x, name: str):
@@ -271,58 +104,41 @@ class _Ops:
     def relu(self, x, name: str, stream: bool = False):
         return keras.layers.ReLU(name=name, **(self.stream_kw if stream else self.kw))(x)
 
-    def apply(self, x, ops: Sequence[str], name: str, stream: bool = False):
-        """Runs a sequence of "bn"/"relu" operations, naming each `{name}_{op}`; `stream`: they are on
-        the identity path (`stream_kw`)."""
-        for op in ops:
-            x = getattr(self, op)(x, f"{name}_{op}", stream=stream)
+    def apply(self, x, todo, unit: str = "", stream: bool = False):
+        """Runs ("bn" | "relu", key) steps in order, each layer named `{unit}_{key}` (or `key`); `stream`:
+        they are on the identity path (`stream_kw`)."""
+        for op, key in todo:
+            x = getattr(self, op)(x, f"{unit}_{key}" if unit else key, stream=stream)
         return x
 
 
-def _residual_branch(ops: _Ops, x, filters: int, stride: int, block: str,
-                     stride_conv: int, spec: UnitSpec, name: str):
-    """F(x): the convolutions of one unit with BN-ReLU between them (Fig. 4); conv `stride_conv` strides."""
-    layout = branch_layout(block, filters)  # the same table UnitStack reads
-    for i, (width, kernel) in enumerate(layout, start=1):
-        x = ops.conv(x, width, kernel, stride if i - 1 == stride_conv else 1, f"{name}_{i}_conv")
-        x = ops.apply(x, ("bn", "relu") if i < len(layout) else spec.post, f"{name}_{i}")
-    return x
-
-
-def residual_unit(ops: _Ops, x, filters: int, stride: int, cfg: Config, name: str):
-    """One unit: x_{l+1} = f(h(x_l) + F(x_l)) with the variant's f, h and F."""
-    spec, shortcut = UNIT_SPECS[cfg.unit], SHORTCUTS[cfg.shortcut]
-    family = FAMILY_SPECS[cfg.family]
-    out_filters = filters * (4 if cfg.block == "bottleneck" else 1)
-
-    activated = ops.apply(x, spec.preact, f"{name}_preact", stream=True)
-    # A basic unit strides its first 3x3 (fb.resnet.torch, timm); a bottleneck the family's conv.
-    stride_conv = family.bottleneck_stride_conv if cfg.block == "bottleneck" else 0
-    residual = _residual_branch(ops, activated, filters, stride, cfg.block, stride_conv, spec, name)
-
+def residual_unit(ops: _Ops, x, unit: Unit, cfg: Config):
+    """One unit: x_{l+1} = f(h(x_l) + F(x_l)) (Eqn. 1-2), the steps of its plan as named layers."""
+    plan = unit_plan(cfg.unit, cfg.shortcut, cfg.block, unit.width, in_width=x.shape[-1], stride=unit.stride,
+                     stride_conv=cfg.stride_conv)
+    name = unit.name
+    activated = ops.apply(x, plan.preact, name, stream=True)
+    residual = activated
+    for conv in plan.convs:
+        residual = ops.step(residual, conv, name)
     h = x
-    if shortcut.always_project or x.shape[-1] != out_filters:
-        # Projection (paper Sec. 3.1 / Appendix): 1x1 conv with the stride, reading the
-        # pre-activated input in pre-activation units.
-        h = ops.conv(activated, out_filters, 1, stride, f"{name}_shortcut_conv")
-        if spec.projection_bn:
-            h = ops.bn(h, f"{name}_shortcut_bn")
-    elif stride > 1:  # stride_in="last": same width, half the size: subsample.
-        h = keras.layers.MaxPooling2D(1, strides=stride, name=f"{name}_shortcut_pool", **ops.stream_kw)(x)
-
-    y = shortcut.combine(
-        ShortcutInputs(h, residual, activated, out_filters, stride, name),
-        cfg.shortcut_options, ops.stream_kw,
-    )
-    return ops.apply(y, spec.after_add, f"{name}_out", stream=True)
+    if plan.projection:
+        h = ops.step(activated, plan.projection, name)
+    elif plan.subsample > 1:  # stride_in="last": same width, half the size: subsample.
+        h = keras.layers.MaxPooling2D(1, strides=plan.subsample, name=f"{name}_shortcut_pool", **ops.stream_kw)(x)
+    gate = ops.gate(activated, plan.gate, cfg.shortcut_options["gate_bias"], name) if plan.gate else None
+    y = plan.shortcut.layers(ShortcutInputs(h, residual, gate, name), cfg.shortcut_options, ops.stream_kw)
+    return ops.apply(y, plan.after_add, name, stream=True)
 
 
-def _unit_stride(stage: int, unit: int, units: int, cfg: Config) -> int:
-    """Stride 2 in the first unit of stages 2.. (paper), or the last unit of stages ..S-1."""
-    stages = len(cfg.units_per_stage)
-    if cfg.stride_in == "first":
-        return 2 if stage > 1 and unit == 1 else 1
-    return 2 if stage < stages and unit == units else 1
+# ---------------------------------------------------------------- the units' three forms
+
+
+def _plain(ops: _Ops, x, cfg: Config):
+    """One set of layers per unit."""
+    for unit in cfg.units:
+        x = residual_unit(ops, x, unit, cfg)
+    return x
 
 
 def remat_segment_units(total_units: int) -> int:
@@ -331,86 +147,113 @@ def remat_segment_units(total_units: int) -> int:
     return max(1, round(math.sqrt(total_units)))
 
 
-def _units(cfg: Config) -> list[tuple[int, int, str]]:
-    """(width, stride, name) of every residual unit, in order."""
-    return [(width, _unit_stride(stage, unit, units, cfg), f"stage{stage}_unit{unit}")
-            for stage, (width, units) in enumerate(zip(cfg.widths, cfg.units_per_stage, strict=True), start=1)
-            for unit in range(1, units + 1)]
+def _rematerialized(ops: _Ops, x, cfg: Config):
+    """Runs of about sqrt(units) consecutive units (across stage boundaries) as sub-models whose
+    activations are recomputed in the backward pass."""
+    units = cfg.units
+    size = remat_segment_units(len(units))
+    for start in range(0, len(units), size):
+        segment = units[start:start + size]
+        first, last = segment[0].name, segment[-1].name
+        name = first if first == last else f"{first}_to_{last}"
+        inputs = y = keras.Input(shape=x.shape[1:], dtype=x.dtype, name=f"{name}_input")
+        for unit in segment:
+            y = residual_unit(ops, y, unit, cfg)
+        # The stream's dtype: Keras would cast the segment's input to the wrapper's compute dtype.
+        x = Rematerialized(keras.Model(inputs, y, name=f"{name}_block"), name=name, **ops.stream_kw)(x)
+    return x
 
 
-def _rematerialized_segment(ops: _Ops, x, segment, cfg: Config):
-    """Consecutive units as one sub-model whose activations are recomputed in the backward pass."""
-    first, last = segment[0][2], segment[-1][2]
-    name = first if first == last else f"{first}_to_{last}"
-    inputs = y = keras.Input(shape=x.shape[1:], dtype=x.dtype, name=f"{name}_input")
-    for width, stride, unit_name in segment:
-        y = residual_unit(ops, y, width, stride, cfg, unit_name)
-    # The stream's dtype: Keras would cast the segment's input to the wrapper's compute dtype.
-    return Rematerialized(keras.Model(inputs, y, name=f"{name}_block"), name=name, **ops.stream_kw)(x)
-
-
-# JAX: units of a `UnitStack` loop unrolled per iteration (benchmarks/RESULTS.md, "deep").
-SCAN_UNROLL = 5
-
-
-def stack_runs(cfg: Config) -> list[list[tuple[int, int, str]]]:
-    """The units grouped for `scan=True`: each run of 2+ units that keep width and stride (units 2..n
-    of a stage; 2..n-1 with stride_in="last") is one group, every other unit a group of its own."""
-    runs: list[tuple[bool, list[tuple[int, int, str]]]] = []
-    for width, stride, name in _units(cfg):
-        stage = name.split("_")[0]
-        stackable = stride == 1 and not name.endswith("_unit1")
-        if stackable and runs and runs[-1][0] and runs[-1][1][-1][2].startswith(f"{stage}_"):
-            runs[-1][1].append((width, stride, name))
+def stacked_runs(units: Sequence[Unit]) -> list[list[Unit]]:
+    """A stage's units grouped for the stacked form: each run of 2+ units that keep width and stride
+    (units 2..n; 2..n-1 with stride_in="last") is one group, every other unit a group of its own."""
+    runs: list[list[Unit]] = []
+    for unit in units:
+        stackable = unit.stride == 1 and unit.index > 1
+        if stackable and runs and runs[-1][-1].stride == 1 and runs[-1][-1].index > 1:
+            runs[-1].append(unit)
         else:
-            runs.append((stackable, [(width, stride, name)]))
-    return [units for _, units in runs]
+            runs.append([unit])
+    return runs
 
 
-def stack_name(first: str, last: str) -> str:
-    """`stage2_unit2_to_unit18`: the name of the `UnitStack` holding those units."""
-    return f"{first}_to_{last.split('_')[1]}"
-
-
-def _stage_features(ops: _Ops, x, cfg: Config):
-    for group in stack_runs(cfg):
-        if len(group) == 1:
-            x = residual_unit(ops, x, group[0][0], group[0][1], cfg, group[0][2])
-        else:
-            x = UnitStack(len(group), group[0][0], block=cfg.block, unit=cfg.unit, shortcut=cfg.shortcut,
+def _stacked(ops: _Ops, x, cfg: Config):
+    """Each run of identical units of a stage as one `UnitStack` (`stage2_unit2_to_unit18`)."""
+    for stage in cfg.stages:
+        for run in stacked_runs(stage.units):
+            if len(run) == 1:
+                x = residual_unit(ops, x, run[0], cfg)
+                continue
+            x = UnitStack(len(run), stage.width, block=cfg.block, unit=cfg.unit, shortcut=cfg.shortcut,
                           shortcut_options=cfg.shortcut_options, unroll=SCAN_UNROLL, remat=cfg.remat,
-                          momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=stack_name(group[0][2], group[-1][2]),
+                          momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{run[0].name}_to_unit{run[-1].index}",
                           stream_dtype=cfg.stream_dtype, **ops.policy_kw)(x)
     return x
 
 
+FORMS: dict[str, Callable] = {"plain": _plain, "rematerialized": _rematerialized, "stacked": _stacked}
+
+
+# ---------------------------------------------------------------- the network
+
+
 def build_features(ops: _Ops, x, cfg: Config):
-    """Stem, stages of residual units, and the head's BN-ReLU (no pooling)."""
-    family, spec = FAMILY_SPECS[cfg.family], UNIT_SPECS[cfg.unit]
+    """Stem, the residual units in the network's form, and the head's BN-ReLU (no pooling)."""
+    family, spec = cfg.family_spec, UNIT_SPECS[cfg.unit]
     x = ops.conv(x, cfg.widths[0], family.stem_kernel, family.stem_stride, "stem_conv")
-    x = ops.apply(x, spec.stem, "stem", stream=True)
+    x = ops.apply(x, keyed(spec.stem, "stem"), stream=True)
     if family.stem_pool:
         x = ops.max_pool(x, "stem_pool")
-    units = _units(cfg)
-    if cfg.scan:
-        x = _stage_features(ops, x, cfg)
-    elif cfg.remat:
-        size = remat_segment_units(len(units))
-        for start in range(0, len(units), size):
-            x = _rematerialized_segment(ops, x, units[start:start + size], cfg)
-    else:
-        for width, stride, name in units:
-            x = residual_unit(ops, x, width, stride, cfg, name)
-    return ops.apply(x, spec.head, "post", stream=True)
+    x = FORMS[cfg.form](ops, x, cfg)
+    return ops.apply(x, keyed(spec.head, "post"), stream=True)
 
 
-# ---------------------------------------------------------------- public API
+def _top(ops: _Ops, x, cfg: Config):
+    if cfg.include_top:
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool", **ops.kw)(x)
+        # Logits and softmax in the policy's variable dtype: float32 under mixed precision.
+        return keras.layers.Dense(cfg.classes, activation=cfg.classifier_activation, name="predictions",
+                                  dtype=cfg.dtype.variable_dtype)(x)
+    if cfg.pooling == "avg":
+        return keras.layers.GlobalAveragePooling2D(name="avg_pool", **ops.kw)(x)
+    if cfg.pooling == "max":
+        return keras.layers.GlobalMaxPooling2D(name="max_pool", **ops.kw)(x)
+    return x
 
 
 def _default_name(depth: int, unit: str) -> str:
     base = f"resnet{depth}_{unit}"
     uid = keras.backend.get_uid(base)
     return base if uid == 1 else f"{base}_{uid - 1}"
+
+
+def build(cfg: Config, input_tensor: Any = None) -> ResNetModel:
+    """The network `cfg` (checked by `check_arguments`) describes, on `input_tensor` or a new input;
+    `cfg.weights` loaded, BatchNorm fused under TensorFlow. The model keeps `cfg` (`resnet_config`)."""
+    # About ten layers a unit; a few frames of Keras' graph walk per layer.
+    ensure_recursion_limit(max(DEEP_GRAPH_RECURSION_LIMIT, 40 * sum(cfg.units_per_stage)))
+    ops = _Ops(cfg)
+    if input_tensor is None:
+        inputs = x = keras.Input(shape=cfg.input_shape, name="input")
+    else:
+        inputs = keras.utils.get_source_inputs(input_tensor)
+        inputs = inputs[0] if len(inputs) == 1 else inputs  # one input: a tensor, not a 1-list
+        x = input_tensor
+    outputs = _top(ops, build_features(ops, x, cfg), cfg)
+    model = model_class(cfg.scan)(inputs, outputs, name=cfg.name or _default_name(cfg.depth, cfg.unit))
+    model.dtype_policy = cfg.dtype  # compile() reads it: under mixed_float16 it adds dynamic loss scaling
+    model.resnet_config = dataclasses.replace(cfg, name=model.name, weights=None)
+    if cfg.weights is not None:
+        def with_head(file_classes: int) -> keras.Model:  # the file's network, for fine-tuning a new head
+            return build(dataclasses.replace(cfg, include_top=True, pooling=None, classes=file_classes,
+                                             weights=None, fused_batchnorm=False, name=None))
+
+        load_weights(model, cfg.weights, with_head)
+    fuse_batchnorm(model, enable=cfg.fused_batchnorm)  # TensorFlow: the kernel, and one set of statistics
+    return model
+
+
+# ---------------------------------------------------------------- public API
 
 
 def ResNet(
@@ -528,15 +371,7 @@ def ResNet(
         >>> model.output_shape
         (None, 10)
     """
-    cfg = resolve_config(
-        depth, unit=unit, shortcut=shortcut, family=family, block=block,
-        stride_in=stride_in, input_shape=input_shape, input_tensor=input_tensor,
-        include_top=include_top, pooling=pooling, classes=classes,
-        classifier_activation=classifier_activation, weights=weights, dtype=dtype,
-        name=name, variant_options=variant_options, remat=remat, scan=scan, fused_batchnorm=fused_batchnorm,
-        padding=padding, widths=widths, stream_dtype=stream_dtype,
-    )
-
+    cfg = check_arguments(dict(locals()))  # every argument by name: the signature above is their one spelling
     if default_stream_dtype(cfg.dtype, sum(cfg.units_per_stage)) and not cfg.stream_dtype:  # asked for "compute"
         warnings.warn(
             f"ResNet-{cfg.depth} under mixed_float16 with stream_dtype='compute': with a float16 residual stream, "
@@ -544,42 +379,23 @@ def ResNet(
             "at lr 0.1, also after 15 warm-up steps at lr 0.01; the BatchNorm moving statistics become NaN too). "
             "Leave stream_dtype=None (a float32 stream, the default at this depth), or use mixed_bfloat16 "
             "(benchmarks/RESULTS.md, 'Mixed precision at depth').", UserWarning, stacklevel=2)
-    # About ten layers a unit; a few frames of Keras' graph walk per layer.
-    ensure_recursion_limit(max(DEEP_GRAPH_RECURSION_LIMIT, 40 * sum(cfg.units_per_stage)))
-    ops = _Ops(cfg.dtype, cfg.padding, cfg.stream_dtype)
-    if input_tensor is None:
-        inputs = keras.Input(shape=cfg.input_shape, name="input")
-        x = inputs
-    else:
-        inputs = keras.utils.get_source_inputs(input_tensor)
-        inputs = inputs[0] if len(inputs) == 1 else inputs  # one input: a tensor, not a 1-list
-        x = input_tensor
-    x = build_features(ops, x, cfg)
-    if include_top:
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool", **ops.kw)(x)
-        # Logits and softmax in the policy's variable dtype: float32 under mixed precision.
-        x = keras.layers.Dense(
-            cfg.classes, activation=classifier_activation, name="predictions",
-            dtype=cfg.dtype.variable_dtype,
-        )(x)
-    elif pooling == "avg":
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool", **ops.kw)(x)
-    elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling2D(name="max_pool", **ops.kw)(x)
+    return build(cfg, input_tensor)
 
-    # Stacked: a keras.Model whose get_layer says where a unit inside a UnitStack went.
-    model = (StackedModel if cfg.scan else keras.Model)(inputs, x, name=name or _default_name(cfg.depth, cfg.unit))
-    model.dtype_policy = cfg.dtype  # compile() reads it: under mixed_float16 it adds dynamic loss scaling
-    if weights is not None:
-        def with_head(file_classes: int) -> keras.Model:  # the file's network, for fine-tuning a new head
-            return ResNet(depth, unit=unit, shortcut=shortcut, family=cfg.family, block=cfg.block,
-                          stride_in=stride_in, input_shape=cfg.input_shape, classes=file_classes, dtype=dtype,
-                          remat=remat, scan=cfg.scan, fused_batchnorm=False, padding=padding, widths=widths,
-                          stream_dtype=stream_dtype, **variant_options)
 
-        load_weights(model, weights, with_head)
-    fuse_batchnorm(model, enable=fused_batchnorm)  # TensorFlow: the kernel, and one set of statistics
-    return model
+def resolve_config(depth: int, **arguments: Any) -> Config:
+    """The checked `Config` of `ResNet(depth, **arguments)`, `ResNet`'s defaults for what is not given,
+    without building anything (training checks its settings with it before reading data).
+
+    Example:
+        >>> resolve_config(1001).scan, resolve_config(110, block="single").units_per_stage
+        (True, (36, 36, 36))
+    """
+    try:
+        bound = inspect.signature(ResNet).bind(depth, **arguments)
+    except TypeError as error:
+        raise ValueError(f"{error}. Received: {sorted(arguments)}") from None
+    bound.apply_defaults()
+    return check_arguments(dict(bound.arguments))
 
 
 def _named(depth: int, family: str, paper: str) -> Callable[..., keras.Model]:
@@ -598,16 +414,12 @@ def _named(depth: int, family: str, paper: str) -> Callable[..., keras.Model]:
                   if p.kind is not inspect.Parameter.VAR_KEYWORD else p
                   for p in inspect.signature(ResNet).parameters.values() if p.name != "depth"]
     constructor.__signature__ = inspect.Signature(parameters, return_annotation=keras.Model)
+    keywords = ", ".join(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
     constructor.__doc__ = (
         f"{'CIFAR' if family == 'cifar' else 'ImageNet'} ResNet-{depth} ({paper}).\n\n"
-        "Takes the keyword arguments of `ResNet` (unit, shortcut, family, block, stride_in,\n"
-        "include_top, input_shape, input_tensor, pooling, classes, classifier_activation,\n"
-        "weights, dtype, name, remat, scan, fused_batchnorm, padding, widths, stream_dtype and the\n"
-        "shortcut "
-        "options: see "
-        "`help(keras_resnet_v2.ResNet)`)\n"
-        "and returns an uncompiled `keras.Model`. Inputs are standardized images: see\n"
-        "`help(keras_resnet_v2)` for `Standardize`, which takes raw 0..255 pixels.\n\n"
+        f"Takes the keyword arguments of `ResNet` ({keywords} and the shortcut options: see\n"
+        "`help(keras_resnet_v2.ResNet)`) and returns an uncompiled `keras.Model`. Inputs are standardized\n"
+        "images: see `help(keras_resnet_v2)` for `Standardize`, which takes raw 0..255 pixels.\n\n"
         f"Example:\n    >>> model = ResNet{depth}()\n"
     )
     return constructor

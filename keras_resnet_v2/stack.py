@@ -2,84 +2,33 @@
 
 In a stage, every unit after the first keeps the width and the resolution, so units 2..n are the
 same function with different weights. `ResNet(..., scan=True)` builds each such run as one
-`UnitStack`, which holds every weight of the run on a leading axis of length `units` and applies
-one unit's equations (variants.py, Fig. 4 x Fig. 2) in a loop that is traced and compiled once:
+`UnitStack`, which holds every weight of the run on a leading axis of length `units` and runs the
+steps of one unit (`variants.unit_plan`, the same plan the functional builder turns into layers, and
+the shortcut's own `combine`) in a loop that is traced and compiled once:
 `jax.lax.scan` on JAX, a `tf.while_loop` on TensorFlow (with TensorFlow's fused BatchNorm kernel),
 a Python loop on PyTorch. A 1000-layer network then traces about 12 units instead of 333.
 
 Same numbers as the per-unit layers (tests/test_stack.py): the same convolution, the same
 BatchNorm as Keras' (statistics in float32, biased batch variance, the same moving averages,
-assigned once per unit after the loop), the same shortcut arithmetic, and the same initial
-distribution (each unit's kernel drawn with its own fan-out, as `variants.kernel_initializer`).
+assigned once per unit after the loop), the same shortcut arithmetic (one `variants.Shortcut` entry
+serves both), and the same initial distribution (each unit's kernel drawn with `variants.he_stddev`
+of its own fan-out, as `variants.kernel_initializer` draws a Conv2D's).
 `keras_resnet_v2.to_plain` / `to_stacked` convert between the two forms with the same weights.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Optional
 
 import keras
 import numpy as np
 from keras import ops
 
-from keras_resnet_v2.layers import PACKAGE, moving_average_updates
-from keras_resnet_v2.names import BLOCKS, SHORTCUT_NAMES, UNIT_NAME, UNITS, check_choice
+from keras_resnet_v2.batchnorm import moving_average_updates
+from keras_resnet_v2.layers import PACKAGE
+from keras_resnet_v2.names import BLOCKS, UNITS, check_choice
 from keras_resnet_v2.scaled import rescales, scaled_conv
-from keras_resnet_v2.variants import SHORTCUTS, UNIT_SPECS, resolve_shortcut_options
-
-BN_FIELDS = ("gamma", "beta", "moving_mean", "moving_variance")
-
-
-def branch_layout(block: str, filters: int) -> list[tuple[int, int]]:
-    """(width, kernel) of each convolution of F: one 3x3, two 3x3, or 1x1-3x3-1x1 (x4 out)."""
-    if block == "single":  # Table 3's 1-layer skip
-        return [(filters, 3)]
-    if block == "basic":
-        return [(filters, 3), (filters, 3)]
-    return [(filters, 1), (filters, 3), (4 * filters, 1)]
-
-
-def _bn_ops(ops_: tuple[str, ...], key: str) -> list[tuple[str, str]]:
-    return [(op, f"{key}_{op}") for op in ops_]
-
-
-class _UnitPlan:
-    """One unit's operations in order, keyed like the per-unit layers (`{unit}_{key}`)."""
-
-    def __init__(self, unit: str, shortcut: str, block: str, filters: int):
-        spec = UNIT_SPECS[unit]
-        layout = branch_layout(block, filters)
-        self.out_width = layout[-1][0]
-        self.preact = _bn_ops(spec.preact, "preact")
-        self.convs = []  # (conv key, kernel, in width, out width, the ops after it)
-        width = self.out_width
-        for i, (out, kernel) in enumerate(layout, start=1):
-            after = ("bn", "relu") if i < len(layout) else spec.post
-            self.convs.append((f"{i}_conv", kernel, width, out, _bn_ops(after, str(i))))
-            width = out
-        self.project = SHORTCUTS[shortcut].always_project  # Fig. 2(e): 1x1 conv on every unit
-        self.project_bn = self.project and spec.projection_bn
-        self.gate = shortcut in ("exclusive_gating", "shortcut_only_gating")
-        self.after_add = _bn_ops(spec.after_add, "out")
-
-    def batchnorms(self) -> list[tuple[str, int]]:
-        """(key, width) of every BatchNorm of the unit, in order."""
-        keys = [(k, self.out_width) for op, k in self.preact if op == "bn"]
-        for _, _, _, out, after in self.convs:
-            keys += [(k, out) for op, k in after if op == "bn"]
-        if self.project_bn:
-            keys.append(("shortcut_bn", self.out_width))
-        return keys + [(k, self.out_width) for op, k in self.after_add if op == "bn"]
-
-    def kernels(self) -> list[tuple[str, int, int, int]]:
-        """(key, kernel, in width, out width) of every convolution of the unit."""
-        found = [(key, k, cin, cout) for key, k, cin, cout, _ in self.convs]
-        if self.project:
-            found.append(("shortcut_conv", 1, self.out_width, self.out_width))
-        if self.gate:
-            found.append(("gate_conv", 1, self.out_width, self.out_width))
-        return found
+from keras_resnet_v2.variants import SHORTCUTS, he_stddev, resolve_shortcut_options, unit_plan
 
 
 def _normal(rng: np.random.Generator, stddev: float):
@@ -133,19 +82,19 @@ class UnitStack(keras.layers.Layer):
                 raise ValueError(f"`{arg}` must be a positive integer. Received: {arg}={value!r}")
         check_choice("block", block, BLOCKS)
         check_choice("unit", unit, UNITS)
-        check_choice("shortcut", shortcut, SHORTCUT_NAMES)
+        check_choice("shortcut", shortcut, tuple(SHORTCUTS))
         if stream_dtype not in (None, "float32"):
             raise ValueError(f"`stream_dtype` must be None or 'float32'. Received: stream_dtype={stream_dtype!r}")
-        if remat and shortcut == "dropout":
-            raise ValueError("`remat=True` would draw new dropout masks when recomputing: not with "
-                             f"shortcut='dropout'. Received: remat={remat!r}")
+        if remat and SHORTCUTS[shortcut].noise:
+            raise ValueError("`remat=True` would draw new random numbers when recomputing: not with "
+                             f"shortcut={shortcut!r}. Received: remat={remat!r}")
         self.units, self.filters, self.block = units, filters, block
         self.unit, self.shortcut, self.unroll, self.remat = unit, shortcut, unroll, bool(remat)
         self.shortcut_options = resolve_shortcut_options(shortcut, dict(shortcut_options or {}))
         self.momentum, self.epsilon = float(momentum), float(epsilon)
         self.stream_dtype = stream_dtype
-        self.plan = _UnitPlan(unit, shortcut, block, filters)
-        if shortcut == "dropout":
+        self.plan = unit_plan(unit, shortcut, block, filters)  # the steps of one unit (variants.py)
+        if self.plan.shortcut.noise:
             self.seed_generator = keras.random.SeedGenerator(name="dropout_seed")
 
     # ------------------------------------------------------------------ weights
@@ -159,13 +108,13 @@ class UnitStack(keras.layers.Layer):
         # or fills (a stacked ResNet-1001's cold build under JAX on a 2-core CPU: 20 s -> 8 s).
         rng = np.random.default_rng(np.random.randint(2**31))
         n = self.units
-        for key, k, cin, cout in self.plan.kernels():
-            # He normal over the unit conv's own fan-out k*k*cout (FACTS.md "Init"), drawn per element.
-            self.add_weight(shape=(n, k, k, cin, cout), initializer=_normal(rng, math.sqrt(2.0 / (k * k * cout))),
-                            name=f"{key}_kernel")
-            if key == "gate_conv":
+        for conv in self.plan.kernels():
+            k, cin, cout = conv.kernel, conv.cin, conv.cout  # each unit's kernel with its own fan-out
+            self.add_weight(shape=(n, k, k, cin, cout), initializer=_normal(rng, he_stddev(k, cout)),
+                            name=f"{conv.key}_kernel")
+            if conv is self.plan.gate:  # b_g, initialised to gate_bias (Fig. 2(c), (d))
                 self.add_weight(shape=(n, cout), initializer=_constant(self.shortcut_options["gate_bias"]),
-                                name=f"{key}_bias")
+                                name=f"{conv.key}_bias")
         for key, width in self.plan.batchnorms():
             for field, value, trainable in (("gamma", 1.0, True), ("beta", 0.0, True),
                                             ("moving_mean", 0.0, False), ("moving_variance", 1.0, False)):
@@ -228,36 +177,23 @@ class UnitStack(keras.layers.Layer):
         return y if scale is None else ops.cast(y, "float32") * scale
 
     def _unit(self, x, w, noise, training: bool):
-        """x_{l+1} = f(h(x_l) + F(x_l)) for one unit's weights `w` (variants.py, Eqn. 1-2)."""
-        plan, opts, stats, stream = self.plan, self.shortcut_options, {}, self._stream
+        """x_{l+1} = f(h(x_l) + F(x_l)) for one unit's weights `w`: the steps of `variants.unit_plan`."""
+        plan, stats, stream = self.plan, {}, self._stream
         inner = stream if self._scaled else None  # the branch's BN-ReLU: float32 between scaled convolutions
         activated = self._apply(x, plan.preact, w, training, stats, stream)  # reads x_l: the stream's dtype
         residual = activated
-        for key, _, _, _, after in plan.convs:
-            residual = self._apply(self._conv(residual, w, key), after, w, training, stats, inner)
+        for conv in plan.convs:
+            residual = self._apply(self._conv(residual, w, conv.key), conv.after, w, training, stats, inner)
         h = x
-        if plan.project:
-            h = self._conv(activated, w, "shortcut_conv")
-            if plan.project_bn:
-                h = self._batchnorm(h, w, "shortcut_bn", training, stats, inner)
+        if plan.projection:
+            h = self._apply(self._conv(activated, w, plan.projection.key), plan.projection.after, w, training,
+                            stats, inner)
+        gate = None
+        if plan.gate:
+            key = plan.gate.key
+            gate = ops.sigmoid(self._conv(activated, w, key, stream) + ops.cast(w[f"{key}_bias"], stream))
         h, residual = ops.cast(h, stream), ops.cast(residual, stream)  # the addition in the stream's dtype
-        if self.shortcut == "constant_scaling":
-            scale = opts["shortcut_scale"]
-            h = h * ops.cast(scale, h.dtype)
-            if opts["scale_residual"]:
-                residual = residual * ops.cast(1.0 - scale, residual.dtype)
-            y = h + residual
-        elif plan.gate:
-            gate = ops.sigmoid(self._conv(activated, w, "gate_conv", stream)
-                               + ops.cast(w["gate_conv_bias"], stream))
-            carried = (1 - gate) * h
-            y = carried + (gate * residual if self.shortcut == "exclusive_gating" else residual)
-        elif noise is not None:  # Fig. 2(f): dropout on the shortcut, a fresh mask per unit
-            rate = opts["dropout_rate"]
-            h = ops.where(noise >= rate, h / ops.cast(1.0 - rate, h.dtype), ops.zeros_like(h))
-            y = h + residual
-        else:
-            y = h + residual
+        y = plan.shortcut.combine(h, residual, gate, noise, self.shortcut_options)
         return self._apply(y, plan.after_add, w, training, stats, stream), stats
 
     # ------------------------------------------------------------------ the loop
@@ -267,7 +203,7 @@ class UnitStack(keras.layers.Layer):
         inputs = ops.cast(inputs, self._stream)
         weights = {v.name: v.value for v in self.weights}
         xs = {"weights": weights}
-        if self.shortcut == "dropout" and training:  # one uniform draw per unit and per step
+        if self.plan.shortcut.noise and training:  # one uniform draw per unit and per step
             shape = (self.units,) + tuple(ops.shape(inputs))
             xs["noise"] = keras.random.uniform(shape, seed=self.seed_generator, dtype=self.compute_dtype)
 
@@ -290,57 +226,6 @@ class UnitStack(keras.layers.Layer):
                 "unit": self.unit, "shortcut": self.shortcut, "shortcut_options": dict(self.shortcut_options),
                 "unroll": self.unroll, "remat": self.remat, "momentum": self.momentum, "epsilon": self.epsilon,
                 "stream_dtype": self.stream_dtype}
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class StackedModel(keras.Model):
-    """A functional model with `UnitStack`s (`ResNet(scan=True)`): a unit's layers are rows of a stack.
-
-    The same `keras.Model` in every other respect. `get_layer` of a per-unit layer that lives inside a
-    stack (`stage1_unit5_1_conv`) says which stack holds it, its row, and how to get per-unit layers,
-    where Keras would list every layer name.
-
-    Example:
-        >>> model = keras_resnet_v2.ResNet(20, scan=True)
-        >>> model.get_layer("stage1_unit2_to_unit3").units
-        2
-        >>> model.get_layer("stage1_unit3_1_conv")
-        Traceback (most recent call last):
-        ValueError: No layer 'stage1_unit3_1_conv': its unit is row 1 of the UnitStack 'stage1_unit2_to_unit3', ...
-    """
-
-    def get_layer(self, name: Optional[str] = None, index: Optional[int] = None) -> keras.layers.Layer:
-        try:
-            return super().get_layer(name=name, index=index)
-        except ValueError:
-            held = _stack_row(self, name) if index is None and isinstance(name, str) else None
-            if held is None:
-                raise
-        stack, row = held
-        raise ValueError(
-            f"No layer {name!r}: its unit is row {row} of the UnitStack {stack.name!r}, whose weights hold "
-            f"one row per unit (model.get_layer({stack.name!r}).get_weight('1_conv_kernel')[{row}]). "
-            "keras_resnet_v2.to_plain(model) gives the same network with one layer per unit, "
-            "as does building it with scan=False."
-        ) from None
-
-
-def functional_like(model: keras.Model, inputs, outputs, name: Optional[str]) -> keras.Model:
-    """A functional model `inputs` -> `outputs` of `model`'s kind (a `StackedModel` stays one) and dtype
-    policy (which `compile` reads to add loss scaling), for a network rewired to new inputs."""
-    view = (StackedModel if isinstance(model, StackedModel) else keras.Model)(inputs, outputs, name=name)
-    view.dtype_policy = model.dtype_policy
-    return view
-
-
-def _stack_row(model: keras.Model, name: str) -> Optional[tuple[UnitStack, int]]:
-    """The `UnitStack` of `model` holding the unit a per-unit layer name (`stage1_unit5_add`) names, and its row."""
-    unit = UNIT_NAME.match(name)
-    for layer in model.layers if unit and not unit.group(3) else ():
-        held = UNIT_NAME.match(layer.name) if isinstance(layer, UnitStack) else None
-        if held and held.group(1) == unit.group(1) and int(held.group(2)) <= int(unit.group(2)) <= int(held.group(3)):
-            return layer, int(unit.group(2)) - int(held.group(2))
-    return None
 
 
 def _saving(step, remat: bool):

@@ -6,28 +6,37 @@ A residual unit is `y = h(x) + F(x)` followed by `x_next = f(y)` (paper Eqn. 1-2
 - The *shortcut* variants (paper Sec. 3, Fig. 2, Table 1) change `h` and how it is
   added to `F`: each is one `Shortcut` whose `combine` builds `h(x) + F(x)`.
 
-The builder in `resnet.py` composes one of each; nothing here knows about depths.
+`unit_plan` composes one of each into the steps of one unit, which both forms of a network run:
+the functional builder (`resnet.py`, a Keras layer per step) and `UnitStack` (`stack.py`, a loop
+over stacked weights). Adding a shortcut is one `Shortcut` entry here (and its name in `names.py`
+for the command lines). Nothing here knows about depths.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import keras
+from keras import ops
 
-from keras_resnet_v2.layers import ConstantScale, GatedSum
+from keras_resnet_v2.layers import ConstantScale, GatedSum, gated_sum
 from keras_resnet_v2.names import short_repr
 
 # --------------------------------------------------------------------------- units
 
 
-def kernel_initializer() -> keras.initializers.Initializer:
-    """The authors' conv init: N(0, sqrt(2 / (k * k * out_channels))) (FACTS.md "Init").
+def he_stddev(kernel: int, filters: int) -> float:
+    """The authors' conv init, N(0, sqrt(2 / (k * k * out_channels))) (resnet-pre-act.lua, fb.resnet.torch):
+    He initialisation over fan-out, not truncated. `UnitStack` draws its stacked kernels with it."""
+    return math.sqrt(2.0 / (kernel * kernel * filters))
 
-    He initialisation over fan-out, not truncated. A new instance per layer, so no
-    two layers share one initializer object.
+
+def kernel_initializer() -> keras.initializers.Initializer:
+    """`he_stddev` as a Keras initializer for one Conv2D: VarianceScaling(2, fan_out, untruncated normal).
+
+    A new instance per layer, so no two layers share one initializer object.
     """
     return keras.initializers.VarianceScaling(
         scale=2.0, mode="fan_out", distribution="untruncated_normal"
@@ -79,33 +88,61 @@ UNIT_SPECS: dict[str, UnitSpec] = {
 
 @dataclass(frozen=True)
 class ShortcutInputs:
-    """What a shortcut variant may read when it combines `h(x)` and `F(x)`."""
+    """What a shortcut's Keras layers read when they combine `h(x)` and `F(x)` (the functional form)."""
 
     shortcut: Any  # h(x) before any scaling/gating: x, its projection, or its subsample
     residual: Any  # F(x)
-    activated: Any  # the unit input after the unit's pre-activation (a gate reads this)
-    filters: int
-    stride: int
+    gate: Any  # g(x) = sigmoid(W_g x + b_g) for a gating shortcut, else None
     name: str
 
 
 @dataclass(frozen=True)
 class Shortcut:
-    """One shortcut variant: its figure, its options with defaults, and `combine`."""
+    """One shortcut variant of Fig. 2: what it needs and its arithmetic, in both forms of a network.
+
+    - `combine(h, f, g, noise, options)`: y = h(x) (+) F(x) on tensors (`keras.ops`), as `UnitStack`
+      computes it; `g` is the gate (or None), `noise` a uniform draw shaped like `h` in training for a
+      shortcut that needs one (else None: inference).
+    - `layers(ShortcutInputs, options, layer_kwargs)`: the same y with named Keras layers, as the
+      functional builder writes it (what a saved file holds).
+    - `options`: its options and their defaults; `always_project`: a 1x1 conv on every unit, not only
+      where the shape changes; `gate`: it reads g(x) (a 1x1 conv with bias, initialised to `gate_bias`);
+      `noise`: it draws random numbers in training (and so cannot be recomputed by `remat`).
+
+    tests/test_variants.py runs every entry through both forms and compares them.
+    """
 
     figure: str
-    combine: Callable[..., Any]  # (ShortcutInputs, options, layer_kwargs) -> y_l
+    combine: Callable[..., Any]
+    layers: Callable[..., Any]
     options: dict[str, Any] = field(default_factory=dict)
     always_project: bool = False
+    gate: bool = False
+    noise: bool = False
 
 
-def _identity(s: ShortcutInputs, opts, kw):
-    # Fig. 2(a): y = x + F(x)
-    return keras.layers.Add(name=f"{s.name}_add", **kw)([s.shortcut, s.residual])
+def _add(s: ShortcutInputs, h, kw):
+    return keras.layers.Add(name=f"{s.name}_add", **kw)([h, s.residual])
 
 
-def _constant_scaling(s: ShortcutInputs, opts, kw):
-    # Fig. 2(b): y = lambda * x + (1 - lambda) * F(x), or lambda * x + F(x).
+# Fig. 2(a) and (e): y = h(x) + F(x)
+
+def _sum(h, f, g, noise, opts):
+    return h + f
+
+
+def _sum_layers(s: ShortcutInputs, opts, kw):
+    return _add(s, s.shortcut, kw)
+
+
+# Fig. 2(b): y = lambda * x + (1 - lambda) * F(x), or lambda * x + F(x)
+
+def _scaled(h, f, g, noise, opts):
+    scale = opts["shortcut_scale"]
+    return h * ops.cast(scale, h.dtype) + (f * ops.cast(1.0 - scale, f.dtype) if opts["scale_residual"] else f)
+
+
+def _scaled_layers(s: ShortcutInputs, opts, kw):
     scale = opts["shortcut_scale"]
     h = ConstantScale(scale, name=f"{s.name}_shortcut_scale", **kw)(s.shortcut)
     f = s.residual
@@ -114,45 +151,140 @@ def _constant_scaling(s: ShortcutInputs, opts, kw):
     return keras.layers.Add(name=f"{s.name}_add", **kw)([h, f])
 
 
-def _gate(s: ShortcutInputs, opts, kw):
-    # g(x) = sigmoid(W_g x + b_g), W_g a 1x1 convolution, b_g initialised to gate_bias.
-    return keras.layers.Conv2D(
-        s.filters, 1, strides=s.stride, padding="same", activation="sigmoid",
-        kernel_initializer=kernel_initializer(),
-        bias_initializer=keras.initializers.Constant(opts["gate_bias"]),
-        name=f"{s.name}_gate_conv", **kw,
-    )(s.activated)
+# Fig. 2(c): y = (1 - g(x)) * x + g(x) * F(x);  Fig. 2(d): y = (1 - g(x)) * x + F(x)
+
+def _gated(exclusive: bool):
+    def combine(h, f, g, noise, opts):
+        return gated_sum(h, f, g, exclusive)
+
+    def layers(s: ShortcutInputs, opts, kw):
+        return GatedSum(exclusive=exclusive, name=f"{s.name}_gated_sum", **kw)([s.shortcut, s.residual, s.gate])
+
+    return combine, layers
 
 
-def _exclusive_gating(s: ShortcutInputs, opts, kw):
-    # Fig. 2(c): y = (1 - g(x)) * x + g(x) * F(x)
-    g = _gate(s, opts, kw)
-    return GatedSum(exclusive=True, name=f"{s.name}_gated_sum", **kw)([s.shortcut, s.residual, g])
+# Fig. 2(f): dropout on the shortcut, in training only: y = mask * x / (1 - rate) + F(x)
+
+def _dropped(h, f, g, noise, opts):
+    if noise is None:  # inference
+        return h + f
+    rate = opts["dropout_rate"]
+    return ops.where(noise >= rate, h / ops.cast(1.0 - rate, h.dtype), ops.zeros_like(h)) + f
 
 
-def _shortcut_only_gating(s: ShortcutInputs, opts, kw):
-    # Fig. 2(d): y = (1 - g(x)) * x + F(x)
-    g = _gate(s, opts, kw)
-    return GatedSum(exclusive=False, name=f"{s.name}_gated_sum", **kw)([s.shortcut, s.residual, g])
-
-
-def _dropout(s: ShortcutInputs, opts, kw):
-    # Fig. 2(f): dropout on the shortcut, active in training only.
-    h = keras.layers.Dropout(opts["dropout_rate"], name=f"{s.name}_shortcut_dropout", **kw)(s.shortcut)
-    return keras.layers.Add(name=f"{s.name}_add", **kw)([h, s.residual])
+def _dropped_layers(s: ShortcutInputs, opts, kw):
+    return _add(s, keras.layers.Dropout(opts["dropout_rate"], name=f"{s.name}_shortcut_dropout", **kw)(s.shortcut), kw)
 
 
 SHORTCUTS: dict[str, Shortcut] = {
-    "identity": Shortcut("2(a)", _identity),
-    "constant_scaling": Shortcut(
-        "2(b)", _constant_scaling, {"shortcut_scale": 0.5, "scale_residual": True}
-    ),
-    "exclusive_gating": Shortcut("2(c)", _exclusive_gating, {"gate_bias": -6.0}),
-    "shortcut_only_gating": Shortcut("2(d)", _shortcut_only_gating, {"gate_bias": -6.0}),
-    # Fig. 2(e): a 1x1 conv shortcut on every unit, not only where the shape changes.
-    "conv1x1": Shortcut("2(e)", _identity, always_project=True),
-    "dropout": Shortcut("2(f)", _dropout, {"dropout_rate": 0.5}),
+    "identity": Shortcut("2(a)", _sum, _sum_layers),
+    "constant_scaling": Shortcut("2(b)", _scaled, _scaled_layers, {"shortcut_scale": 0.5, "scale_residual": True}),
+    "exclusive_gating": Shortcut("2(c)", *_gated(exclusive=True), {"gate_bias": -6.0}, gate=True),
+    "shortcut_only_gating": Shortcut("2(d)", *_gated(exclusive=False), {"gate_bias": -6.0}, gate=True),
+    "conv1x1": Shortcut("2(e)", _sum, _sum_layers, always_project=True),
+    "dropout": Shortcut("2(f)", _dropped, _dropped_layers, {"dropout_rate": 0.5}, noise=True),
 }
+
+# ------------------------------------------------------------------ one unit's plan
+
+
+def branch_layout(block: str, filters: int) -> list[tuple[int, int]]:
+    """(width, kernel) of each convolution of F: one 3x3, two 3x3, or 1x1-3x3-1x1 (x4 out)."""
+    if block == "single":  # Table 3's 1-layer skip
+        return [(filters, 3)]
+    if block == "basic":
+        return [(filters, 3), (filters, 3)]
+    return [(filters, 1), (filters, 3), (4 * filters, 1)]
+
+
+Ops = tuple[tuple[str, str], ...]  # ("bn" or "relu", key): `{unit}_{key}` is the layer's name
+
+
+def keyed(operations: tuple[str, ...], prefix: str) -> Ops:
+    """("bn", "relu") under `prefix` "preact": (("bn", "preact_bn"), ("relu", "preact_relu"))."""
+    return tuple((op, f"{prefix}_{op}") for op in operations)
+
+
+@dataclass(frozen=True)
+class ConvStep:
+    """One convolution of a unit and the BN/ReLU after it; `key` names it (`{unit}_{key}`)."""
+
+    key: str
+    kernel: int
+    cin: int
+    cout: int
+    stride: int
+    after: Ops = ()
+
+
+@dataclass(frozen=True)
+class UnitPlan:
+    """One residual unit, x_{l+1} = f(h(x_l) + F(x_l)) (Eqn. 1-2), as the steps both forms run in order.
+
+    `preact` on x_l; `convs` are F, reading the pre-activated input; `projection` (a 1x1 conv with the
+    stride, reading the pre-activated input: paper Sec. 3.1 and Appendix) or a 1x1 max pool with
+    stride `subsample` (stride_in="last") make h(x_l), else h is x_l; `gate` is g(x) for a gating
+    shortcut; `shortcut.combine` adds; `after_add` is f.
+    """
+
+    shortcut: Shortcut
+    preact: Ops
+    convs: tuple[ConvStep, ...]
+    projection: Optional[ConvStep]
+    subsample: int
+    gate: Optional[ConvStep]
+    after_add: Ops
+
+    @property
+    def out_width(self) -> int:
+        return self.convs[-1].cout
+
+    def kernels(self) -> list[ConvStep]:
+        """Every convolution of the unit, in order."""
+        return [*self.convs, *(c for c in (self.projection, self.gate) if c)]
+
+    def batchnorms(self) -> list[tuple[str, int]]:
+        """(key, width) of every BatchNorm of the unit, in order."""
+        width = self.convs[0].cin
+        keys = [(key, width) for op, key in self.preact if op == "bn"]
+        for conv in self.kernels():
+            keys += [(key, conv.cout) for op, key in conv.after if op == "bn"]
+        return keys + [(key, self.out_width) for op, key in self.after_add if op == "bn"]
+
+
+def unit_plan(unit: str, shortcut: str, block: str, filters: int, *, in_width: Optional[int] = None,
+              stride: int = 1, stride_conv: int = 0) -> UnitPlan:
+    """The plan of one unit of `block` units of `filters` (a bottleneck's inner width) reading `in_width`
+    channels (default: its own output width) with `stride` on convolution `stride_conv` of F.
+
+    Example:
+        >>> plan = unit_plan("full_preact", "identity", "basic", 16)
+        >>> [conv.key for conv in plan.kernels()], plan.after_add
+        (['1_conv', '2_conv'], ())
+    """
+    spec, short = UNIT_SPECS[unit], SHORTCUTS[shortcut]
+    layout = branch_layout(block, filters)
+    out = layout[-1][0]
+    width = out if in_width is None else in_width
+    convs = []
+    for i, (cout, kernel) in enumerate(layout):
+        after = ("bn", "relu") if i + 1 < len(layout) else spec.post
+        convs.append(ConvStep(f"{i + 1}_conv", kernel, width, cout, stride if i == stride_conv else 1,
+                              keyed(after, str(i + 1))))
+        width = cout
+    cin = convs[0].cin
+    project = short.always_project or cin != out
+    bn = ("bn",) if spec.projection_bn else ()  # a projection is normalised like the branch it joins
+    return UnitPlan(
+        shortcut=short,
+        preact=keyed(spec.preact, "preact"),
+        convs=tuple(convs),
+        projection=ConvStep("shortcut_conv", 1, cin, out, stride, keyed(bn, "shortcut")) if project else None,
+        subsample=stride if not project and stride > 1 else 1,
+        gate=ConvStep("gate_conv", 1, cin, out, stride) if short.gate else None,
+        after_add=keyed(spec.after_add, "out"),
+    )
+
 
 # ---------------------------------------------------------------- option checking
 

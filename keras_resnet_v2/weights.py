@@ -1,5 +1,6 @@
-"""Loading `weights=` into a built network (`.keras` or `.weights.h5` files, checked first), and
-the address of every weight by residual unit, which converting and fine-tuning share.
+"""Loading `weights=` into a built network (`.keras` or `.weights.h5` files; the path is checked with the
+other arguments, `config.check_weights_path`), and the address of every weight by residual unit, which
+converting and fine-tuning share.
 
 A weight's address is (per-unit layer name, variable name), e.g. ("stage1_unit5_1_conv", "kernel"),
 in either form of a network: in a `UnitStack` that weight is row 3 of `stage1_unit2_to_unit18`'s
@@ -76,25 +77,6 @@ def assign_by_unit(want: Mapping[Address, tuple[Any, Optional[int]]], values: Ma
             rows.setdefault(id(variable), (variable, {}))[1][row] = values[key]
     for variable, stacked in rows.values():
         variable.assign(np.stack([stacked[i] for i in range(len(stacked))]))
-
-
-def check_weights_path(weights) -> None:
-    """One-line ValueError unless `weights` is None or an existing `.keras` / `.weights.h5` path."""
-    if weights is None:
-        return
-    if not isinstance(weights, (str, os.PathLike)):
-        raise ValueError(
-            "`weights` must be None or the path of a `.keras` or `.weights.h5` file. "
-            f"Received: weights={weights!r}"
-        )
-    path = os.fspath(weights)
-    if not (path.endswith(".keras") or path.endswith(".weights.h5")):
-        raise ValueError(
-            "`weights` must be None or the path of a `.keras` or `.weights.h5` file "
-            f"(pretrained downloads are not offered). Received: weights={weights!r}"
-        )
-    if not os.path.isfile(path):
-        raise ValueError(f"`weights` file does not exist. Received: weights={weights!r}")
 
 
 def _weight_shapes_in_file(path: str) -> list[tuple]:

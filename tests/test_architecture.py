@@ -1,6 +1,6 @@
 """The networks match the paper: parameter counts, unit layouts (Fig. 4), the clean
 path of Eqn. 4, the CIFAR and ImageNet layouts, names and dtypes. Figures cited from
-`shared/paper/FACTS.md` (the paper's Tables 1-3 and appendix)."""
+the paper (Tables 1-3, Sec. 4 and the Appendix)."""
 
 import keras
 import numpy as np
@@ -254,7 +254,7 @@ def test_option_constants_list_every_variant():
 
 @pytest.mark.slow
 def test_one_layer_skip_units_of_table3():
-    # FACTS.md Table 3, "ResNet-110 (1-layer skip)": 36 units of one 3x3 conv per stage, 1.7M parameters.
+    # Paper, Table 3, "ResNet-110 (1-layer skip)": 36 units of one 3x3 conv per stage, 1.7M parameters.
     for unit in krv2.UNITS:
         model = krv2.ResNet(110, block="single", unit=unit)
         convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]

@@ -106,6 +106,6 @@ def test_multi_worker_two_processes(tmp_path):
     first, second = (_replica_copies(np.load(tmp_path / f"w{i}.npz")) for i in range(2))
     assert set(first) == set(second)
     for path in first:
-        # Trainable weights by the all-reduced gradients; BN statistics by sync_moving_statistics.
+        # Trainable weights by the all-reduced gradients; BN statistics averaged over the replicas each step.
         np.testing.assert_allclose(first[path][0], second[path][0], rtol=1e-6, atol=1e-7, err_msg=path)
     assert int(np.load(tmp_path / "w0.npz")["replicas"]) == 2

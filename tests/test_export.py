@@ -202,7 +202,7 @@ def test_failed_cli_verification_still_writes_its_report(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_resnet1001_savedmodel_and_onnx_match_keras(tmp_path):
-    # Issue 4: ResNet-1001 (FACTS.md: 333 bottleneck units, 10.2M parameters) through both exports.
+    # Issue 4: ResNet-1001 (paper Table 3: 333 bottleneck units, 10.2M parameters) through both exports.
     # Issue 12: in its stacked form (scan=True), whose loops export as loops: 25 s for both exports
     # and verification instead of 226 s for the per-unit graph (benchmarks/RESULTS.md), which
     # tests/test_deep.py still builds and differentiates.

@@ -145,11 +145,11 @@ def test_converted_model_exports_and_evaluates_with_timms_preprocessing(tmp_path
 
     from keras_resnet_v2.export.__main__ import main as export_main
     from keras_resnet_v2.training import data
-    from keras_resnet_v2.training.run import evaluate
+    from keras_resnet_v2.training.evaluation import evaluate
 
     path, _ = _fixture("timm_resnetv2_18_tiny")
     model = krv2.from_timm(path, input_shape=(64, 64, 3), classes=1000)
-    assert krv2.pretrained.serving_preprocessing(model) == krv2.TIMM_SERVING
+    assert krv2.pretrained.timm_preprocessing(model) == krv2.TIMM_SERVING
     model_path = str(tmp_path / "converted.keras")
     model.save(model_path)
     names = tmp_path / "labels.txt"

@@ -113,7 +113,7 @@ def test_remat_trains_the_same_under_jax():
 
 def test_training_remat_flag_reaches_the_builder_checks():
     from keras_resnet_v2.training.cli import config_from_args
-    from keras_resnet_v2.training.run import check_config
+    from keras_resnet_v2.training.runner import check_config
 
     assert config_from_args(["--model", "resnet20"]).remat is False
     config = config_from_args(["--model", "resnet20", "--remat", "--shortcut", "dropout"])

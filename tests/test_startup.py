@@ -64,15 +64,16 @@ def test_importing_the_packages_loads_no_backend_and_names_load_on_first_use():
 
 @pytest.mark.slow
 def test_public_names_stay_functions_when_their_modules_load_first():
-    # `export.verify` and `training.run` are functions defined in modules of the same name. Importing
-    # such a module sets it as the package's attribute; before plumbing.lazy's fix, `export.verify(...)`
-    # after `export.export_and_verify(...)` (which imports the module) was "'module' object is not callable".
+    # Importing a module sets it as its package's attribute: a public name that is also a module's name
+    # (`export.verify` was defined in verify.py) would turn into that module once anyone imported it
+    # ("'module' object is not callable"). No public name is a module's name (plumbing.lazy refuses one),
+    # so every module loading first changes nothing.
     result = _python("""
         import importlib, json
-        import keras_resnet_v2.export.workflow, keras_resnet_v2.training.cli, keras_resnet_v2.training.run
+        import keras_resnet_v2.export.workflow, keras_resnet_v2.training.cli, keras_resnet_v2.training.runner
         from keras_resnet_v2 import export
         from keras_resnet_v2.training import run
-        module = importlib.import_module("keras_resnet_v2.export.verify")
+        module = importlib.import_module("keras_resnet_v2.export.verification")
         print(json.dumps({"verify": type(export.verify).__name__, "same": export.verify is module.verify,
                           "run": type(run).__name__, "workflow": type(export.workflow).__name__}))
     """)
@@ -213,3 +214,18 @@ def test_start_backend_quiets_tensorflow_unless_verbose_or_set_by_the_user(monke
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
     startup.start_backend()
     assert levels == [None, startup.QUIET_LEVEL, "0"] and startup.QUIET_LEVEL == "2"
+
+
+def test_a_public_name_that_is_also_a_module_name_is_refused(tmp_path, monkeypatch):
+    import types
+
+    from keras_resnet_v2.plumbing.lazy import lazy_package
+
+    (tmp_path / "verify.py").write_text("def verify():\n    return 1\n")
+    package = types.ModuleType("clashing_package")
+    package.__path__ = [str(tmp_path)]
+    monkeypatch.setitem(sys.modules, "clashing_package", package)
+    with pytest.raises(ImportError, match=r"public names \['verify'\] are also names of its modules"):
+        lazy_package("clashing_package", {"verify": ("verify",)})
+    getattr_, _, names = lazy_package("clashing_package", {"verify": ("check",)})  # no clash: accepted
+    assert names == ["check"]

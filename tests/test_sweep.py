@@ -15,7 +15,7 @@ def test_dry_run_lists_table1_with_the_papers_options(tmp_path, capsys):
     run_dir = tmp_path / "t1"
     assert main(["sweep", "--table", "1", "--seeds", "2", "--dry-run", "--run-dir", str(run_dir)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 10 * 2  # FACTS.md Table 1: ten rows, two seeds each
+    assert len(lines) == 10 * 2  # Paper, Table 1: ten rows, two seeds each
     gated = [line for line in lines if "exclusive_gating" in line and '"gate_bias": -6.0' in line]
     assert len(gated) == 2 and all("paper 8.70" in line for line in gated)
     assert any('"shortcut_scale": 0.5, "scale_residual": false' in line and "paper fail" in line for line in lines)

@@ -58,7 +58,7 @@ def test_sigkill_then_rerun_resumes_and_keeps_history(tmp_path):
     assert not leftovers
     config = json.loads((run_dir / "config.json").read_text())
     assert config["schedule"]["total_steps"] == 88 and config["global_batch"] == 64
-    # Linear scaling against the recipe's batch 128 (FACTS.md: lr 0.1, warm-up 0.01): half at batch 64.
+    # Linear scaling against the recipe's batch 128 (paper Appendix: lr 0.1, warm-up 0.01): half at batch 64.
     assert config["recipe_values"]["batch_size"] == 128
     assert config["schedule"]["values"] == pytest.approx([0.005, 0.05, 0.005, 0.0005])
 
@@ -69,7 +69,7 @@ def test_sigkill_then_rerun_resumes_and_keeps_history(tmp_path):
     assert meta["training"]["unit"] == "full_preact" and meta["normalization"] == "per_pixel"
 
     # evaluate reproduces the last epoch's test accuracy from the saved model.
-    from keras_resnet_v2.training.run import evaluate
+    from keras_resnet_v2.training.evaluation import evaluate
 
     scores = evaluate(str(run_dir), "digits")
     assert scores["examples"] == 360
@@ -132,7 +132,7 @@ def test_rerun_with_another_model_in_the_same_run_dir_is_refused(tmp_path, capsy
 
 @pytest.mark.slow
 def test_imagenet_style_run_trains_at_224_style_crops_and_tests_at_eval_size(tmp_path, monkeypatch, capsys):
-    # FACTS.md, Training recipe: ImageNet scale augmentation, test at 320x320 on images resized to 320.
+    # Paper, Appendix and Sec. 5: ImageNet scale augmentation, test at 320x320 on images resized to 320.
     # Scaled down here: train crops 64, test crop 96, on TFDS' mock imagenet2012 (variable-size images).
     import tensorflow_datasets as tfds
 

@@ -1,4 +1,4 @@
-"""The training package: recipes (FACTS.md, "Training recipe"), optimizer, data, callbacks, loop."""
+"""The training package: recipes (the paper's Appendix), optimizer, data, callbacks, loop."""
 
 import csv
 import os
@@ -23,7 +23,7 @@ def _float32_policy():
 
 # ------------------------------------------------------------------ recipes and schedules
 def test_paper_cifar_schedule_matches_the_paper():
-    # FACTS.md: lr 0.1, warm-up 0.01 for 400 iterations, /10 at 32k and 48k, stop at 64k.
+    # Paper, Appendix: lr 0.1, warm-up 0.01 for 400 iterations, /10 at 32k and 48k, stop at 64k.
     s = recipes.resolve(recipes.RECIPES["paper_cifar"], 128, 391)
     assert s.total_steps == 64_000
     assert s.boundaries == (400, 32_000, 48_000)
@@ -365,7 +365,7 @@ class _FakeStrategy:
 
 
 def test_imagenet_style_pipeline_for_images_of_different_sizes():
-    # FACTS.md: scale augmentation (shorter side in [256, 480], 224 crop, flip); test: centre crop.
+    # Paper, Appendix: scale augmentation (shorter side in [256, 480], 224 crop, flip); test: centre crop.
     sizes = [(300, 400), (260, 260), (500, 280)]
     ds = tf.data.Dataset.from_generator(
         lambda: ((np.full((h, w, 3), 7, "uint8"), np.int64(i)) for i, (h, w) in enumerate(sizes)),
@@ -380,7 +380,7 @@ def test_imagenet_style_pipeline_for_images_of_different_sizes():
 
 
 def test_with_input_size_copies_weights_and_refuses_a_mean_image():
-    from keras_resnet_v2.training.run import with_input_size
+    from keras_resnet_v2.training.evaluation import with_input_size
 
     inputs = keras.Input((32, 32, 3), name="images")
     x = keras_resnet_v2.Standardize(mean=[120.0, 115.0, 100.0], variance=[4e3, 4e3, 4e3])(inputs)
@@ -449,7 +449,7 @@ def test_a_run_saved_before_the_padding_setting_resumes_only_with_padding_same(t
     import json
 
     from keras_resnet_v2.training.config import TrainConfig
-    from keras_resnet_v2.training.run import _check_resume
+    from keras_resnet_v2.training.resume import check_resume
 
     effective = {**dataclasses.asdict(TrainConfig()), "normalization": None}
     old = {k: v for k, v in effective.items() if k != "padding"}
@@ -458,5 +458,5 @@ def test_a_run_saved_before_the_padding_setting_resumes_only_with_padding_same(t
     (tmp_path / "config.json").write_text(json.dumps(old))
     assert effective["padding"] == "symmetric"
     with pytest.raises(ValueError, match="different configuration.*padding: 'same' -> 'symmetric'"):
-        _check_resume(str(tmp_path), effective)
-    assert _check_resume(str(tmp_path), {**effective, "padding": "same"}) is True
+        check_resume(str(tmp_path), effective)
+    assert check_resume(str(tmp_path), {**effective, "padding": "same"}) is True

@@ -27,8 +27,9 @@ EXPORTS = {
     "loop": ("NonFiniteLossError", "Trainer"),
     "optimizers": ("SGD", "StepSchedule", "make_optimizer"),
     "recipes": ("RECIPES", "Recipe", "get_recipe", "resolve"),
-    "run": ("evaluate", "run"),
-    "runtime": ("fuse_batchnorm", "make_strategy", "set_precision", "sync_moving_statistics", "wrap_optimizer"),
+    "evaluation": ("evaluate",),
+    "runner": ("run",),
+    "runtime": ("fuse_batchnorm", "make_strategy", "set_precision", "wrap_optimizer"),
 }
 
 # The optimizer and schedule are registered Keras classes: their module runs when Keras loads.

@@ -13,8 +13,8 @@ import os
 
 import keras
 
+from keras_resnet_v2.models import functional_like
 from keras_resnet_v2.plumbing.files import atomic_write
-from keras_resnet_v2.stack import functional_like
 
 
 def read_history(path: str) -> list[dict]:

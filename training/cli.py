@@ -15,9 +15,10 @@ import argparse
 import json
 import os
 import sys
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
-from keras_resnet_v2.names import BLOCKS, SHORTCUT_NAMES, UNITS
+from keras_resnet_v2.names import BLOCKS, PADDINGS, SHORTCUT_NAMES, UNITS
 from keras_resnet_v2.plumbing import interrupts
 from keras_resnet_v2.plumbing.files import model_file
 from keras_resnet_v2.plumbing.startup import VERBOSE_HELP, announce, start_backend
@@ -61,10 +62,30 @@ length) come from --recipe; RUN_DIR/config.json records every effective value.
 REQUIRED = ("dataset", "model", "run_dir")
 
 
-def _train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="resnet-v2-train", description=__doc__.split("\n\n")[0],
-                                argument_default=argparse.SUPPRESS, epilog=TRAIN_EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def _parser() -> argparse.ArgumentParser:
+    """One parser, a sub-parser per command (`parser.commands[name]`); `train` is the default
+    (`_command_line` names it)."""
+    parser = argparse.ArgumentParser(prog="resnet-v2-train", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    parser.commands = commands.choices
+    _train_arguments(commands.add_parser(
+        "train", prog="resnet-v2-train", description=__doc__.split("\n\n")[0], argument_default=argparse.SUPPRESS,
+        epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter))
+    _eval_arguments(commands.add_parser(
+        "evaluate", prog="resnet-v2-train evaluate",
+        description="Top-1 and top-5 error of a saved model on a test split."))
+    _sweep_arguments(commands.add_parser(
+        "sweep", prog="resnet-v2-train sweep",
+        description="Every row of the paper's Table 1, 2 or 3, one run per row and seed."))
+    return parser
+
+
+def _command_line(argv: Sequence[str]) -> list[str]:
+    """`argv` with its command named: training is the default (`resnet-v2-train --dataset ...`)."""
+    return list(argv) if argv[:1] and argv[0] in COMMANDS else ["train", *argv]
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="required: digits (offline), a TFDS name (cifar10, cifar100, imagenet2012) "
                                      "or an image folder")
     p.add_argument("--model", help="required: resnet20 ... resnet1202, resnet164, resnet1001, resnet18 ... resnet200")
@@ -94,7 +115,7 @@ def _train_parser() -> argparse.ArgumentParser:
                    help="lr boundaries in the recipe's units, comma-separated")
     for name, kind in RECIPE_FLAGS.items():
         p.add_argument("--" + name.replace("_", "-"), type=kind)
-    p.add_argument("--padding", choices=("symmetric", "same"),
+    p.add_argument("--padding", choices=PADDINGS,
                    help="stride-2 convs pad kernel//2 on every side (symmetric, default: the paper's Torch "
                         "code) or as Keras' 'same' (runs made before that default; needed to resume them)")
     p.add_argument("--fused-batchnorm", type=_bool, help="train BatchNorm through TF's fused kernel (default true)")
@@ -113,12 +134,9 @@ def _train_parser() -> argparse.ArgumentParser:
                    help="image folders: leave out images that do not decode (default: stop, naming them)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
-    return p
 
 
-def _eval_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="resnet-v2-train evaluate",
-                                description="Top-1 and top-5 error of a saved model on a test split.")
+def _eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="a .keras file or a run directory")
     p.add_argument("--dataset", required=True)
     p.add_argument("--data-dir")
@@ -131,12 +149,9 @@ def _eval_parser() -> argparse.ArgumentParser:
                    help="ImageNet-style data: how the shorter side is resized (default bilinear; bicubic for a "
                         "model from_timm converted)")
     p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
-    return p
 
 
-def _sweep_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="resnet-v2-train sweep",
-                                description="Every row of the paper's Table 1, 2 or 3, one run per row and seed.")
+def _sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--table", type=int, required=True, choices=(1, 2, 3))
     p.add_argument("--dataset", default="cifar10")
     p.add_argument("--model", default="resnet110")
@@ -153,10 +168,9 @@ def _sweep_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list the rows and run directories, train nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
-    return p
 
 
-def sweep_main(args: argparse.Namespace) -> int:
+def _sweep(args: argparse.Namespace) -> int:
     """Runs (or, with --dry-run, lists) the parsed `resnet-v2-train sweep` command."""
     from keras_resnet_v2.training.sweep import run_sweep
 
@@ -224,8 +238,14 @@ def config_from_args(argv: Sequence[str], require: bool = False) -> TrainConfig:
 
 def _train_settings(argv: Sequence[str], require: bool) -> tuple[TrainConfig, bool]:
     """(TrainConfig, --verbose) of a training command line; needs no Keras or TensorFlow."""
-    parser = _train_parser()
-    args = vars(parser.parse_args(argv))
+    parser = _parser()
+    return _train_config(parser.parse_args(["train", *argv]), require, parser)
+
+
+def _train_config(namespace: argparse.Namespace, require: bool, parser) -> tuple[TrainConfig, bool]:
+    """(TrainConfig, --verbose) of the parsed `train` command: flags over its --config file over the recipe."""
+    args = vars(namespace)
+    args.pop("command")
     verbose = args.pop("verbose", False)
     source = f"`config` file {args['config']!r}" if "config" in args else "the command line"
     values = read_config_file(args.pop("config")) if "config" in args else {}
@@ -243,64 +263,108 @@ def _train_settings(argv: Sequence[str], require: bool) -> tuple[TrainConfig, bo
     config = TrainConfig.from_dict(values, source)  # values and types first, then what is missing
     missing = [name for name in REQUIRED if name not in values]
     if require and missing:
-        parser.error("the following arguments are required: "
+        parser.commands["train"].error("the following arguments are required: "
                      + ", ".join("--" + name.replace("_", "-") for name in missing) + " (as flags or in --config)")
     return config, verbose
 
 
-def _interrupted(argv: Sequence[str]) -> str:
+def _stopped_training(config: TrainConfig) -> str:
     """Where a Ctrl-C or SIGTERM left a training run, and how to go on."""
-    stopped = interrupts.describe()
-    try:
-        run_dir = config_from_args(argv).run_dir
-    except (SystemExit, ValueError):
-        return stopped
     from keras_resnet_v2.training.callbacks import read_history
 
     try:
-        rows = read_history(os.path.join(run_dir, "history.csv"))
+        rows = read_history(os.path.join(config.run_dir, "history.csv"))
     except ValueError:
         rows = []
     done = f"after epoch {rows[-1]['epoch']} (step {rows[-1]['step']})" if rows else "before the first epoch ended"
-    return f"{stopped} {done}; rerun the same command to resume from {os.path.join(run_dir, 'backup')}"
+    return (f"{interrupts.describe()} {done}; rerun the same command to resume from "
+            f"{os.path.join(config.run_dir, 'backup')}")
+
+
+def _train(config: TrainConfig) -> int:
+    from keras_resnet_v2.training.runner import run
+
+    print(json.dumps(run(config), indent=2, default=str))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from keras_resnet_v2.training.evaluation import evaluate
+
+    result = evaluate(args.model, args.dataset, args.data_dir, args.batch_size, args.eval_size,
+                      args.crop_fraction, args.interpolation)
+    # Printed as the paper reports: errors in percent to two decimals.
+    print(json.dumps({k: round(v, 2 if k.endswith("_percent") else 4) if isinstance(v, float) else v
+                      for k, v in result.items()}, indent=2))
+    return 0
+
+
+def _plan_training(args: argparse.Namespace, parser) -> tuple[TrainConfig, bool, str]:
+    config, verbose = _train_config(args, True, parser)
+    check_settings(config)
+    block = f", {config.block} units" if config.block else ""
+    return config, verbose, (f"training {config.model} ({config.unit}, {config.shortcut}{block}) on {config.dataset} "
+                             f"into {config.run_dir}")
+
+
+def _plan_evaluation(args: argparse.Namespace, parser) -> tuple[argparse.Namespace, bool, str]:
+    model_file(args.model)
+    return args, args.verbose, f"error of {args.model} on the {args.dataset} test split"
+
+
+def _plan_sweep(args: argparse.Namespace, parser) -> tuple[argparse.Namespace, bool, str]:
+    return args, args.verbose, f"table {args.table}, {args.model} on {args.dataset}, into {args.run_dir}"
+
+
+def _stopped_sweep(args: argparse.Namespace) -> str:
+    return (f"{interrupts.describe()}; finished rows are kept in {args.run_dir}: rerun the same command to go on "
+            "with the interrupted row")
+
+
+@dataclass(frozen=True)
+class Command:
+    """One sub-command: `plan` checks its arguments (no TensorFlow) into (job, verbose, what runs),
+    `execute` runs the job, `stopped` says where a Ctrl-C or SIGTERM left it."""
+
+    title: str
+    plan: Callable[[argparse.Namespace, argparse.ArgumentParser], tuple[Any, bool, str]]
+    execute: Callable[[Any], int]
+    stopped: Callable[[Any], str]
+
+
+COMMANDS = {
+    "train": Command("resnet-v2-train", _plan_training, _train, _stopped_training),
+    "evaluate": Command("resnet-v2-train evaluate", _plan_evaluation, _evaluate, lambda args: interrupts.describe()),
+    "sweep": Command("resnet-v2-train sweep", _plan_sweep, _sweep, _stopped_sweep),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`resnet-v2-train`: arguments parsed and checked first (no TensorFlow yet: usage errors exit 2
     at once), then one line saying what runs, then TensorFlow, started quietly."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = "resnet-v2-train"
+    parser = _parser()
+    args = parser.parse_args(_command_line(argv))
+    command = COMMANDS[args.command]
     try:
-        if argv[:1] == ["evaluate"]:
-            command, args = "resnet-v2-train evaluate", _eval_parser().parse_args(argv[1:])
-            model_file(args.model)
-            verbose, plan = args.verbose, f"error of {args.model} on the {args.dataset} test split"
-        elif argv[:1] == ["sweep"]:
-            command, args = "resnet-v2-train sweep", _sweep_parser().parse_args(argv[1:])
-            verbose, plan = args.verbose, f"table {args.table}, {args.model} on {args.dataset}, into {args.run_dir}"
-        else:
-            args, verbose = _train_settings(argv, require=True)
-            check_settings(args)
-            block = f", {args.block} units" if args.block else ""
-            plan = (f"training {args.model} ({args.unit}, {args.shortcut}{block}) on {args.dataset} "
-                    f"into {args.run_dir}")
+        job, verbose, plan = command.plan(args, parser)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    announce(command, f"{plan}; starting TensorFlow")
+    announce(command.title, f"{plan}; starting TensorFlow")
     try:
         start_backend(verbose)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    return _execute(argv, args)
+    return _execute(command, job)
 
 
-def _execute(argv: Sequence[str], args) -> int:
+def _execute(command: Command, job) -> int:
     from keras_resnet_v2.plumbing.files import DirectoryBusyError, describe_os_error
     from keras_resnet_v2.training.data import DatasetError
     from keras_resnet_v2.training.loop import NonFiniteLossError
-    from keras_resnet_v2.training.run import DiskFullError
+    from keras_resnet_v2.training.runner import DiskFullError
 
     try:  # --export-dir needs the export extra; without it no VerificationError can occur
         from keras_resnet_v2.export import VerificationError
@@ -310,21 +374,7 @@ def _execute(argv: Sequence[str], args) -> int:
     # SIGTERM stops a run as Ctrl-C does; a Ctrl-C that a GC callback swallowed stops the next step.
     with interrupts.stop_on_signals():
         try:
-            if argv[:1] == ["evaluate"]:
-                from keras_resnet_v2.training.run import evaluate
-
-                result = evaluate(args.model, args.dataset, args.data_dir, args.batch_size, args.eval_size,
-                                  args.crop_fraction, args.interpolation)
-                # Printed as the paper reports: errors in percent to two decimals.
-                print(json.dumps({k: round(v, 2 if k.endswith("_percent") else 4) if isinstance(v, float) else v
-                                  for k, v in result.items()}, indent=2))
-                return 0
-            if argv[:1] == ["sweep"]:
-                return sweep_main(args)
-            from keras_resnet_v2.training.run import run
-
-            result = run(args)
-            print(json.dumps(result, indent=2, default=str))
+            return command.execute(job)
         except (ValueError, DatasetError, FileExistsError, DirectoryBusyError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
@@ -341,11 +391,5 @@ def _execute(argv: Sequence[str], args) -> int:
             print(f"\nerror: {describe_os_error(error)}", file=sys.stderr)
             return 4
         except KeyboardInterrupt:
-            if argv[:1] == ["sweep"]:
-                stopped = (f"{interrupts.describe()}; finished rows are kept in {args.run_dir}: rerun the same "
-                           "command to go on with the interrupted row")
-            else:
-                stopped = interrupts.describe() if argv[:1] == ["evaluate"] else _interrupted(argv)
-            print(f"\n{stopped}", file=sys.stderr)
+            print(f"\n{command.stopped(job)}", file=sys.stderr)
             return interrupts.exit_code()
-    return 0

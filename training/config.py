@@ -139,5 +139,5 @@ def check_settings(config: TrainConfig) -> recipes.Recipe:
         raise ValueError(f"`run_dir` must be a directory path. Received: run_dir={config.run_dir!r}")
     check_writable_directory(config.run_dir, "`run_dir`")
     # `batch_size` is this run's global batch; the recipe's own batch stays the reference of the
-    # linear lr scaling (lr x global batch / recipe batch, FACTS.md: 0.1 at 128 for CIFAR).
+    # linear lr scaling (lr x global batch / recipe batch, the paper's Appendix: 0.1 at batch 128 for CIFAR).
     return recipes.get_recipe(config.recipe, **config.recipe_overrides)

@@ -10,7 +10,7 @@ Three sources, one result type (`Splits`: unbatched train/test `tf.data.Dataset`
   `validation/` if present, else a fixed split by file-name hash);
 - any TFDS image-classification dataset by name (`cifar10`, `cifar100`, `imagenet2012`, ...).
 
-Pipelines follow the paper's appendix (see FACTS.md, "Training recipe"):
+Pipelines follow the paper's Appendix (the training of He et al. 2015 and fb.resnet.torch):
 CIFAR-style (fixed-size images): load -> cache -> shuffle -> batch -> augment on the whole batch
 (4-pixel zero pad, random crop, horizontal flip) -> prefetch. ImageNet-style: scale augmentation
 (shorter side uniform in [256, 480], random 224 crop, flip) per image before batching, because
@@ -398,7 +398,8 @@ def random_crop_flip(images: tf.Tensor, padding: int, flip: bool, seed: tf.Tenso
 
 
 def _scale_augment(image, seed, crop: int, flip: bool = True):
-    """ImageNet scale augmentation (FACTS.md): shorter side in [256, 480], random 224 crop, flip.
+    """ImageNet scale augmentation (paper, Appendix; He et al. 2015, Sec. 3.4): shorter side in [256, 480],
+    random 224 crop, flip.
 
     For another crop size the side range scales with it ([256, 480] x crop / 224).
     """
@@ -427,7 +428,7 @@ def pipeline(dataset: tf.data.Dataset, info: DatasetInfo, batch_size: int, *, tr
     and a resumed run (`start_step`) draws new crops rather than replaying the first epoch's.
     Evaluation data is batched once, in order, keeping the last partial batch; variable-size
     images have their shorter side resized to `resize_side` (default image_size x 256 / 224:
-    256 for 224) and are centre-cropped to `image_size`. The paper's 320 test (FACTS.md) is
+    256 for 224) and are centre-cropped to `image_size`. The paper's 320 test (Sec. 5, Table 5) is
     `image_size=320, resize_side=320`; `interpolation` "bicubic" resizes them as timm's checkpoints
     were tested (`keras_resnet_v2.plumbing.images`). Images stay
     0..255 float32: the model's normalization layer does the rest.

@@ -22,8 +22,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_resnet_v2.batchnorm import sync_batchnorm_statistics
 from keras_resnet_v2.plumbing.interrupts import raise_if_stopped
-from keras_resnet_v2.training.runtime import moving_statistics_sync
 
 
 class NonFiniteLossError(RuntimeError):
@@ -59,8 +59,7 @@ class Trainer:
             model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(),
                           metrics=["accuracy"])
             optimizer.build(model.trainable_variables)
-        self.moving_statistics = [v for v in model.non_trainable_variables if "moving_" in v.name]
-        self._sync_moving_statistics = moving_statistics_sync(strategy, self.moving_statistics)
+        sync_batchnorm_statistics(model)  # replicas average their BatchNorm statistics at every step
         self._replica_step = tf.function(self._train_replica, jit_compile=True) if jit_compile else self._train_replica
         self._train_steps = tf.function(self._distributed_train_steps)
         self._eval_step = tf.function(self._distributed_eval_step)
@@ -157,7 +156,6 @@ class Trainer:
                 else:
                     logs["images_per_sec"] = (done - first) * self.global_batch / (time.perf_counter() - start)
                 callback_list.on_train_batch_end(done - 1, logs)
-            self._sync_moving_statistics()  # traced once; a no-op with one replica
             logs = dict(logs, lr=self.learning_rate())
             if validation_data is not None:
                 logs.update({"val_" + k: v for k, v in self.evaluate(validation_data).items()})

@@ -1,6 +1,6 @@
 """The paper's training recipes as data, and the schedule each resolves to for one run.
 
-Sources (FACTS.md, "Training recipe (appendix)"):
+Sources (the paper's Appendix and the authors' code, resnet-pre-act.lua in fb.resnet.torch):
 - CIFAR: SGD momentum 0.9 (Nesterov in the authors' code), batch 128, weight decay 1e-4,
   lr 0.1 (warm-up at 0.01 for the first 400 iterations), divided by 10 at 32k and 48k
   iterations, stop at 64k.
@@ -55,12 +55,12 @@ RECIPES: dict[str, Recipe] = {
     "paper_cifar": Recipe(batch_size=128, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4,
                           decay="kernels", warmup_steps=400, warmup_lr=0.01, total_steps=64_000,
                           epochs=None, boundaries=(32_000, 48_000), lr_factor=0.1,
-                          normalization="per_pixel", scale_augmentation=False, note="FACTS.md, Training recipe: CIFAR"),
+                          normalization="per_pixel", scale_augmentation=False, note="He et al. 2016, Appendix: CIFAR"),
     "paper_imagenet": Recipe(batch_size=256, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4,
                              decay="kernels", warmup_steps=0, warmup_lr=0.0, total_steps=None,
                              epochs=90, boundaries=(30, 60), lr_factor=0.1,
                              normalization="per_channel", scale_augmentation=True,
-                             note="FACTS.md, Training recipe: ImageNet"),
+                             note="He et al. 2016, Appendix: ImageNet"),
 }
 RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(Recipe) if f.name != "note")
 

@@ -8,7 +8,7 @@ import os
 import keras
 import tensorflow as tf
 
-from keras_resnet_v2.speed import fuse_batchnorm  # noqa: F401  (re-exported: training.fuse_batchnorm)
+from keras_resnet_v2.batchnorm import fuse_batchnorm  # noqa: F401  (re-exported: training.fuse_batchnorm)
 from keras_resnet_v2.training.config import PRECISIONS, STRATEGIES
 
 
@@ -120,36 +120,3 @@ def per_replica_batch(global_batch: int, strategy: tf.distribute.Strategy) -> in
         raise ValueError(f"`batch_size` ({global_batch}, the global batch) must be divisible by the "
                          f"{replicas} replicas of {strategy_name(strategy)}. Received: batch_size={global_batch}")
     return global_batch // replicas
-
-
-def moving_statistics_sync(strategy: tf.distribute.Strategy, variables):
-    """A callable that sets each replica's copy of `variables` (BatchNorm moving statistics) to their
-    mean, traced once (calling `sync_moving_statistics` traces it anew each time: 3.7 s for a
-    ResNet-164 on 2 logical CPUs, benchmarks/RESULTS.md).
-
-    Keras BatchNorm updates its moving statistics on each replica from that replica's batch,
-    so replicas drift apart (as in the paper's multi-GPU Torch training, per-GPU BN); the builder's
-    BatchNorm averages every update over the replicas already (issue 21), a model of other layers
-    does not. The moving mean is linear in the batch means, so averaging the replicas' copies
-    equals having averaged every update. Call on every worker at the same point (an all-reduce).
-    """
-    variables = list(variables)
-    if not variables or strategy.num_replicas_in_sync == 1:
-        return lambda: None
-
-    @tf.function
-    def sync():
-        def replica_fn():
-            context = tf.distribute.get_replica_context()
-            means = context.all_reduce("MEAN", [tf.identity(v.value) for v in variables])
-            for v, m in zip(variables, means, strict=True):
-                v.assign(m)
-
-        strategy.run(replica_fn)
-
-    return sync
-
-
-def sync_moving_statistics(strategy: tf.distribute.Strategy, variables) -> None:
-    """Sets each replica's copy of `variables` to their mean, once (`moving_statistics_sync`)."""
-    moving_statistics_sync(strategy, variables)()

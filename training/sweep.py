@@ -3,7 +3,7 @@
     resnet-v2-train sweep --table 2 --dataset cifar10 --model resnet110 --seeds 3 --run-dir runs/table2
     resnet-v2-train sweep --table 1 --dry-run --run-dir runs/table1
 
-Rows are data (FACTS.md): Table 1 the shortcut variants of Fig. 2 on the original unit (ResNet-110),
+Rows are data (the paper's tables): Table 1 the shortcut variants of Fig. 2 on the original unit (ResNet-110),
 Table 2 the unit variants of Fig. 4, Table 3 original against full pre-activation. Each run is
 `keras_resnet_v2.training.run` in `RUN_DIR/table{T}_{row}_seed{S}` (a rerun skips finished rows and resumes an
 interrupted one), then `RUN_DIR/results.csv`, `results.md` (mean and spread over seeds beside the
@@ -149,7 +149,7 @@ def run_sweep(table: int, *, run_dir: str, dataset: str = "cifar10", model: str 
     """
     from keras_resnet_v2.training.config import TrainConfig
     from keras_resnet_v2.training.loop import NonFiniteLossError
-    from keras_resnet_v2.training.run import check_config, run
+    from keras_resnet_v2.training.runner import check_config, run
 
     entries = plan(table, model, dataset, seeds, run_dir)
     configs = [TrainConfig(dataset=dataset, model=model, unit=e["unit"], shortcut=e["shortcut"], block=e["block"],
@@ -212,7 +212,8 @@ def write_results(results: list[dict], run_dir: str) -> None:
                      f"{count} | {_mean_spread([r['final_train_loss'] for r in runs], '.3g')} | "
                      f"{_mean_spread([r['test_error'] for r in runs])} | {first['paper_error'] or '-'} |")
     header = (f"Table {results[0]['table']}, {results[0]['model']}; " if results else "") + \
-        "test error of the final model; paper: FACTS.md (CIFAR-10 unless the dataset says otherwise).\n\n"
+        ("test error of the final model; paper: He et al. 2016, Tables 1-3 (CIFAR-10 unless the dataset says "
+         "otherwise).\n\n")
     atomic_write_text(os.path.join(run_dir, "results.md"), header + "\n".join(lines) + "\n")
     plot_sweep(results, os.path.join(run_dir, "curves.png"))
 

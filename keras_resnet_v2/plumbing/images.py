@@ -6,7 +6,7 @@ Two ways to bring an image of any size to the network's `height` x `width`:
 - `"resize"` (CIFAR-style data, image folders resized to the input size): the whole image,
   stretched to `height` x `width` with antialiasing and rounded to uint8, as the training data
   was stored.
-- `"shorter_side_crop"` (ImageNet-style data, FACTS.md): the shorter side resized to `side`
+- `"shorter_side_crop"` (ImageNet-style data; the paper's 320 test, Sec. 5): the shorter side resized to `side`
   (`height` x 256 / 224 by default: 256 for 224; or floor(`height` / `crop_fraction`), timm's
   rule: 235 for 224 at timm's 0.95), then the centre `height` x `width` crop. `interpolation`
   "bilinear" (ours) or "bicubic" (timm's checkpoints; clipped and rounded to 0..255 as PIL's

@@ -19,7 +19,6 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import sys
-import types
 from typing import Callable, Mapping, Sequence
 
 import wrapt
@@ -41,22 +40,6 @@ def _importing(package: str, finishing: str = "") -> bool:
     return False
 
 
-class _LazyPackage(types.ModuleType):
-    """A package module whose public names keep their meaning when a submodule of the same name loads.
-
-    Importing a submodule sets it as an attribute of its package: once `keras_resnet_v2.export.verify`
-    (the module) has been imported by anyone, `export.verify` would be that module, not the function
-    it defines, and `from keras_resnet_v2.training import run` the module `run`. A public name that
-    its own submodule defines stays the definition.
-    """
-
-    def __setattr__(self, name: str, value) -> None:
-        owners = self.__dict__.get("_lazy_owners", {})
-        if isinstance(value, types.ModuleType) and owners.get(name) == value.__name__ and hasattr(value, name):
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
 def lazy_package(package: str, exports: Mapping[str, Sequence[str]], register: Sequence[str] = (),
                  on_register: Callable[[], None] | None = None, public_subpackages: Sequence[str] = ()):
     """`(__getattr__, __dir__, __all__)` for `package`, whose names live in the submodules `exports` lists.
@@ -69,11 +52,10 @@ def lazy_package(package: str, exports: Mapping[str, Sequence[str]], register: S
     """
     owner = {name: f"{package}.{module}" for module, names in exports.items() for name in names}
     namespace = sys.modules[package].__dict__
-    namespace["_lazy_owners"] = owner
-    sys.modules[package].__class__ = _LazyPackage
-    for name in set(owner) & set(namespace):  # a submodule of a public name's own name already loaded
-        if isinstance(namespace[name], types.ModuleType):
-            setattr(sys.modules[package], name, namespace[name])
+    modules = {info.name for info in pkgutil.iter_modules(namespace["__path__"])}
+    clash = sorted(set(owner) & modules)
+    if clash:  # importing that module would set it as the package's attribute, hiding the public name
+        raise ImportError(f"{package}: public names {clash} are also names of its modules; rename the modules")
 
     def __getattr__(name: str):
         if name not in owner:
@@ -101,7 +83,6 @@ def lazy_package(package: str, exports: Mapping[str, Sequence[str]], register: S
     if register or on_register:
         # Keras finishing its import is the usual moment. If one of our modules imported Keras from
         # its first lines, that is too early (`_importing`); the moment is then that module's end.
-        modules = [f"{package}.{info.name}" for info in pkgutil.iter_modules(namespace["__path__"])]
-        for name in ("keras", *modules):
+        for name in ("keras", *(f"{package}.{module}" for module in sorted(modules))):
             wrapt.register_post_import_hook(_register, name)
     return __getattr__, __dir__, sorted(owner)
