@@ -200,6 +200,37 @@ def test_ctrl_c_says_where_it_stopped_and_how_to_resume(tmp_path, signum, code, 
     assert last.startswith(f"{said} after epoch") and f"resume from {run_dir / 'backup'}" in last, last
 
 
+# Issue 37: a signal at any moment of a run: while TensorFlow starts, while the first step is built and
+# traced, while the export at the end is written. Each ends the run with one line and no traceback.
+MOMENTS = {
+    "start-up": lambda tmp, out, err: "starting TensorFlow" in err.read_text(),
+    "first-trace": lambda tmp, out, err: "strategy " in out.read_text(),
+    "export": lambda tmp, out, err: (tmp / "export").exists(),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", sorted(MOMENTS))
+def test_a_signal_at_any_moment_ends_the_run_in_one_line(tmp_path, moment):
+    run_dir, out, err = tmp_path / "run", tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "keras_resnet_v2.training",
+                                    *_args(run_dir, "--export-dir", str(tmp_path / "export"), epochs="2")],
+                                   env=ENV, stdout=stdout, stderr=stderr)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and process.poll() is None and not MOMENTS[moment](tmp_path, out, err):
+            time.sleep(0.05)
+        assert process.poll() is None, err.read_text()[-2000:]
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=120) == 130, err.read_text()[-2000:]
+    finally:
+        process.kill()
+    text = err.read_text()
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text and "Exception ignored" not in text, text
+    assert text.strip().splitlines()[-1].startswith("interrupted"), text[-500:]
+
+
 @pytest.mark.slow
 def test_sigterm_stops_a_sweep_in_one_line_saying_how_to_go_on(tmp_path):
     run_dir = tmp_path / "sweep"

@@ -3,6 +3,7 @@
 import csv
 import os
 import signal
+import sys
 
 import keras
 import numpy as np
@@ -282,6 +283,54 @@ def test_a_signal_during_a_garbage_collector_callback_is_recorded_without_a_trac
         with pytest.raises(KeyboardInterrupt):
             interrupts.raise_if_stopped()
     assert "Traceback" not in capfd.readouterr().err
+
+
+class _SignalsWhenCollected:
+    def __init__(self, signum):
+        self.signum = signum
+
+    def __del__(self):
+        signal.raise_signal(self.signum)
+
+
+@pytest.mark.parametrize("where", ["weakref_callback", "__del__", "unraisable_elsewhere"])
+def test_a_signal_where_python_cannot_raise_it_is_quiet_and_stops_the_next_step(where, monkeypatch):
+    """Issue 37: weakref callbacks and `__del__` methods, like gc callbacks, hand a KeyboardInterrupt to
+    sys.unraisablehook (by default "Exception ignored in ... Traceback"); inside stop_on_signals() it is
+    recorded without a word and raised by the next raise_if_stopped(). Other unraisable errors still reach
+    the hook that was there before, which is in place again after the block."""
+    import gc
+    import weakref
+
+    from keras_resnet_v2.plumbing import interrupts
+
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+    with interrupts.stop_on_signals():
+        if where == "weakref_callback":
+            class Target:
+                pass
+
+            target = Target()
+            keep = weakref.ref(target, lambda _: signal.raise_signal(signal.SIGINT))  # noqa: F841
+            del target
+        elif where == "__del__":
+            _SignalsWhenCollected(signal.SIGTERM)  # freed at once: its __del__ runs here
+        else:
+            class Broken:
+                def __del__(self):
+                    raise RuntimeError("a real error in __del__")
+
+            Broken()
+        gc.collect()
+        if where == "unraisable_elsewhere":
+            assert [type(u.exc_value) for u in reported] == [RuntimeError] and interrupts.received() is None
+        else:
+            assert reported == []
+            assert interrupts.received() == (signal.SIGINT if where == "weakref_callback" else signal.SIGTERM)
+            with pytest.raises(KeyboardInterrupt):
+                interrupts.raise_if_stopped()
+    assert sys.unraisablehook == reported.append
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

@@ -341,23 +341,30 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`resnet-v2-train`: arguments parsed and checked first (no TensorFlow yet: usage errors exit 2
-    at once), then one line saying what runs, then TensorFlow, started quietly."""
+    at once), then one line saying what runs, then TensorFlow, started quietly.
+
+    From its first line SIGTERM stops a run as Ctrl-C does and no signal prints a traceback
+    (`plumbing.interrupts`): the command ends with one line saying where it stopped, at once or, where
+    Python could not raise the interrupt, at the next training step or when the job returns.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _parser()
-    args = parser.parse_args(_command_line(argv))
-    command = COMMANDS[args.command]
-    try:
-        job, verbose, plan = command.plan(args, parser)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    announce(command.title, f"{plan}; starting TensorFlow")
-    try:
-        start_backend(verbose)
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
-    return _execute(command, job)
+    with interrupts.stop_on_signals():
+        try:
+            parser = _parser()
+            args = parser.parse_args(_command_line(argv))
+            command = COMMANDS[args.command]
+            try:
+                job, verbose, plan = command.plan(args, parser)
+            except ValueError as error:
+                print(f"error: {error}", file=sys.stderr)
+                return 2
+            announce(command.title, f"{plan}; starting TensorFlow")
+            start_backend(verbose)
+            interrupts.raise_if_stopped()
+        except KeyboardInterrupt:
+            print(f"\n{interrupts.describe()}", file=sys.stderr)
+            return interrupts.exit_code()
+        return _execute(command, job)
 
 
 def _execute(command: Command, job) -> int:
@@ -371,25 +378,25 @@ def _execute(command: Command, job) -> int:
     except ImportError:
         VerificationError = ()  # noqa: N806 - an except clause that matches nothing
 
-    # SIGTERM stops a run as Ctrl-C does; a Ctrl-C that a GC callback swallowed stops the next step.
-    with interrupts.stop_on_signals():
-        try:
-            return command.execute(job)
-        except (ValueError, DatasetError, FileExistsError, DirectoryBusyError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        except NonFiniteLossError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 3
-        except VerificationError as error:  # the trained model is saved; nothing was published
-            print(f"error: {error}", file=sys.stderr)
-            return 5
-        except DiskFullError as error:
-            print(f"\nerror: {error}", file=sys.stderr)
-            return 4
-        except OSError as error:
-            print(f"\nerror: {describe_os_error(error)}", file=sys.stderr)
-            return 4
-        except KeyboardInterrupt:
-            print(f"\n{command.stopped(job)}", file=sys.stderr)
-            return interrupts.exit_code()
+    try:
+        code = command.execute(job)
+        interrupts.raise_if_stopped()  # a signal whose KeyboardInterrupt Python could not raise where it came
+        return code
+    except (ValueError, DatasetError, FileExistsError, DirectoryBusyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    except VerificationError as error:  # the trained model is saved; nothing was published
+        print(f"error: {error}", file=sys.stderr)
+        return 5
+    except DiskFullError as error:
+        print(f"\nerror: {error}", file=sys.stderr)
+        return 4
+    except OSError as error:
+        print(f"\nerror: {describe_os_error(error)}", file=sys.stderr)
+        return 4
+    except KeyboardInterrupt:
+        print(f"\n{command.stopped(job)}", file=sys.stderr)
+        return interrupts.exit_code()

@@ -1,14 +1,17 @@
-"""Ctrl-C and SIGTERM stop a command for sure: at once, or at the next training step.
+"""Ctrl-C and SIGTERM stop a command for sure, without a traceback: at once, or at the next training step.
 
-Python turns SIGINT into a `KeyboardInterrupt` wherever the main thread is running. Inside a
-garbage-collector callback (JAX registers one, and Keras imports JAX whenever it is installed) the
-exception is printed as "Exception ignored in ..." and lost, and the run goes on as if nothing had
-happened. `stop_on_signals()` installs a handler for SIGINT and SIGTERM (what containers and
-preemptible machines send) that records the signal and raises `KeyboardInterrupt`;
-`raise_if_stopped()`, which the training loop calls between steps, raises it again if it was lost.
-A signal that arrives while a garbage-collector callback runs is only recorded: raised there it would
-be lost anyway, after Python printed a traceback of it, which a user would read as a crash.
-Outside `stop_on_signals()` (a notebook, a library caller) nothing is recorded and nothing changes.
+Python turns SIGINT into a `KeyboardInterrupt` wherever the main thread is running. Where no caller
+can receive an exception (a garbage-collector callback, which JAX registers and Keras imports JAX
+whenever it is installed; a weakref callback; a `__del__` method; ...) Python hands it to
+`sys.unraisablehook`, whose default prints "Exception ignored in ... Traceback" and goes on as if
+nothing had happened: a user reads a crash, and the run does not stop. `stop_on_signals()` installs
+a handler for SIGINT and SIGTERM (what containers and preemptible machines send) that records the
+signal and raises `KeyboardInterrupt`, and an unraisable hook that keeps quiet about a
+`KeyboardInterrupt` while a recorded signal is pending, wherever Python reports one that way;
+`raise_if_stopped()`, which the training loop calls between steps and the command line when its
+job returns, raises it again where it can stop the run. Other unraisable exceptions are reported as
+before. Outside `stop_on_signals()` (a notebook, a library caller) nothing is recorded and nothing
+changes.
 
 Example:
     >>> with stop_on_signals():
@@ -21,8 +24,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import gc
 import signal
+import sys
 import threading
 from typing import Iterator
 
@@ -30,20 +33,21 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _received: list[int] = []
 
 
-def _in_gc_callback(frame) -> bool:
-    """True if `frame` is (called from) one of `gc.callbacks`."""
-    codes = {getattr(getattr(callback, "__func__", callback), "__code__", None) for callback in gc.callbacks}
-    while frame is not None:
-        if frame.f_code in codes:
-            return True
-        frame = frame.f_back
-    return False
-
-
 def _handler(signum: int, frame) -> None:
     _received.append(signum)
-    if not _in_gc_callback(frame):  # else raise_if_stopped() raises it, at the next training step
-        raise KeyboardInterrupt
+    raise KeyboardInterrupt  # where Python cannot raise it, `_quiet_about_signals` keeps it quiet
+
+
+def _quiet_about_signals(report):
+    """`sys.unraisablehook` that drops the `KeyboardInterrupt` of a recorded signal (`raise_if_stopped`
+    raises it later) and hands anything else to `report`."""
+
+    def hook(unraisable) -> None:
+        if _received and isinstance(unraisable.exc_value, KeyboardInterrupt):
+            return
+        report(unraisable)
+
+    return hook
 
 
 @contextlib.contextmanager
@@ -53,12 +57,15 @@ def stop_on_signals() -> Iterator[None]:
         yield
         return
     previous = {signum: signal.signal(signum, _handler) for signum in SIGNALS}
+    report = sys.unraisablehook
+    sys.unraisablehook = _quiet_about_signals(report)
     _received.clear()
     try:
         yield
     finally:  # read `exit_code()` inside the block: after it, nothing is remembered
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        sys.unraisablehook = report
         _received.clear()
 
 
@@ -68,7 +75,8 @@ def received() -> int | None:
 
 
 def raise_if_stopped() -> None:
-    """Raises `KeyboardInterrupt` if a signal arrived and its first `KeyboardInterrupt` was swallowed."""
+    """Raises `KeyboardInterrupt` if a signal arrived inside `stop_on_signals()` (its first one may have been
+    swallowed where Python could not raise it)."""
     if _received:
         raise KeyboardInterrupt
 
