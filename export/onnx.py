@@ -12,6 +12,7 @@ import keras
 import tensorflow as tf
 
 from keras_resnet_v2.export.savedmodel import (
+    NON_FINITE_ONNX,
     Staged,
     _check_classifier,
     float32_copy,
@@ -60,7 +61,7 @@ def _describe(path: str, serving_model: keras.Model, labels: Optional[Sequence[s
         batch_axis = value.type.tensor_type.shape.dim[0]
         batch_axis.ClearField("dim_value")
         batch_axis.dim_param = "batch"
-    props = {**metadata(serving_model), **(extra or {})}
+    props = {**metadata(serving_model), "non_finite_input": NON_FINITE_ONNX, **(extra or {})}
     if labels is not None:
         props["class_names"] = list(labels)
     for key, value in props.items():

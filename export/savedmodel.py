@@ -210,12 +210,20 @@ def _next_version(base_dir: str) -> int:
     return max(versions, default=0) + 1
 
 
+# What each export does with a NaN or Inf pixel in float32 `images` (its metadata says it; the README too).
+NON_FINITE_SAVEDMODEL = "refused: InvalidArgumentError '`images` must be finite' (serving_default)"
+NON_FINITE_ONNX = ("not refused: ONNX has no assert op, and ONNX Runtime answers NaN probabilities (class 0) for "
+                   "an image with a NaN or Inf value; check np.isfinite(images).all() in the client. An in-graph "
+                   "refusal measured 1.03-1.25x batch-1 latency (benchmarks/onnx_finite_check.py)")
+
+
 def metadata(model: keras.Model) -> dict:
     return {
         "model_name": model.name,
         "input_shape": list(model.input_shape[1:]),
         "input": ("RGB pixel values 0-255; any normalization is inside the model" if scales_its_input(model) else
                   "RGB pixel values 0-255, passed to the network unchanged: it has no scaling layer in front"),
+        "non_finite_input": NON_FINITE_SAVEDMODEL,
         "classes": int(model.output_shape[-1]),
         "layers": len(model.layers),
         "parameters": int(model.count_params()),
