@@ -8,7 +8,7 @@ from typing import Optional
 import keras
 import numpy as np
 
-from keras_resnet_v2.plumbing.files import atomic_write_text
+from keras_resnet_v2.plumbing.files import atomic_write_text, read_json_object
 
 MAX_RELATIVE_ERROR = 1e-4  # float32
 # A very deep net amplifies float32 rounding: two correct float32 implementations (TensorFlow's
@@ -83,14 +83,15 @@ def verify(model: keras.Model, savedmodel_dir: Optional[str] = None, onnx_path: 
     if savedmodel_dir is not None:
         import tensorflow as tf
 
-        serve = tf.saved_model.load(savedmodel_dir).signatures["serving_default"]
+        serve = _readable(report, report_path, f"The SavedModel {savedmodel_dir}", _savedmodel, savedmodel_dir)
         out = serve(images=tf.constant(batch))
         report["savedmodel"] = _errors(reference, out["probabilities"].numpy(), f"The SavedModel {savedmodel_dir}")
         report["savedmodel"]["classes_match"] = bool(np.array_equal(out["classes"].numpy(), reference.argmax(-1)))
     if onnx_path is not None:
         import onnxruntime as ort
 
-        session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+        session = _readable(report, report_path, f"The ONNX file {onnx_path}", ort.InferenceSession, onnx_path,
+                            providers=["CPUExecutionProvider"])
         probabilities, classes = session.run(["probabilities", "classes"], {"images": batch})
         report["onnx"] = _errors(reference, probabilities, f"The ONNX file {onnx_path}")
         report["onnx"]["classes_match"] = bool(np.array_equal(classes, reference.argmax(-1)))
@@ -105,6 +106,31 @@ def verify(model: keras.Model, savedmodel_dir: Optional[str] = None, onnx_path: 
         raise VerificationError(f"Export parity failed for {', '.join(failed)}: {json.dumps(report)}"
                                 + _where(report_path))
     return report
+
+
+def _savedmodel(version_dir: str):
+    """The `serving_default` signature of a SavedModel version, its metadata.json read first (a damaged one
+    names itself: `read_json_object`)."""
+    import os
+
+    import tensorflow as tf
+
+    metadata = os.path.join(version_dir, "assets", "metadata.json")
+    if os.path.exists(metadata):
+        read_json_object(metadata)
+    return tf.saved_model.load(version_dir).signatures["serving_default"]
+
+
+def _readable(report: dict, report_path: Optional[str], what: str, load, *args, **kwargs):
+    """`load(*args, **kwargs)`; a file that does not load (truncated, damaged, of another format) fails the
+    verification in one line naming it, recorded in the report, instead of a loader's traceback."""
+    try:
+        return load(*args, **kwargs)
+    except Exception as error:  # noqa: BLE001 - a damaged file fails in many ways (protobuf, checkpoint, JSON)
+        first = (str(error).strip().splitlines() or [""])[0][:300]
+        report["passed"], report["error"] = False, f"{what} does not load ({type(error).__name__}: {first})"
+        _write(report, report_path)
+        raise VerificationError(report["error"] + _where(report_path)) from None
 
 
 def _where(report_path: Optional[str]) -> str:

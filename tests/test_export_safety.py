@@ -89,6 +89,35 @@ def test_each_exports_metadata_says_what_it_does_with_non_finite_pixels(tmp_path
     assert saved["non_finite_input"].startswith("refused")
 
 
+def test_damaged_exports_fail_verification_in_one_line_naming_the_file(tmp_path):
+    # Issue 37: a truncated ONNX file, a damaged metadata.json and truncated SavedModel variables reached
+    # `resnet-v2-export verify` as loader tracebacks (InvalidProtobuf, IndexError) or, the metadata, not at all.
+    import shutil
+
+    model = _served_model()
+    result = export.export_and_verify(model, str(tmp_path / "serving"), str(tmp_path / "m.onnx"))
+    version = result["savedmodel"]
+    damaged = {}
+    shutil.copy(result["onnx"], tmp_path / "bad.onnx")
+    os.truncate(tmp_path / "bad.onnx", 2000)
+    damaged["onnx"] = (dict(onnx_path=str(tmp_path / "bad.onnx")), r"The ONNX file .*bad.onnx does not load")
+    for name, harm in (("metadata", lambda v: open(os.path.join(v, "assets", "metadata.json"), "w").write("{")),
+                       ("variables", lambda v: os.truncate(sorted(
+                           os.path.join(v, "variables", f) for f in os.listdir(os.path.join(v, "variables"))
+                           if ".data-" in f)[0], 100))):
+        copy = str(tmp_path / name)
+        shutil.copytree(version, copy)
+        harm(copy)
+        damaged[name] = (dict(savedmodel_dir=copy), rf"The SavedModel .*{name} does not load")
+    for name, (where, message) in damaged.items():
+        report_path = str(tmp_path / f"{name}.json")
+        with pytest.raises(export.VerificationError, match=message) as caught:
+            export.verify(model, report_path=report_path, **where)
+        assert "\n" not in str(caught.value), str(caught.value)
+        assert json.loads(open(report_path).read())["passed"] is False
+    assert "metadata.json is damaged" in json.loads(open(tmp_path / "metadata.json").read())["error"]
+
+
 def test_labels_with_line_breaks_are_refused_before_any_export(tmp_path):
     model = _served_model()
     for labels, shown in ((["cat", "dog\nfox", "owl"], r"labels\[1\]='dog\\nfox'"),
