@@ -232,14 +232,9 @@ def read_config_file(path: str) -> dict:
 
 def config_from_args(argv: Sequence[str], require: bool = False) -> TrainConfig:
     """The TrainConfig of a command line (and its --config file). `require`: a training run must name
-    its dataset, model and run directory (flags or --config), else usage and exit 2."""
-    return _train_settings(argv, require)[0]
-
-
-def _train_settings(argv: Sequence[str], require: bool) -> tuple[TrainConfig, bool]:
-    """(TrainConfig, --verbose) of a training command line; needs no Keras or TensorFlow."""
+    its dataset, model and run directory (flags or --config), else usage and exit 2. Needs no Keras."""
     parser = _parser()
-    return _train_config(parser.parse_args(["train", *argv]), require, parser)
+    return _train_config(parser.parse_args(["train", *argv]), require, parser)[0]
 
 
 def _train_config(namespace: argparse.Namespace, require: bool, parser) -> tuple[TrainConfig, bool]:
