@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Optional
 
 import keras
@@ -76,10 +77,7 @@ def verify(model: keras.Model, savedmodel_dir: Optional[str] = None, onnx_path: 
         report["float32_noise_floor"] = floor
         report["max_relative_error_allowed"] = max(max_relative_error, NOISE_FLOOR_FACTOR * floor)
     else:
-        report["passed"] = False
-        report["error"] = "The Keras model's outputs on the verification batch are not finite"
-        _write(report, report_path)
-        raise VerificationError(report["error"] + _where(report_path))
+        _fail(report, report_path, "The Keras model's outputs on the verification batch are not finite")
     if savedmodel_dir is not None:
         import tensorflow as tf
 
@@ -111,8 +109,6 @@ def verify(model: keras.Model, savedmodel_dir: Optional[str] = None, onnx_path: 
 def _savedmodel(version_dir: str):
     """The `serving_default` signature of a SavedModel version, its metadata.json read first (a damaged one
     names itself: `read_json_object`)."""
-    import os
-
     import tensorflow as tf
 
     metadata = os.path.join(version_dir, "assets", "metadata.json")
@@ -128,9 +124,14 @@ def _readable(report: dict, report_path: Optional[str], what: str, load, *args, 
         return load(*args, **kwargs)
     except Exception as error:  # noqa: BLE001 - a damaged file fails in many ways (protobuf, checkpoint, JSON)
         first = (str(error).strip().splitlines() or [""])[0][:300]
-        report["passed"], report["error"] = False, f"{what} does not load ({type(error).__name__}: {first})"
-        _write(report, report_path)
-        raise VerificationError(report["error"] + _where(report_path)) from None
+        _fail(report, report_path, f"{what} does not load ({type(error).__name__}: {first})")
+
+
+def _fail(report: dict, report_path: Optional[str], message: str):
+    """Records `message` as the report's failure, writes the report and raises it as one line."""
+    report["passed"], report["error"] = False, message
+    _write(report, report_path)
+    raise VerificationError(message + _where(report_path)) from None
 
 
 def _where(report_path: Optional[str]) -> str:
