@@ -504,3 +504,46 @@ def test_serve_image_bytes_refuses_decompression_bombs_in_bounded_memory(tmp_pat
     assert report["grown_mb"] < 300, report  # four decoded bombs: 4.8 GB
     # An animation is served from its first frame, the only one decoded.
     np.testing.assert_allclose(report["frames"], report["first"], rtol=1e-6)
+
+
+def _damaged_copies(source: str, folder) -> dict:
+    """Copies of a `.keras` file as a crash or a bad disk leaves them: cut short, and bytes changed inside
+    its config and inside its weights (the zip stays readable; its checksums do not match)."""
+    import zipfile
+
+    data = open(source, "rb").read()
+    entries = {info.filename: info for info in zipfile.ZipFile(source).infolist()}
+    copies = {"truncated": data[: len(data) // 2]}
+    for name, member in (("config", "config.json"), ("weights", "model.weights.h5")):
+        start = entries[member].header_offset + 30 + len(member) + entries[member].compress_size // 2
+        changed = bytearray(data)
+        changed[start:start + 32] = bytes(b ^ 0x5A for b in changed[start:start + 32])
+        copies[name] = bytes(changed)
+    paths = {}
+    for name, content in copies.items():
+        (folder / name).mkdir()
+        (folder / name / "checkpoints").mkdir()
+        paths[name] = folder / name / "checkpoints" / "best.keras"
+        paths[name].write_bytes(content)
+    return paths
+
+
+def test_a_damaged_keras_file_is_one_line_naming_it_in_export_verify_and_evaluate(tmp_path, capsys):
+    # Issue 37: model.keras, checkpoints/best.keras or last.keras damaged after training reach resnet-v2-export,
+    # its verify and resnet-v2-train evaluate; each names the file in one line and exits non-zero, no traceback.
+    from keras_resnet_v2.export.__main__ import main as export_main
+    from keras_resnet_v2.training import cli
+
+    _served_model().save(tmp_path / "good.keras")
+    for kind, path in _damaged_copies(str(tmp_path / "good.keras"), tmp_path).items():
+        calls = {"export": lambda: export_main([str(path), "--onnx", str(tmp_path / f"{kind}.onnx")]),
+                 "verify": lambda: export_main(["verify", str(path), "--onnx", str(tmp_path / f"{kind}.onnx")]),
+                 "evaluate": lambda: cli.main(["evaluate", "--model", str(path), "--dataset", "digits"])}
+        for command, call in calls.items():
+            capsys.readouterr()
+            code = call()
+            lines = message_lines(capsys.readouterr().err)
+            assert code != 0, (kind, command)
+            assert len(lines) == 1 and lines[0].startswith("error: MODEL") and str(path) in lines[0], (kind, lines)
+            assert ("not a .keras archive" if kind == "truncated" else "Bad CRC-32") in lines[0], (kind, lines)
+        assert not (tmp_path / f"{kind}.onnx").exists()
