@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import message_lines
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "scripts", "distributed_steps.py")
 
@@ -109,3 +111,79 @@ def test_multi_worker_two_processes(tmp_path):
         # Trainable weights by the all-reduced gradients; BN statistics averaged over the replicas each step.
         np.testing.assert_allclose(first[path][0], second[path][0], rtol=1e-6, atol=1e-7, err_msg=path)
     assert int(np.load(tmp_path / "w0.npz")["replicas"]) == 2
+
+
+def _workers(run_dir, epochs: int, count: int = 2, only=None, timeout_s: str = "600"):
+    """`resnet-v2-train --strategy multi_worker` as `count` local workers (`only`: start just these)."""
+    addresses = [f"127.0.0.1:{_free_port()}" for _ in range(count)]
+    processes = {}
+    for index in (range(count) if only is None else only):
+        tf_config = json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": index}})
+        env = _env(TF_CONFIG=tf_config, RESNET_V2_CLUSTER_TIMEOUT=timeout_s)
+        env.pop("TF_CPP_MIN_LOG_LEVEL")  # what a user sees: the command's own quiet start
+        processes[index] = subprocess.Popen(
+            [sys.executable, "-m", "keras_resnet_v2.training", "--strategy", "multi_worker", "--dataset", "digits",
+             "--model", "resnet8", "--epochs", str(epochs), "--batch-size", "64", "--run-dir", str(run_dir),
+             "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return processes
+
+
+def _finish(process, timeout: float):
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    return process.returncode, out, err
+
+
+def _history_epochs(run_dir) -> list:
+    lines = open(os.path.join(run_dir, "history.csv")).read().splitlines()
+    return [int(line.split(",")[0]) for line in lines[1:]]
+
+
+@pytest.mark.slow
+def test_a_killed_worker_ends_the_others_in_one_line_and_a_rerun_resumes(tmp_path):
+    # Issue 37: kill -9 one of two workers mid-run. Before, the other ended with a 40-line collective
+    # traceback (exit 1), or waited without end where the first worker had died at its start.
+    import time
+
+    run_dir = tmp_path / "run"
+    workers = _workers(run_dir, epochs=5)
+    history = run_dir / "history.csv"
+    deadline = time.monotonic() + 300
+    while not (history.exists() and len(history.read_text().splitlines()) >= 3):  # two epochs done
+        assert time.monotonic() < deadline and all(p.poll() is None for p in workers.values()), "no epochs"
+        time.sleep(0.2)
+    workers[1].kill()
+    killed = time.monotonic()
+    code, _, err = _finish(workers[0], timeout=120)
+    noticed = time.monotonic() - killed
+    lines = message_lines(err)
+    assert code == 6, err[-3000:]
+    assert lines[-1].startswith("error: /job:worker/replica:0/task:1 of the multi-worker run stopped answering"), lines
+    assert "start every worker again with the same command" in lines[-1] and "ckpt-" in lines[-1]
+    assert noticed < 60, noticed  # measured 1-6 s: the dead worker's sockets close at once
+    _finish(workers[1], timeout=30)
+
+    again = _workers(run_dir, epochs=5)
+    results = {index: _finish(p, timeout=600) for index, p in again.items()}
+    for index, (code, _out, err) in results.items():
+        assert code == 0, (index, err[-3000:])
+    assert "resuming" in results[0][1]
+    assert _history_epochs(run_dir) == [1, 2, 3, 4, 5]  # the interrupted epoch trained once, after the resume
+
+
+@pytest.mark.slow
+def test_a_worker_that_never_comes_ends_the_others_within_the_cluster_timeout(tmp_path):
+    import time
+
+    started = time.monotonic()
+    workers = _workers(tmp_path / "run", epochs=1, only=[0], timeout_s="10")
+    code, _, err = _finish(workers[0], timeout=120)
+    lines = message_lines(err)
+    assert code == 6, err[-3000:]
+    assert lines[-1].startswith("error: the multi-worker cluster did not form within 10 s"), lines
+    assert "RESNET_V2_CLUSTER_TIMEOUT" in lines[-1]
+    assert time.monotonic() - started < 90
+    assert not (tmp_path / "run").exists()  # nothing was written

@@ -536,12 +536,13 @@ def test_a_damaged_keras_file_is_one_line_naming_it_in_export_verify_and_evaluat
 
     _served_model().save(tmp_path / "good.keras")
     for kind, path in _damaged_copies(str(tmp_path / "good.keras"), tmp_path).items():
-        calls = {"export": lambda: export_main([str(path), "--onnx", str(tmp_path / f"{kind}.onnx")]),
-                 "verify": lambda: export_main(["verify", str(path), "--onnx", str(tmp_path / f"{kind}.onnx")]),
-                 "evaluate": lambda: cli.main(["evaluate", "--model", str(path), "--dataset", "digits"])}
-        for command, call in calls.items():
+        onnx_path = str(tmp_path / f"{kind}.onnx")
+        calls = {"export": (export_main, [str(path), "--onnx", onnx_path]),
+                 "verify": (export_main, ["verify", str(path), "--onnx", onnx_path]),
+                 "evaluate": (cli.main, ["evaluate", "--model", str(path), "--dataset", "digits"])}
+        for command, (main, argv) in calls.items():
             capsys.readouterr()
-            code = call()
+            code = main(argv)
             lines = message_lines(capsys.readouterr().err)
             assert code != 0, (kind, command)
             assert len(lines) == 1 and lines[0].startswith("error: MODEL") and str(path) in lines[0], (kind, lines)

@@ -367,6 +367,7 @@ def _execute(command: Command, job) -> int:
     from keras_resnet_v2.training.data import DatasetError
     from keras_resnet_v2.training.loop import NonFiniteLossError
     from keras_resnet_v2.training.runner import DiskFullError
+    from keras_resnet_v2.training.runtime import WORKER_LOST_EXIT_CODE, WorkerLostError
 
     try:  # --export-dir needs the export extra; without it no VerificationError can occur
         from keras_resnet_v2.export import VerificationError
@@ -389,6 +390,12 @@ def _execute(command: Command, job) -> int:
     except DiskFullError as error:
         print(f"\nerror: {error}", file=sys.stderr)
         return 4
+    except WorkerLostError as error:
+        print(f"\nerror: {error}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # Every file is written (atomically) or not at all. TensorFlow's runtime is left waiting on the lost
+        # worker: its shutdown would wait for it again and log its own lines, so the process ends here.
+        os._exit(WORKER_LOST_EXIT_CODE)
     except OSError as error:
         print(f"\nerror: {describe_os_error(error)}", file=sys.stderr)
         return 4

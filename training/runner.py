@@ -247,15 +247,21 @@ def _run(config: TrainConfig, held: contextlib.ExitStack) -> dict:
         trainer.fit(train_ds, epochs=plan.epochs, steps_per_epoch=plan.steps_per_epoch, validation_data=test_ds,
                     callbacks=callbacks, initial_epoch=initial_epoch, verbose=config.verbose,
                     on_non_finite=last_good)
+        metrics = trainer.evaluate(test_ds)
     except (OSError, tf.errors.OpError) as error:
-        if not _disk_full(error):
+        lost = runtime.lost_worker(error, strategy)
+        if lost is None and not _disk_full(error):
             raise
         latest = manager.latest_checkpoint  # ckpt-N holds epoch N; the epoch counter may be one ahead of it
         where = (f"the last backup is {latest} (after epoch {int(latest.rsplit('-', 1)[1])})" if latest
                  else "no backup was written yet")
+        if lost is not None:  # TensorFlow aborted this worker's collectives: the run cannot go on without it
+            raise runtime.WorkerLostError(
+                f"{lost} of the multi-worker run stopped answering ({type(error).__name__}); {where}; start every "
+                "worker again with the same command to resume from there") from None
         raise DiskFullError(f"no space left on device in {run_dir}; {where}; free some space and rerun the same "
                             "command to resume from there") from None
-    return _finish(config, plan, model, trainer.evaluate(test_ds), run_dir, write_dir, chief)
+    return _finish(config, plan, model, metrics, run_dir, write_dir, chief)
 
 
 def _finish(config: TrainConfig, plan: _Plan, model: keras.Model, metrics: dict, run_dir: str, write_dir: str,

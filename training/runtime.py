@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import keras
 import tensorflow as tf
@@ -37,14 +38,90 @@ def wrap_optimizer(optimizer: keras.optimizers.Optimizer, precision: str) -> ker
     return optimizer
 
 
+# Issue 37: the workers of a multi-worker run wait this long for each other at the start. TensorFlow's own
+# wait has no end where a worker never comes (the coordination leader waits forever); once training runs,
+# TensorFlow's coordination service notices a worker that stops answering within about 10 s.
+CLUSTER_START_TIMEOUT_S = 600
+CLUSTER_TIMEOUT_ENV = "RESNET_V2_CLUSTER_TIMEOUT"  # seconds, to override it
+WORKER_LOST_EXIT_CODE = 6
+
+
+class WorkerLostError(RuntimeError):
+    """A worker of a multi-worker run stopped answering (killed, crashed, its machine gone)."""
+
+
+def cluster_start_timeout() -> float:
+    """`CLUSTER_START_TIMEOUT_S`, or the seconds in the environment variable `RESNET_V2_CLUSTER_TIMEOUT`."""
+    text = os.environ.get(CLUSTER_TIMEOUT_ENV)
+    if text is None:
+        return CLUSTER_START_TIMEOUT_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"{CLUSTER_TIMEOUT_ENV} must be a positive number of seconds. Received: {text!r}")
+    return seconds
+
+
+def _multi_worker_strategy() -> tf.distribute.Strategy:
+    """MultiWorkerMirroredStrategy; `WorkerLostError` when the cluster has not formed in time.
+
+    The strategy configures TensorFlow's coordination service with no limit on the wait for the other
+    workers; it is configured here as the strategy would (a standalone service led by the first worker,
+    the `chief` and `worker` jobs), with every task registering at a barrier that times out.
+    """
+    from tensorflow.python.distribute import multi_worker_util
+    from tensorflow.python.eager import context
+
+    timeout = cluster_start_timeout()
+    spec = tf.distribute.cluster_resolver.TFConfigClusterResolver().cluster_spec()
+    jobs = [job for job in ("chief", "worker") if job in spec.jobs]
+    if jobs:
+        from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+
+        context.context().configure_coordination_service(
+            service_type="standalone", service_leader=multi_worker_util.coordination_leader(spec),
+            coordinated_jobs=[coordination_config_pb2.CoordinatedJob(name=job, num_tasks=spec.num_tasks(job))
+                              for job in jobs],
+            cluster_register_timeout_in_ms=int(timeout * 1000))
+        # Without the barrier the first worker waits for the others without end, whatever the timeout says.
+        context.context().coordination_service.cluster_register_with_barrier = True
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    except (tf.errors.DeadlineExceededError, tf.errors.UnavailableError) as error:
+        raise WorkerLostError(
+            f"the multi-worker cluster did not form within {timeout:g} s ({type(error).__name__}): not every "
+            f"worker of TF_CONFIG's cluster {json.dumps(spec.as_dict())} started or answered (each machine runs "
+            f"the same command with its own task index; {CLUSTER_TIMEOUT_ENV} sets the wait)") from None
+
+
+def lost_worker(error: BaseException, strategy: tf.distribute.Strategy) -> str | None:
+    """The worker that `error` says stopped answering in a multi-worker run (`"a worker"` where it names
+    none but this one), or None when `error` is not a collective's failure of a multi-worker run."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec() or not isinstance(error, tf.errors.OpError):
+        return None
+    message = str(error)
+    if not (isinstance(error, tf.errors.UnavailableError) or "Collective ops is aborted" in message
+            or "unhealthy" in message):
+        return None
+    own = (resolver.task_type, int(resolver.task_id))
+    others = [f"/job:{job}/replica:0/task:{task}"
+              for job, task in re.findall(r"/job:(\w+)/(?:replica:\d+/)?task:(\d+)", message)
+              if (job, int(task)) != own]
+    return others[0] if others else "a worker"
+
+
 def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
     """A `tf.distribute` strategy by name.
 
     auto: MirroredStrategy over all visible GPUs when there are two or more, else the default
     strategy. mirrored: MirroredStrategy over the visible GPUs (or the logical CPUs when there
     is no GPU, which is how the tests run it). multi_worker: MultiWorkerMirroredStrategy from
-    the `TF_CONFIG` environment variable (one process per machine). tpu: TPUStrategy on the TPU
-    the environment names.
+    the `TF_CONFIG` environment variable (one process per machine); a cluster that has not formed
+    after `cluster_start_timeout()` seconds raises `WorkerLostError` (the CLI: one line, exit code 6).
+    tpu: TPUStrategy on the TPU the environment names.
     """
     if name not in STRATEGIES:
         raise ValueError(f"`strategy` must be one of {STRATEGIES}. Received: strategy={name!r}")
@@ -59,7 +136,7 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
             json.loads(os.environ["TF_CONFIG"])
         except ValueError as e:
             raise ValueError(f"TF_CONFIG is not valid JSON. Received: TF_CONFIG={os.environ['TF_CONFIG']!r}") from e
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return _multi_worker_strategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
         name = "mirrored" if len(gpus) > 1 else "default"
