@@ -227,7 +227,7 @@ def _widths(widths, family: Family) -> tuple[int, ...]:
     return tuple(widths)
 
 
-def _input_shape(input_shape, input_tensor, family: Family) -> tuple:
+def _input_shape(input_shape, input_tensor, family: Family, include_top: bool) -> tuple:
     if input_tensor is not None:
         if not keras.backend.is_keras_tensor(input_tensor):
             raise ValueError(
@@ -241,8 +241,8 @@ def _input_shape(input_shape, input_tensor, family: Family) -> tuple:
                 f"{tensor_shape}. Pass one of them. Received: input_shape={input_shape!r}"
             )
         input_shape = tensor_shape
-    if input_shape is None:
-        return family.input_shape
+    if input_shape is None:  # as keras.applications: a backbone takes any size, a classifier its family's
+        return family.input_shape if include_top else (None, None, family.input_shape[2])
     shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else None
     if shape is None or len(shape) != 3 or not all(
         d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= 1) for d in shape
@@ -347,7 +347,8 @@ def check_arguments(a: dict[str, Any]) -> Config:
     return Config(
         depth=a["depth"], family=family, block=block, units_per_stage=units, unit=a["unit"],
         shortcut=a["shortcut"], shortcut_options=options, stride_in=a["stride_in"],
-        include_top=a["include_top"], input_shape=_input_shape(a["input_shape"], a["input_tensor"], spec),
+        include_top=a["include_top"],
+        input_shape=_input_shape(a["input_shape"], a["input_tensor"], spec, a["include_top"]),
         pooling=a["pooling"], classes=classes, classifier_activation=a["classifier_activation"], dtype=dtype,
         name=name, remat=a["remat"], scan=scan, fused_batchnorm=a["fused_batchnorm"], padding=a["padding"],
         widths=widths, stream_dtype=stream_dtype, weights=a["weights"],

@@ -304,7 +304,9 @@ def ResNet(
             last unit of stages ..S-1 has stride 2 and subsamples its shortcut.
         include_top: end in global average pooling and a dense classifier.
         input_shape: (height, width, channels); default (32, 32, 3) for CIFAR,
-            (224, 224, 3) for ImageNet. Height and width may be None.
+            (224, 224, 3) for ImageNet, and (None, None, 3) with include_top=False (any
+            size from the family's total stride up, as keras.applications). Height and
+            width may be None.
         input_tensor: a Keras tensor to build on instead of a new `keras.Input`.
         pooling: with include_top=False: None (4D features), "avg" or "max".
         classes: classifier width; default 10 (CIFAR) or 1000 (ImageNet).

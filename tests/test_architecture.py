@@ -74,7 +74,7 @@ def test_preact_projection_reads_the_preactivated_input_and_has_no_bn():
 
 @pytest.mark.parametrize("depth,stages,shape", [(20, 3, (8, 8, 64)), (164, 18, (8, 8, 256))])
 def test_cifar_layout(depth, stages, shape):
-    model = krv2.ResNet(depth, include_top=False)
+    model = krv2.ResNet(depth, include_top=False, input_shape=(32, 32, 3))
     assert model.output_shape[1:] == shape
     # 3x3 stem with 16 filters, stride 1, no BN/ReLU after it in the pre-act net.
     stem = model.get_layer("stem_conv")
@@ -110,7 +110,7 @@ def test_clean_path_of_eqn_4(unit):
 
 @pytest.mark.parametrize("stride_in", ["first", "last"])
 def test_imagenet_layout_and_stride_placement(stride_in):
-    model = krv2.ResNet50(include_top=False, pooling="avg", stride_in=stride_in)
+    model = krv2.ResNet50(include_top=False, pooling="avg", stride_in=stride_in, input_shape=(224, 224, 3))
     assert model.output_shape == (None, 2048)
     stem = model.get_layer("stem_conv")
     assert (stem.filters, stem.kernel_size, stem.strides) == (64, (7, 7), (2, 2))
@@ -124,6 +124,20 @@ def test_imagenet_layout_and_stride_placement(stride_in):
         assert model.get_layer("stage1_unit3_add").output.shape[1] == 28
         assert model.get_layer("stage1_unit3_shortcut_pool").strides == (2, 2)
     assert model.get_layer("stage4_unit3_add").output.shape[1:] == (7, 7, 2048)
+
+
+def test_a_backbone_takes_any_size_and_a_classifier_its_familys_as_keras_applications():
+    # Issue 39: ResNet50(include_top=False) was pinned to 224x224 and refused a 256x256 batch.
+    backbone = krv2.ResNet50(include_top=False)
+    assert backbone.input_shape == (None, None, None, 3) and backbone.output_shape == (None, None, None, 2048)
+    images = np.random.default_rng(0).uniform(0, 255, (1, 256, 256, 3)).astype("float32")
+    assert tuple(backbone(images).shape) == (1, 8, 8, 2048)
+    assert tuple(backbone(images[:, :96, :160]).shape) == (1, 3, 5, 2048)
+    assert krv2.ResNet20(include_top=False, pooling="avg").input_shape == (None, None, None, 3)
+    assert krv2.ResNet50().input_shape == (None, 224, 224, 3)  # with the top: the family's size, as before
+    assert krv2.ResNet20().input_shape == (None, 32, 32, 3)
+    assert krv2.ResNet50(include_top=False, input_shape=(128, 96, 3)).input_shape == (None, 128, 96, 3)
+    assert krv2.ResNet(8, include_top=False).resnet_config.input_shape == (None, None, 3)
 
 
 @pytest.mark.parametrize("constructor,units", [
