@@ -49,6 +49,7 @@ setup(
     packages=["keras_resnet_v2", "keras_resnet_v2.plumbing", "keras_resnet_v2.training", "keras_resnet_v2.export"],
     package_dir={"keras_resnet_v2": "keras_resnet_v2", "keras_resnet_v2.training": "training",
                  "keras_resnet_v2.export": "export"},
+    package_data={"keras_resnet_v2": ["imagenet_classes.json"]},  # decode_predictions' class names
     # wrapt: a post-import hook registers our Keras classes when Keras loads, so the package itself
     # imports lazily (keras_resnet_v2.plumbing.lazy) and the command lines start in a fraction of a second.
     install_requires=["keras>=3.8", "numpy", "wrapt>=1.14"],

@@ -40,6 +40,7 @@ EXPORTS = {
     "convert": ("copy_weights", "to_plain", "to_stacked"),
     "depths": ("IMAGENET_DEPTHS", "resolve_depth"),
     "features": ("pyramid_outputs",),
+    "imagenet": ("decode_predictions", "imagenet_classes", "preprocess_input"),
     "layers": ("ConstantScale", "EdgePadding2D", "GatedSum", "Rematerialized", "Standardize"),
     "models": ("ResNetModel", "StackedModel"),
     "names": ("BLOCKS", "FAMILIES", "PADDINGS", "POOLINGS", "SHORTCUT_NAMES", "STRIDE_IN", "UNITS"),

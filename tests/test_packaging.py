@@ -200,7 +200,9 @@ CORE_SCRIPT = textwrap.dedent("""
     before = np.asarray(model.get_layer("stem_conv").kernel).copy()
     loss = model.train_on_batch(x, np.arange(8) % 10)
     moved = float(np.abs(np.asarray(model.get_layer("stem_conv").kernel) - before).max())
-    errors = {}
+    # The class names ship in the wheel (package data), and decode_predictions takes a JAX array.
+    decoded = keras_resnet_v2.decode_predictions(keras.ops.one_hot(keras.ops.array([2]), 1000), top=1)
+    errors = {"decoded": decoded[0][0][:2]}
     for name in ("keras_resnet_v2.training", "keras_resnet_v2.export"):
         try:
             __import__(name)
@@ -230,6 +232,7 @@ def test_core_install_with_jax_trains_without_tensorflow(tmp_path):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert np.isfinite(report["loss"]) and report["moved"] > 0
     assert report["params"] == krv2.ResNet20().count_params()  # the same network as under TensorFlow
+    assert report["errors"]["decoded"] == ["n01484850", "great_white_shark"]
     for name, extra in (("keras_resnet_v2.training", "train"), ("keras_resnet_v2.export", "export")):
         kind, message = report["errors"][name]
         assert kind == "MissingExtraError" and "\n" not in message
