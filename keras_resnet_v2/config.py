@@ -203,6 +203,13 @@ def check_weights_path(weights) -> None:
             f"Received: weights={weights!r}"
         )
     path = os.fspath(weights)
+    if path == "imagenet":  # keras.applications' spelling: point to where trained ImageNet networks come from
+        from keras_resnet_v2.pretrained import TIMM_MODELS
+
+        trained = ", ".join(f"{name}.{tag}" for name, tag in TIMM_MODELS.items() if tag)
+        raise ValueError("`weights='imagenet'` is not offered by the builders: ImageNet-trained networks come from "
+                         f"timm's checkpoints through keras_resnet_v2.from_timm(NAME) ({trained}; downloaded with "
+                         "huggingface_hub) or from_timm('model.safetensors'). Received: weights='imagenet'")
     if not (path.endswith(".keras") or path.endswith(".weights.h5")):
         raise ValueError(
             "`weights` must be None or the path of a `.keras` or `.weights.h5` file "
