@@ -194,29 +194,52 @@ def default_stream_dtype(dtype_policy, units: int) -> Optional[str]:
 
 
 def check_weights_path(weights) -> None:
-    """One-line ValueError unless `weights` is None or an existing `.keras` / `.weights.h5` path."""
+    """One-line ValueError unless `weights` is None, "imagenet" or an existing `.keras` / `.weights.h5` path."""
     if weights is None:
         return
     if not isinstance(weights, (str, os.PathLike)):
         raise ValueError(
-            "`weights` must be None or the path of a `.keras` or `.weights.h5` file. "
+            "`weights` must be None, 'imagenet' or the path of a `.keras` or `.weights.h5` file. "
             f"Received: weights={weights!r}"
         )
     path = os.fspath(weights)
-    if path == "imagenet":  # keras.applications' spelling: point to where trained ImageNet networks come from
-        from keras_resnet_v2.pretrained import TIMM_MODELS
-
-        trained = ", ".join(f"{name}.{tag}" for name, tag in TIMM_MODELS.items() if tag)
-        raise ValueError("`weights='imagenet'` is not offered by the builders: ImageNet-trained networks come from "
-                         f"timm's checkpoints through keras_resnet_v2.from_timm(NAME) ({trained}; downloaded with "
-                         "huggingface_hub) or from_timm('model.safetensors'). Received: weights='imagenet'")
+    if path == "imagenet":  # keras.applications' spelling: timm's trained network (`_check_imagenet_weights`)
+        return
     if not (path.endswith(".keras") or path.endswith(".weights.h5")):
         raise ValueError(
-            "`weights` must be None or the path of a `.keras` or `.weights.h5` file "
-            f"(pretrained downloads are not offered). Received: weights={weights!r}"
+            "`weights` must be None, 'imagenet' or the path of a `.keras` or `.weights.h5` file. "
+            f"Received: weights={weights!r}"
         )
     if not os.path.isfile(path):
         raise ValueError(f"`weights` file does not exist. Received: weights={weights!r}")
+
+
+# weights="imagenet" is timm's trained network: these arguments must keep its architecture.
+_IMAGENET_ARCHITECTURE = {"unit": "full_preact", "shortcut": "identity", "stride_in": "first", "padding": "symmetric",
+                          "widths": None, "variant_options": {}}
+
+
+def _check_imagenet_weights(a: dict, family: str, block: str, classes: int) -> None:
+    """weights="imagenet": a depth timm trained, its architecture, and with the top its 1000 classes."""
+    from keras_resnet_v2.depths import resolve_depth
+    from keras_resnet_v2.pretrained import IMAGENET_DEPTHS_TRAINED
+
+    trained = ", ".join(f"ResNet{depth}" for depth in IMAGENET_DEPTHS_TRAINED)
+    if family != "imagenet" or a["depth"] not in IMAGENET_DEPTHS_TRAINED:
+        raise ValueError(f"weights='imagenet' exists for {trained} (timm's trained checkpoints). Received: "
+                         f"depth={a['depth']!r}, family={family!r}")
+    changed = [f"{key}={a[key]!r}" for key, default in _IMAGENET_ARCHITECTURE.items() if (a[key] or None) != (
+        default or None)]
+    if block != resolve_depth(a["depth"], "imagenet")[1]:
+        changed.append(f"block={a['block']!r}")
+    if changed:
+        raise ValueError("weights='imagenet' loads timm's trained network, which has full_preact units, identity "
+                         "shortcuts, stride_in='first', padding='symmetric' and the default widths and block. "
+                         f"Received: {', '.join(changed)}")
+    if a["include_top"] and classes != 1000:
+        raise ValueError("With weights='imagenet' and include_top=True, `classes` must be 1000 (ImageNet's): for "
+                         "another count, build include_top=False and add a head, or fine-tune from a file "
+                         f"(weights='model.keras', classes=N). Received: classes={classes!r}")
 
 
 def _check_bool(arg: str, value) -> None:
@@ -338,6 +361,8 @@ def check_arguments(a: dict[str, Any]) -> Config:
             f"keras.config.image_data_format()={keras.config.image_data_format()!r}"
         )
     check_weights_path(a["weights"])
+    if isinstance(a["weights"], str) and a["weights"] == "imagenet":
+        _check_imagenet_weights(a, family, block, classes)
     scan = default_scan(units) if a["scan"] is None else a["scan"]
     for arg, value in (("remat", a["remat"]), ("scan", scan), ("fused_batchnorm", a["fused_batchnorm"])):
         _check_bool(arg, value)

@@ -319,3 +319,93 @@ def _copy_timm_weights(state: Mapping[str, np.ndarray], model: keras.Model, new_
                              f"{shape}.")
         values[address] = value
     assign_by_unit(want, values)
+
+
+# ------------------------------------------------------------------ weights="imagenet"
+# keras.applications' `weights="imagenet"`: timm's trained checkpoint of the depth (TIMM_MODELS' tags),
+# converted once and kept as a `.keras` file in Keras' cache folder.
+IMAGENET = "imagenet"
+IMAGENET_DEPTHS_TRAINED = {int(name.split("_")[1]): f"{name}.{tag}" for name, tag in TIMM_MODELS.items() if tag}
+
+
+def imagenet_cache_dir() -> str:
+    """`KERAS_HOME/models/keras_resnet_v2` (Keras' cache folder; KERAS_HOME defaults to ~/.keras)."""
+    home = os.path.expanduser(os.environ.get("KERAS_HOME", os.path.join("~", ".keras")))
+    return os.path.join(home, "models", "keras_resnet_v2")
+
+
+def _sha256(path: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def imagenet_weights(depth: int) -> str:
+    """The cached `.keras` file of timm's ImageNet network of `depth`, converted and verified on first use.
+
+    The cache (`imagenet_cache_dir()`) holds `NAME.keras` (the network `from_timm` builds: timm's
+    `Standardize` in front, 224x224, 1000 classes) and `NAME.json` (the source checkpoint's and the
+    file's SHA-256). A cached file whose checksum no longer matches is converted again. The source is
+    `NAME.safetensors` in the cache folder when a user put it there (no network needed), else downloaded
+    through `huggingface_hub`; offline with neither, one line says what to download and where to put it.
+    The conversion is verified before it is cached: the saved file, loaded back, answers a batch as the
+    converted model does.
+    """
+    from keras_resnet_v2.plumbing.files import atomic_write, atomic_write_text, read_json_object
+
+    name = IMAGENET_DEPTHS_TRAINED[depth]
+    folder = imagenet_cache_dir()
+    cached, record = os.path.join(folder, f"{name}.keras"), os.path.join(folder, f"{name}.json")
+    if os.path.isfile(cached) and os.path.isfile(record):
+        try:
+            if read_json_object(record).get("keras_sha256") == _sha256(cached):
+                return cached
+        except ValueError:  # a damaged record: convert again
+            pass
+    source = os.path.join(folder, f"{name}.safetensors")
+    if not os.path.isfile(source):
+        try:
+            source = _download(name)
+        except ValueError as error:
+            raise ValueError(f"weights='imagenet' converts timm's {name} once, and there is no copy of it in "
+                             f"{folder} ({error}). Download https://huggingface.co/timm/{name}/resolve/main/"
+                             f"model.safetensors and save it as {source}. Received: weights='imagenet'") from None
+    model = from_timm(source)
+    batch = np.random.default_rng(0).uniform(0, 255, (2, *model.input_shape[1:])).astype("float32")
+    expected = np.asarray(model(batch, training=False))
+
+    def write(tmp: str) -> None:
+        model.save(tmp)
+        reloaded = keras.models.load_model(tmp, compile=False)
+        got = np.asarray(reloaded(batch, training=False))
+        if not np.array_equal(got, expected):  # the same weights and kernels: the same numbers
+            raise ValueError(f"the converted {name} does not load back as it was saved: not cached")
+
+    atomic_write(cached, write)
+    atomic_write_text(record, json.dumps({"source": f"timm/{name}", "source_sha256": _sha256(source),
+                                          "keras_sha256": _sha256(cached)}, indent=2))
+    return cached
+
+
+
+def imagenet_model(cfg, input_tensor: Any = None) -> keras.Model:
+    """`ResNet(..., weights="imagenet")`: the network `cfg` describes (checked by `check_arguments`) on timm's
+    `Standardize`, as `from_timm` builds it (pixels 0..255 in), with the cached trained weights loaded (all
+    but the classifier with include_top=False)."""
+    import dataclasses
+
+    from keras_resnet_v2.resnet import build
+
+    path = imagenet_weights(cfg.depth)
+    if input_tensor is None:
+        inputs = keras.Input(shape=cfg.input_shape, name="input")
+    else:
+        inputs = keras.utils.get_source_inputs(input_tensor)[0]
+    x = Standardize(mean=[255.0 * m for m in TIMM_MEAN], variance=[(255.0 * s) ** 2 for s in TIMM_STD],
+                    name=TIMM_STANDARDIZE)(inputs if input_tensor is None else input_tensor)
+    network = build(dataclasses.replace(cfg, weights=path, name=None), input_tensor=x)
+    return functional_like(network, inputs, network.output, cfg.name or network.name)

@@ -314,7 +314,10 @@ def ResNet(
             The classifier computes in float32 under mixed precision.
         weights: None, or a `.keras` / `.weights.h5` file saved from this architecture. With
             include_top=False, or another `classes`, every weight but the classifier is loaded
-            (fine-tuning: a new head on a trained network).
+            (fine-tuning: a new head on a trained network). "imagenet" (ResNet-18/34/50/101):
+            timm's trained checkpoint (`from_timm`), downloaded and converted on first use and
+            cached in KERAS_HOME/models/keras_resnet_v2; the model takes pixels 0..255 (timm's
+            normalization is its first layer) and, with the top, has 1000 classes.
         dtype: dtype or dtype policy for every layer; None follows the global policy.
         name: model name; default `resnet{depth}_{unit}`, made unique in the session.
         remat: rematerialization (gradient checkpointing): runs of about sqrt(units)
@@ -381,6 +384,10 @@ def ResNet(
             "at lr 0.1, also after 15 warm-up steps at lr 0.01; the BatchNorm moving statistics become NaN too). "
             "Leave stream_dtype=None (a float32 stream, the default at this depth), or use mixed_bfloat16 "
             "(benchmarks/RESULTS.md, 'Mixed precision at depth').", UserWarning, stacklevel=2)
+    if cfg.weights == "imagenet":  # timm's trained network, converted once and cached (pretrained.py)
+        from keras_resnet_v2.pretrained import imagenet_model
+
+        return imagenet_model(cfg, input_tensor)
     return build(cfg, input_tensor)
 
 

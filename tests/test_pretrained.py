@@ -4,6 +4,8 @@ The fixtures in tests/data are tiny random timm networks and timm's outputs, mad
 tests/scripts/make_timm_fixture.py (timm 1.0.31, torch 2.14.1); no PyTorch is needed here.
 """
 
+import hashlib
+import json
 import os
 
 import keras
@@ -11,6 +13,7 @@ import numpy as np
 import pytest
 
 import keras_resnet_v2 as krv2
+from keras_resnet_v2 import pretrained
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 FIXTURES = ("timm_resnetv2_50_tiny", "timm_resnetv2_18_tiny")
@@ -210,3 +213,101 @@ def test_against_timm_live(name):
     assert np.abs(logits - expected).max() / np.abs(expected).max() < 1e-4
     with pytest.raises(ValueError, match="ResNet-D"):
         krv2.from_timm(timm.create_model("resnetv2_50d", pretrained=False).state_dict())
+
+
+def _write_safetensors(path, arrays: dict) -> None:
+    """The .safetensors layout: an 8-byte header length, a JSON header, then each tensor's float32 bytes."""
+    import json
+    import struct
+
+    header, offset, blobs = {}, 0, []
+    for key, value in arrays.items():
+        data = np.ascontiguousarray(value, dtype="<f4").tobytes()
+        header[key] = {"dtype": "F32", "shape": list(value.shape), "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+        blobs.append(data)
+    text = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+
+
+def _timm_resnetv2_18_state(seed: int = 0) -> dict:
+    """A random state dict with timm's resnetv2_18 names and shapes (what its checkpoint holds)."""
+    from keras_resnet_v2.weights import slot_shape, weights_by_unit
+
+    rng = np.random.default_rng(seed)
+    state = {}
+    for (layer, field), slot in weights_by_unit(krv2.ResNet18()).items():
+        key, shape = pretrained.timm_key(layer, field), slot_shape(slot)
+        if len(shape) == 4:  # ours (kh, kw, in, out), timm's (out, in, kh, kw)
+            shape = (shape[3], shape[2], shape[0], shape[1])
+        elif len(shape) == 2:
+            shape = shape[::-1]
+        scale = 1.0 if field in ("gamma", "moving_variance") else 0.05
+        value = rng.normal(0.0, scale, shape)
+        state[key] = np.abs(value) + 0.5 if field == "moving_variance" else value
+    return state
+
+
+def test_weights_imagenet_converts_timms_checkpoint_once_and_then_reads_the_cache(tmp_path, monkeypatch):
+    # Issue 39: keras.applications' weights="imagenet", from timm's trained checkpoint, offline here: the
+    # checkpoint is written into the cache folder, where a user without network puts the downloaded file.
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # where huggingface_hub is installed: no download is tried
+    cache = pretrained.imagenet_cache_dir()
+    assert cache == str(tmp_path / "keras_home" / "models" / "keras_resnet_v2")
+    with pytest.raises(ValueError, match=r"no copy of it in .*keras_resnet_v2.*Download https://huggingface\.co/timm/"
+                                         r"resnetv2_18\.ra4_e3600_r224_in1k/resolve/main/model\.safetensors and save "
+                                         r"it as .*resnetv2_18\.ra4_e3600_r224_in1k\.safetensors") as offline:
+        krv2.ResNet18(weights="imagenet")
+    assert "\n" not in str(offline.value)
+    os.makedirs(cache)
+    source = os.path.join(cache, "resnetv2_18.ra4_e3600_r224_in1k.safetensors")
+    _write_safetensors(source, _timm_resnetv2_18_state())
+    images = np.random.default_rng(1).uniform(0, 255, (2, 224, 224, 3)).astype("float32")
+    expected = keras.ops.convert_to_numpy(krv2.from_timm(source)(images, training=False))
+
+    model = krv2.ResNet18(weights="imagenet")
+    assert model.input_shape == (None, 224, 224, 3) and model.output_shape == (None, 1000)
+    assert model.layers[1].name == "timm_standardize"  # pixels 0..255 in, like from_timm
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model(images, training=False)), expected)
+    record = json.loads(open(os.path.join(cache, "resnetv2_18.ra4_e3600_r224_in1k.json")).read())
+    assert record["source"] == "timm/resnetv2_18.ra4_e3600_r224_in1k"
+    assert record["source_sha256"] == hashlib.sha256(open(source, "rb").read()).hexdigest()
+    cached = os.path.join(cache, "resnetv2_18.ra4_e3600_r224_in1k.keras")
+    assert record["keras_sha256"] == hashlib.sha256(open(cached, "rb").read()).hexdigest()
+
+    os.remove(source)  # the second call needs neither the checkpoint nor a network
+    again = krv2.ResNet18(weights="imagenet", classifier_activation=None)
+    logits = keras.ops.convert_to_numpy(again(images, training=False))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(keras.ops.softmax(logits)), expected, rtol=1e-5, atol=1e-7)
+    backbone = krv2.ResNet18(weights="imagenet", include_top=False, pooling="avg")
+    assert backbone.input_shape == (None, None, None, 3) and backbone.output_shape == (None, 512)
+    features = keras.Model(model.inputs, model.get_layer("avg_pool").output)(images, training=False)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(backbone(images, training=False)),
+                               keras.ops.convert_to_numpy(features), rtol=1e-5, atol=1e-6)
+    small = krv2.ResNet18(weights="imagenet", include_top=False, input_shape=(96, 128, 3))
+    assert small.output_shape == (None, 3, 4, 512)
+
+    with open(cached, "r+b") as f:  # a damaged cache with no source left: one line
+        f.seek(1000)
+        f.write(b"\0" * 64)
+    with pytest.raises(ValueError, match="no copy of it in"):
+        krv2.ResNet18(weights="imagenet")
+
+
+@pytest.mark.parametrize("arguments,fragments", [
+    ({"depth": 152}, ["ResNet18, ResNet34, ResNet50, ResNet101", "depth=152"]),
+    ({"depth": 20}, ["ResNet18", "depth=20", "family='cifar'"]),
+    ({"depth": 50, "classes": 10}, ["`classes` must be 1000", "include_top=False", "classes=10"]),
+    ({"depth": 50, "unit": "original"}, ["full_preact units", "unit='original'"]),
+    ({"depth": 50, "stride_in": "last", "padding": "same"}, ["stride_in='last', padding='same'"]),
+    ({"depth": 50, "widths": (8, 16, 32, 64)}, ["default widths", "widths=(8, 16, 32, 64)"]),
+])
+def test_weights_imagenet_refuses_what_timm_never_trained_in_one_line(arguments, fragments, tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # nothing is read or written before the refusal
+    with pytest.raises(ValueError) as caught:
+        krv2.ResNet(weights="imagenet", **arguments)
+    message = str(caught.value)
+    assert "\n" not in message and all(fragment in message for fragment in fragments), message
+    assert not os.listdir(tmp_path)
