@@ -271,6 +271,13 @@ def test_weights_imagenet_converts_timms_checkpoint_once_and_then_reads_the_cach
     assert model.input_shape == (None, 224, 224, 3) and model.output_shape == (None, 1000)
     assert model.layers[1].name == "timm_standardize"  # pixels 0..255 in, like from_timm
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(model(images, training=False)), expected)
+    # keras.applications' whole flow, names from the shipped list
+    rows = krv2.decode_predictions(model.predict(krv2.preprocess_input(images), verbose=0), top=3)
+    classes = krv2.imagenet_classes()
+    for row, probabilities in zip(rows, expected, strict=True):
+        best = np.argsort(probabilities)[::-1][:3]
+        assert [(wnid, name) for wnid, name, _ in row] == [classes[i] for i in best]
+        np.testing.assert_allclose([score for _, _, score in row], probabilities[best], rtol=1e-5)
     record = json.loads(open(os.path.join(cache, "resnetv2_18.ra4_e3600_r224_in1k.json")).read())
     assert record["source"] == "timm/resnetv2_18.ra4_e3600_r224_in1k"
     assert record["source_sha256"] == hashlib.sha256(open(source, "rb").read()).hexdigest()
