@@ -1,0 +1,53 @@
+"""keras.applications' own contract (keras/src/applications/applications_test.py), test for test, against
+ResNet50/101/152 (issue 39). Written anew for these networks; the rows that need a download (its
+`test_application_base`: weights="imagenet" and a photo of an elephant) are covered offline by
+tests/test_pretrained.py's weights="imagenet" test. Its channels_first rows wait for channels_first builds.
+"""
+
+import keras
+import pytest
+
+import keras_resnet_v2 as krv2
+from conftest import tiered
+
+# (constructor, feature width): ResNet50 in the fast tier, the deeper two in the slow one.
+APPS = tiered([krv2.ResNet50, krv2.ResNet101, krv2.ResNet152], slow=[krv2.ResNet101, krv2.ResNet152])
+LAST_DIM = 2048
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_notop_variable_input_channels(app):
+    for channels in (1, 4):
+        model = app(weights=None, include_top=False, input_shape=(None, None, channels))
+        assert list(model.outputs[0].shape) == [None, None, None, LAST_DIM]
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_notop_custom_input_shape(app):
+    model = app(weights=None, include_top=False, input_shape=(123, 123, 3))
+    assert list(model.outputs[0].shape)[-1] == LAST_DIM
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_notop_custom_input_tensor(app):
+    inputs = keras.Input(shape=(200, 200, 4), name="custom_input")
+    x = keras.layers.Conv2D(3, (2, 2), padding="valid", strides=(2, 2))(inputs)
+    model = app(weights=None, include_top=False, input_tensor=x)
+    assert list(model.outputs[0].shape)[-1] == LAST_DIM
+    assert model.inputs[0] is inputs  # the network grows on the given tensor's graph
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_pooling(app):
+    model = app(weights=None, include_top=False, pooling="max")
+    assert list(model.outputs[0].shape) == [None, LAST_DIM]
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_classifier_activation_and_serialization(app):
+    model = app(weights=None, include_top=True, classifier_activation="softmax")
+    assert model.layers[-1].activation.__name__ == "softmax"
+    # test_application_base's serialization half (its inference half needs a download)
+    rebuilt = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
+    assert len(rebuilt.weights) == len(model.weights)
+    assert rebuilt.input_shape == model.input_shape and rebuilt.output_shape == model.output_shape
