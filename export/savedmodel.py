@@ -106,6 +106,13 @@ def _check_classifier(model) -> None:
             "Export needs a fixed input size (height, width, channels) to serve encoded images. "
             f"Received: input shape {shape}"
         )
+    if any(getattr(layer, "data_format", None) == "channels_first" for layer in model._flatten_layers()):
+        raise ValueError(
+            "Export serves channels_last images ([N, H, W, C], what TF Serving and ONNX Runtime clients send): "
+            "build the same network with data_format='channels_last' and give it these weights (the same in "
+            "both formats: ResNet(..., data_format='channels_last', weights='model.keras')). "
+            f"Received: a channels_first model, input shape {shape}"
+        )
 
 
 def float32_copy(model: keras.Model) -> keras.Model:

@@ -21,7 +21,7 @@ from typing import Any, Optional
 import keras
 
 from keras_resnet_v2.depths import FAMILY_SPECS, Family, default_scan, resolve_depth
-from keras_resnet_v2.names import PADDINGS, POOLINGS, STRIDE_IN, UNITS, check_choice, short_repr
+from keras_resnet_v2.names import DATA_FORMATS, PADDINGS, POOLINGS, STRIDE_IN, UNITS, check_choice, short_repr
 from keras_resnet_v2.variants import SHORTCUTS, resolve_shortcut_options
 
 # Above this many residual units, mixed_float16 training with a float16 residual stream overflows
@@ -94,6 +94,12 @@ class Config:
     widths: tuple[int, ...] = ()  # per stage: a basic unit's width, a bottleneck's inner width
     stream_dtype: Optional[str] = None  # "float32": the identity path in float32; None: the policy's
     weights: Any = None  # a file to load after building (not kept by a built model)
+    data_format: str = "channels_last"  # or "channels_first": where the channels are (the weights are the same)
+
+    @property
+    def channel_axis(self) -> int:
+        """The axis of the channels in a batch: -1 (channels_last) or 1 (channels_first)."""
+        return 1 if self.data_format == "channels_first" else -1
 
     @property
     def family_spec(self) -> Family:
@@ -140,7 +146,7 @@ class Config:
             "classifier_activation": self.classifier_activation, "dtype": self.dtype, "name": self.name,
             "remat": self.remat, "scan": self.scan, "fused_batchnorm": self.fused_batchnorm,
             "padding": self.padding, "widths": self.widths, "stream_dtype": self.stream_argument,
-            **self.shortcut_options,
+            "data_format": self.data_format, **self.shortcut_options,
         }
 
     @property
@@ -257,7 +263,10 @@ def _widths(widths, family: Family) -> tuple[int, ...]:
     return tuple(widths)
 
 
-def _input_shape(input_shape, input_tensor, family: Family, include_top: bool) -> tuple:
+def _input_shape(input_shape, input_tensor, family: Family, include_top: bool, data_format: str) -> tuple:
+    """(height, width, channels), or (channels, height, width) for channels_first."""
+    first = data_format == "channels_first"
+    order = "(channels, height, width)" if first else "(height, width, channels)"
     if input_tensor is not None:
         if not keras.backend.is_keras_tensor(input_tensor):
             raise ValueError(
@@ -272,18 +281,21 @@ def _input_shape(input_shape, input_tensor, family: Family, include_top: bool) -
             )
         input_shape = tensor_shape
     if input_shape is None:  # as keras.applications: a backbone takes any size, a classifier its family's
-        return family.input_shape if include_top else (None, None, family.input_shape[2])
+        height, width, channels = family.input_shape if include_top else (None, None, family.input_shape[2])
+        return (channels, height, width) if first else (height, width, channels)
     shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else None
     if shape is None or len(shape) != 3 or not all(
         d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= 1) for d in shape
     ):
         raise ValueError(
-            "`input_shape` must be (height, width, channels) with positive integers "
+            f"`input_shape` must be {order} with positive integers "
             f"(height and width may be None). Received: input_shape={input_shape!r}"
         )
-    if shape[2] is None:
-        raise ValueError(f"The channel count in `input_shape` must be known. Received: input_shape={input_shape!r}")
-    small = [d for d in shape[:2] if d is not None and d < family.total_stride]
+    channels, spatial = (shape[0], shape[1:]) if first else (shape[2], shape[:2])
+    if channels is None:
+        raise ValueError(f"The channel count in `input_shape` must be known ({data_format}: {order}). "
+                         f"Received: input_shape={input_shape!r}")
+    small = [d for d in spatial if d is not None and d < family.total_stride]
     if small:
         raise ValueError(
             f"`input_shape` is too small: this family downsamples by {family.total_stride}, so height "
@@ -355,11 +367,8 @@ def check_arguments(a: dict[str, Any]) -> Config:
     check_choice("padding", a["padding"], PADDINGS)
     widths = _widths(a["widths"], spec)
     classes = _head(a, family=spec)
-    if keras.config.image_data_format() != "channels_last":
-        raise ValueError(
-            "keras_resnet_v2 builds channels_last models. Received: "
-            f"keras.config.image_data_format()={keras.config.image_data_format()!r}"
-        )
+    data_format = keras.config.image_data_format() if a["data_format"] is None else a["data_format"]
+    check_choice("data_format", data_format, DATA_FORMATS)
     check_weights_path(a["weights"])
     if isinstance(a["weights"], str) and a["weights"] == "imagenet":
         _check_imagenet_weights(a, family, block, classes)
@@ -380,8 +389,8 @@ def check_arguments(a: dict[str, Any]) -> Config:
         depth=a["depth"], family=family, block=block, units_per_stage=units, unit=a["unit"],
         shortcut=a["shortcut"], shortcut_options=options, stride_in=a["stride_in"],
         include_top=a["include_top"],
-        input_shape=_input_shape(a["input_shape"], a["input_tensor"], spec, a["include_top"]),
+        input_shape=_input_shape(a["input_shape"], a["input_tensor"], spec, a["include_top"], data_format),
         pooling=a["pooling"], classes=classes, classifier_activation=a["classifier_activation"], dtype=dtype,
         name=name, remat=a["remat"], scan=scan, fused_batchnorm=a["fused_batchnorm"], padding=a["padding"],
-        widths=widths, stream_dtype=stream_dtype, weights=a["weights"],
+        widths=widths, stream_dtype=stream_dtype, weights=a["weights"], data_format=data_format,
     )

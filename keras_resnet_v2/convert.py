@@ -126,7 +126,7 @@ def _arguments_from_layers(model: keras.Model) -> dict[str, Any]:
         classifier_activation=top.get_config()["activation"] if top else "softmax",
         dtype=_policy(layers["stem_conv"]), name=model.name,
         remat=any(isinstance(layer, Rematerialized) for layer in model._flatten_layers(include_self=False))
-        or any(stack.remat for stack in stacks), scan=bool(stacks),
+        or any(stack.remat for stack in stacks), scan=bool(stacks), data_format=layers["stem_conv"].data_format,
         **options,
     )
     return arguments

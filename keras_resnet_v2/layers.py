@@ -1,5 +1,5 @@
 """The small layers the networks need: the shortcut variants' (Fig. 2 (b)-(d)), `Standardize`,
-`EdgePadding2D` and `Rematerialized`.
+`EdgePadding2D`, `Rematerialized` and a `Conv2D` whose bias TensorFlow adds right in channels_first.
 
 Both are registered with Keras, so a model that uses them saves to `.keras` and
 loads back with `keras.models.load_model(path, safe_mode=True)`: no `Lambda`.
@@ -76,6 +76,33 @@ class GatedSum(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
+class Conv2D(keras.layers.Conv2D):
+    """`keras.layers.Conv2D` whose bias lands on the channel axis under every backend: the gate convolution
+    of a channels_first network (Fig. 2(c), (d)).
+
+    Keras 3.15's TensorFlow `ops.add(x, b)` turns a bias-shaped `b` into `tf.nn.bias_add` and takes NHWC
+    whenever the last dimension of `x` equals the bias length, so a channels_first output whose width
+    equals its channel count (16 channels of 16x16) got its bias added along the width
+    (keras/src/backend/tensorflow/numpy.py, `add`); with the operands the other way round, Keras
+    broadcasts. Named `Conv2D` (registered as `keras_resnet_v2>Conv2D`) because a `.weights.h5` file keys
+    each layer by its class name: a channels_first network's file stays that of its channels_last twin.
+
+    Example:
+        >>> layer = Conv2D(16, 1, data_format="channels_first")
+        >>> layer(keras.ops.ones((1, 16, 16, 16))).shape
+        (1, 16, 16, 16)
+    """
+
+    def call(self, inputs):
+        outputs = self.convolution_op(inputs, self.kernel)
+        if self.use_bias:
+            shape = [1] * (self.rank + 2)
+            shape[1 if self.data_format == "channels_first" else -1] = self.filters
+            outputs = ops.add(ops.reshape(self.bias, shape), outputs)
+        return outputs if self.activation is None else self.activation(outputs)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class Standardize(keras.layers.Layer):
     """`(x - mean) / sqrt(variance)` with the statistics stored as non-trainable weights.
 
@@ -137,22 +164,30 @@ class EdgePadding2D(keras.layers.Layer):
         [0.0, 0.0, 1.0, 1.0]
     """
 
-    def __init__(self, pad: int = 1, **kwargs):
+    def __init__(self, pad: int = 1, data_format: str = "channels_last", **kwargs):
         super().__init__(**kwargs)
-        self.pad = int(pad)
+        if data_format not in ("channels_last", "channels_first"):
+            raise ValueError("`data_format` must be 'channels_last' or 'channels_first'. "
+                             f"Received: data_format={data_format!r}")
+        self.pad, self.data_format = int(pad), data_format
 
     def call(self, inputs):
-        x = inputs
-        p = self.pad
+        x, p = inputs, self.pad
+        if self.data_format == "channels_first":  # [N, C, H, W]
+            x = ops.concatenate([x[:, :, :1]] * p + [x] + [x[:, :, -1:]] * p, axis=2)  # height: rows
+            return ops.concatenate([x[:, :, :, :1]] * p + [x] + [x[:, :, :, -1:]] * p, axis=3)  # width
         x = ops.concatenate([x[:, :1]] * p + [x] + [x[:, -1:]] * p, axis=1)  # height: rows
         return ops.concatenate([x[:, :, :1]] * p + [x] + [x[:, :, -1:]] * p, axis=2)  # width: columns
 
     def compute_output_shape(self, input_shape):
         grow = lambda d: None if d is None else d + 2 * self.pad  # noqa: E731
-        return (input_shape[0], grow(input_shape[1]), grow(input_shape[2]), input_shape[3])
+        shape = list(input_shape)
+        for axis in ((2, 3) if self.data_format == "channels_first" else (1, 2)):
+            shape[axis] = grow(shape[axis])
+        return tuple(shape)
 
     def get_config(self):
-        return {**super().get_config(), "pad": self.pad}
+        return {**super().get_config(), "pad": self.pad, "data_format": self.data_format}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

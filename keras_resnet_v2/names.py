@@ -28,6 +28,8 @@ POOLINGS: tuple[Optional[str], ...] = (None, "avg", "max")
 # How a stride-2 convolution or pooling pads: as the authors' Torch code (k // 2 on every side) or
 # as Keras' padding="same" (the extra row and column on the bottom and right for even sizes).
 PADDINGS: tuple[str, ...] = ("symmetric", "same")
+# Where a batch keeps its channels (Keras' `image_data_format`): the same weights either way.
+DATA_FORMATS: tuple[str, ...] = ("channels_last", "channels_first")
 # A layer's residual unit: `stage1_unit5_1_conv` is (stage1, 5, None); a `UnitStack` named
 # `stage1_unit2_to_unit18` is (stage1, 2, 18).
 UNIT_NAME = re.compile(r"^(stage\d+)_unit(\d+)(?:_to_unit(\d+))?(?:_|$)")

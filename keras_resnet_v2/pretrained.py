@@ -50,7 +50,7 @@ TIMM_SERVING = {"mode": "shorter_side_crop", "crop_fraction": 0.95, "interpolati
 TIMM_STANDARDIZE = "timm_standardize"
 # Builder arguments that keep the checkpoint's architecture (anything else would not fit it).
 _BUILDER_ARGUMENTS = ("include_top", "input_shape", "pooling", "classes", "classifier_activation", "dtype",
-                      "name", "remat", "scan", "fused_batchnorm")
+                      "name", "remat", "scan", "fused_batchnorm", "data_format")
 
 # Our per-unit layer suffix -> timm's module inside `stages.{s}.blocks.{u}` (PreActBottleneck/Basic).
 _UNIT_PARTS = {"preact_bn": "norm1", "1_conv": "conv1", "1_bn": "norm2", "2_conv": "conv2", "2_bn": "norm3",
@@ -246,7 +246,8 @@ def from_timm(source: Union[str, os.PathLike, Mapping[str, Any]], *, standardize
             expects (pixels / 255, minus mean, over std).
         **builder_arguments: `include_top`, `input_shape` (default 224x224x3), `pooling`, `classes` (another
             count gets a new, untrained head), `classifier_activation` (default softmax; timm's model gives
-            logits: pass None), `dtype`, `name`, `remat`, `scan`, `fused_batchnorm`, as for `ResNet`.
+            logits: pass None), `dtype`, `name`, `remat`, `scan`, `fused_batchnorm`, `data_format`, as for
+            `ResNet`.
 
     Returns:
         A `keras.Model` built by `ResNet` with padding="symmetric", whose inference outputs equal timm's
@@ -270,9 +271,10 @@ def from_timm(source: Union[str, os.PathLike, Mapping[str, Any]], *, standardize
         raise ValueError("`source` has no classifier (head.fc): pass include_top=False, or classes=N for a new "
                          "head. Received: classes=None")
     if standardize:
-        inputs = keras.Input(shape=arguments.pop("input_shape", None) or (224, 224, 3), name="input")
-        x = Standardize(mean=[255.0 * m for m in TIMM_MEAN], variance=[(255.0 * s) ** 2 for s in TIMM_STD],
-                        name=TIMM_STANDARDIZE)(inputs)
+        data_format = arguments.get("data_format") or keras.config.image_data_format()
+        default_shape = (3, 224, 224) if data_format == "channels_first" else (224, 224, 3)
+        inputs = keras.Input(shape=arguments.pop("input_shape", None) or default_shape, name="input")
+        x = timm_standardize(data_format)(inputs)
         name = arguments.pop("name", None)
         network = ResNet(architecture["depth"], input_tensor=x, **arguments)
         model = functional_like(network, inputs, network.output, name or network.name)
@@ -280,6 +282,13 @@ def from_timm(source: Union[str, os.PathLike, Mapping[str, Any]], *, standardize
         model = ResNet(architecture["depth"], **arguments)
     _copy_timm_weights(state, model, new_head=arguments["classes"] != architecture["classes"])
     return model
+
+
+def timm_standardize(data_format: str = "channels_last") -> Standardize:
+    """timm's normalization of 0..255 pixels (its mean and std times 255), over the channels of `data_format`."""
+    shape = (3, 1, 1) if data_format == "channels_first" else (3,)
+    return Standardize(mean=np.reshape([255.0 * m for m in TIMM_MEAN], shape),
+                       variance=np.reshape([(255.0 * s) ** 2 for s in TIMM_STD], shape), name=TIMM_STANDARDIZE)
 
 
 def timm_preprocessing(model: keras.Model) -> Union[dict, None]:
@@ -405,7 +414,6 @@ def imagenet_model(cfg, input_tensor: Any = None) -> keras.Model:
         inputs = keras.Input(shape=cfg.input_shape, name="input")
     else:
         inputs = keras.utils.get_source_inputs(input_tensor)[0]
-    x = Standardize(mean=[255.0 * m for m in TIMM_MEAN], variance=[(255.0 * s) ** 2 for s in TIMM_STD],
-                    name=TIMM_STANDARDIZE)(inputs if input_tensor is None else input_tensor)
+    x = timm_standardize(cfg.data_format)(inputs if input_tensor is None else input_tensor)
     network = build(dataclasses.replace(cfg, weights=path, name=None), input_tensor=x)
     return functional_like(network, inputs, network.output, cfg.name or network.name)

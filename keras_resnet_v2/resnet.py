@@ -21,6 +21,7 @@ import keras
 
 from keras_resnet_v2.batchnorm import fuse_batchnorm
 from keras_resnet_v2.config import Config, Unit, check_arguments, default_stream_dtype
+from keras_resnet_v2.layers import Conv2D as BiasConv2D
 from keras_resnet_v2.layers import EdgePadding2D, Rematerialized
 from keras_resnet_v2.models import ResNetModel, model_class
 from keras_resnet_v2.scaled import ScaledConv2D, rescales
@@ -63,18 +64,20 @@ class _Ops:
         self.scaled = rescales(cfg.stream_dtype, cfg.dtype.compute_dtype)
         self.kw = self.stream_kw if self.scaled else self.policy_kw
         self.symmetric = cfg.padding == "symmetric"
+        self.data_format, self.channel_axis = cfg.data_format, cfg.channel_axis
+        self.spatial = {"data_format": cfg.data_format}  # for the layers with a data_format
 
     def conv(self, x, filters: int, kernel: int, stride: int, name: str):
         padding = "same"
         if self.symmetric and stride > 1 and kernel > 1:
             # The authors' Torch convolution pads kernel // 2 on every side; Keras' "same" pads a
             # stride-2 conv of an even size (0, 1) or (2, 3). Stride 1 and 1x1 convs agree already.
-            x = keras.layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad", **self.kw)(x)
+            x = keras.layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad", **self.spatial, **self.kw)(x)
             padding = "valid"
         conv, inner = (ScaledConv2D, {"inner_dtype": "float16"}) if self.scaled else (keras.layers.Conv2D, {})
         return conv(
             filters, kernel, strides=stride, padding=padding, use_bias=False,
-            kernel_initializer=kernel_initializer(), name=name, **inner, **self.kw,
+            kernel_initializer=kernel_initializer(), name=name, **inner, **self.spatial, **self.kw,
         )(x)
 
     def step(self, x, conv: ConvStep, unit: str):
@@ -83,22 +86,24 @@ class _Ops:
 
     def gate(self, x, conv: ConvStep, bias: float, unit: str):
         """g(x) = sigmoid(W_g x + b_g), W_g a 1x1 convolution, b_g initialised to `gate_bias` (Fig. 2(c), (d))."""
-        return keras.layers.Conv2D(
+        layer = BiasConv2D if self.data_format == "channels_first" else keras.layers.Conv2D  # layers.Conv2D
+        return layer(
             conv.cout, 1, strides=conv.stride, padding="same", activation="sigmoid",
             kernel_initializer=kernel_initializer(), bias_initializer=keras.initializers.Constant(bias),
-            name=f"{unit}_{conv.key}", **self.stream_kw,
+            name=f"{unit}_{conv.key}", **self.spatial, **self.stream_kw,
         )(x)
 
     def max_pool(self, x, name: str):
         """The ImageNet stem's 3x3/2 max pooling, padded as the convolutions are."""
         if not self.symmetric:
-            return keras.layers.MaxPooling2D(3, strides=2, padding="same", name=name, **self.kw)(x)
-        x = EdgePadding2D(1, name=f"{name}_pad", **self.kw)(x)
-        return keras.layers.MaxPooling2D(3, strides=2, padding="valid", name=name, **self.kw)(x)
+            return keras.layers.MaxPooling2D(3, strides=2, padding="same", name=name, **self.spatial, **self.kw)(x)
+        x = EdgePadding2D(1, name=f"{name}_pad", **self.spatial, **self.kw)(x)
+        return keras.layers.MaxPooling2D(3, strides=2, padding="valid", name=name, **self.spatial, **self.kw)(x)
 
     def bn(self, x, name: str, stream: bool = False):
         return keras.layers.BatchNormalization(
-            momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name, **(self.stream_kw if stream else self.kw)
+            axis=self.channel_axis, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name,
+            **(self.stream_kw if stream else self.kw),
         )(x)
 
     def relu(self, x, name: str, stream: bool = False):
@@ -114,8 +119,8 @@ class _Ops:
 
 def residual_unit(ops: _Ops, x, unit: Unit, cfg: Config):
     """One unit: x_{l+1} = f(h(x_l) + F(x_l)) (Eqn. 1-2), the steps of its plan as named layers."""
-    plan = unit_plan(cfg.unit, cfg.shortcut, cfg.block, unit.width, in_width=x.shape[-1], stride=unit.stride,
-                     stride_conv=cfg.stride_conv)
+    plan = unit_plan(cfg.unit, cfg.shortcut, cfg.block, unit.width, in_width=x.shape[ops.channel_axis],
+                     stride=unit.stride, stride_conv=cfg.stride_conv)
     name = unit.name
     activated = ops.apply(x, plan.preact, name, stream=True)
     residual = activated
@@ -125,7 +130,8 @@ def residual_unit(ops: _Ops, x, unit: Unit, cfg: Config):
     if plan.projection:
         h = ops.step(activated, plan.projection, name)
     elif plan.subsample > 1:  # stride_in="last": same width, half the size: subsample.
-        h = keras.layers.MaxPooling2D(1, strides=plan.subsample, name=f"{name}_shortcut_pool", **ops.stream_kw)(x)
+        h = keras.layers.MaxPooling2D(1, strides=plan.subsample, name=f"{name}_shortcut_pool", **ops.spatial,
+                                      **ops.stream_kw)(x)
     gate = ops.gate(activated, plan.gate, cfg.shortcut_options["gate_bias"], name) if plan.gate else None
     y = plan.shortcut.layers(ShortcutInputs(h, residual, gate, name), cfg.shortcut_options, ops.stream_kw)
     return ops.apply(y, plan.after_add, name, stream=True)
@@ -187,7 +193,7 @@ def _stacked(ops: _Ops, x, cfg: Config):
             x = UnitStack(len(run), stage.width, block=cfg.block, unit=cfg.unit, shortcut=cfg.shortcut,
                           shortcut_options=cfg.shortcut_options, unroll=SCAN_UNROLL, remat=cfg.remat,
                           momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{run[0].name}_to_unit{run[-1].index}",
-                          stream_dtype=cfg.stream_dtype, **ops.policy_kw)(x)
+                          stream_dtype=cfg.stream_dtype, data_format=cfg.data_format, **ops.policy_kw)(x)
     return x
 
 
@@ -210,14 +216,14 @@ def build_features(ops: _Ops, x, cfg: Config):
 
 def _top(ops: _Ops, x, cfg: Config):
     if cfg.include_top:
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool", **ops.kw)(x)
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool", **ops.spatial, **ops.kw)(x)
         # Logits and softmax in the policy's variable dtype: float32 under mixed precision.
         return keras.layers.Dense(cfg.classes, activation=cfg.classifier_activation, name="predictions",
                                   dtype=cfg.dtype.variable_dtype)(x)
     if cfg.pooling == "avg":
-        return keras.layers.GlobalAveragePooling2D(name="avg_pool", **ops.kw)(x)
+        return keras.layers.GlobalAveragePooling2D(name="avg_pool", **ops.spatial, **ops.kw)(x)
     if cfg.pooling == "max":
-        return keras.layers.GlobalMaxPooling2D(name="max_pool", **ops.kw)(x)
+        return keras.layers.GlobalMaxPooling2D(name="max_pool", **ops.spatial, **ops.kw)(x)
     return x
 
 
@@ -279,6 +285,7 @@ def ResNet(
     padding: str = "symmetric",
     widths: Optional[Sequence[int]] = None,
     stream_dtype: Optional[str] = None,
+    data_format: Optional[str] = None,
     **variant_options: Any,
 ) -> keras.Model:
     """Builds a residual network of He et al. (2016) as an uncompiled functional model.
@@ -360,6 +367,12 @@ def ResNet(
             `default_stream_dtype`), where a float16 stream goes NaN (benchmarks/RESULTS.md, "Mixed
             precision at depth"), "compute" otherwise. Same weights, saved variables and serving
             signatures either way; no effect under a float32 policy.
+        data_format: "channels_last" (batches [N, H, W, C]) or "channels_first" ([N, C, H, W]);
+            None (default) follows `keras.config.image_data_format()`, as keras.applications.
+            The weights are the same either way (a file saved from one loads into the other),
+            and so are the outputs, on the transposed input. TensorFlow runs channels_first
+            convolutions on CPUs through oneDNN (its default on x86 Linux; not with
+            TF_ENABLE_ONEDNN_OPTS=0). The exports serve channels_last images.
         **variant_options: options of the chosen shortcut: `shortcut_scale` (0.5) and
             `scale_residual` (True) for "constant_scaling"; `gate_bias` (-6.0) for the
             gating shortcuts; `dropout_rate` (0.5) for "dropout".

@@ -26,7 +26,7 @@ from keras import ops
 
 from keras_resnet_v2.batchnorm import moving_average_updates
 from keras_resnet_v2.layers import PACKAGE
-from keras_resnet_v2.names import BLOCKS, UNITS, check_choice
+from keras_resnet_v2.names import BLOCKS, DATA_FORMATS, UNITS, check_choice
 from keras_resnet_v2.scaled import rescales, scaled_conv
 from keras_resnet_v2.variants import SHORTCUTS, he_stddev, resolve_shortcut_options, unit_plan
 
@@ -74,7 +74,7 @@ class UnitStack(keras.layers.Layer):
     def __init__(self, units: int, filters: int, block: str = "basic", unit: str = "full_preact",
                  shortcut: str = "identity", shortcut_options: Optional[dict] = None, unroll: int = 1,
                  remat: bool = False, momentum: float = 0.9, epsilon: float = 1e-5,
-                 stream_dtype: Optional[str] = None, **kwargs: Any):
+                 stream_dtype: Optional[str] = None, data_format: str = "channels_last", **kwargs: Any):
         kwargs.setdefault("autocast", False)  # BatchNorm weights stay float32 (as Keras' BN)
         super().__init__(**kwargs)
         for arg, value in (("units", units), ("filters", filters), ("unroll", unroll)):
@@ -93,6 +93,9 @@ class UnitStack(keras.layers.Layer):
         self.shortcut_options = resolve_shortcut_options(shortcut, dict(shortcut_options or {}))
         self.momentum, self.epsilon = float(momentum), float(epsilon)
         self.stream_dtype = stream_dtype
+        check_choice("data_format", data_format, DATA_FORMATS)
+        self.data_format = data_format
+        self._channels = 1 if data_format == "channels_first" else -1  # the channel axis of a batch
         self.plan = unit_plan(unit, shortcut, block, filters)  # the steps of one unit (variants.py)
         if self.plan.shortcut.noise:
             self.seed_generator = keras.random.SeedGenerator(name="dropout_seed")
@@ -100,7 +103,7 @@ class UnitStack(keras.layers.Layer):
     # ------------------------------------------------------------------ weights
 
     def build(self, input_shape):
-        if input_shape[-1] != self.plan.out_width:
+        if input_shape[self._channels] != self.plan.out_width:
             raise ValueError(f"UnitStack of {self.block} units of {self.filters} filters takes "
                              f"{self.plan.out_width} channels. Received: input_shape={input_shape}")
         # Initial values are drawn on the host with NumPy (seeded by keras.utils.set_random_seed):
@@ -138,19 +141,20 @@ class UnitStack(keras.layers.Layer):
 
     def _batchnorm(self, x, w, key: str, training: bool, stats: dict, dtype: Optional[str] = None):
         gamma, beta = w[f"{key}_gamma"], w[f"{key}_beta"]
-        if training and keras.backend.backend() == "tensorflow":
-            from keras_resnet_v2._kernels import fused_batchnorm_training
+        if training and keras.backend.backend() == "tensorflow" and self._channels == -1:
+            from keras_resnet_v2._kernels import fused_batchnorm_training  # an NHWC kernel
 
             y, mean, variance = fused_batchnorm_training(x, gamma, beta, self.epsilon)
             stats[key] = (mean, variance)
             return ops.cast(y, dtype or self.compute_dtype)
         x32 = ops.cast(x, "float32")  # as Keras' BatchNormalization: statistics in float32
         if training:
-            mean, variance = ops.moments(x32, axes=[0, 1, 2])
+            mean, variance = ops.moments(x32, axes=[0, 1, 2] if self._channels == -1 else [0, 2, 3])
             stats[key] = (mean, variance)
         else:
             mean, variance = w[f"{key}_moving_mean"], w[f"{key}_moving_variance"]
-        y = ops.batch_normalization(x32, mean, variance, axis=-1, offset=beta, scale=gamma, epsilon=self.epsilon)
+        y = ops.batch_normalization(x32, mean, variance, axis=self._channels, offset=beta, scale=gamma,
+                                    epsilon=self.epsilon)
         return ops.cast(y, dtype or self.compute_dtype)
 
     def _apply(self, x, todo, w, training, stats, dtype: Optional[str] = None):
@@ -167,9 +171,10 @@ class UnitStack(keras.layers.Layer):
     def _conv(self, x, w, key: str, dtype: Optional[str] = None):
         dtype, kernel, scale = dtype or self.compute_dtype, w[f"{key}_kernel"], None
         if self._scaled and dtype == "float16":
-            y, scale = scaled_conv(x, kernel, dtype, strides=1, padding="same")
+            y, scale = scaled_conv(x, kernel, dtype, strides=1, padding="same", data_format=self.data_format)
         else:
-            y = ops.conv(ops.cast(x, dtype), ops.cast(kernel, dtype), strides=1, padding="same")
+            y = ops.conv(ops.cast(x, dtype), ops.cast(kernel, dtype), strides=1, padding="same",
+                         data_format=self.data_format)
         if keras.backend.backend() == "jax":  # what the loop keeps for the backward pass (`_saving`)
             from jax.ad_checkpoint import checkpoint_name
 
@@ -191,7 +196,9 @@ class UnitStack(keras.layers.Layer):
         gate = None
         if plan.gate:
             key = plan.gate.key
-            gate = ops.sigmoid(self._conv(activated, w, key, stream) + ops.cast(w[f"{key}_bias"], stream))
+            bias = ops.cast(w[f"{key}_bias"], stream)
+            bias = bias if self._channels == -1 else ops.reshape(bias, (-1, 1, 1))  # per channel
+            gate = ops.sigmoid(self._conv(activated, w, key, stream) + bias)
         h, residual = ops.cast(h, stream), ops.cast(residual, stream)  # the addition in the stream's dtype
         y = plan.shortcut.combine(h, residual, gate, noise, self.shortcut_options)
         return self._apply(y, plan.after_add, w, training, stats, stream), stats
@@ -225,7 +232,7 @@ class UnitStack(keras.layers.Layer):
         return {**super().get_config(), "units": self.units, "filters": self.filters, "block": self.block,
                 "unit": self.unit, "shortcut": self.shortcut, "shortcut_options": dict(self.shortcut_options),
                 "unroll": self.unroll, "remat": self.remat, "momentum": self.momentum, "epsilon": self.epsilon,
-                "stream_dtype": self.stream_dtype}
+                "stream_dtype": self.stream_dtype, "data_format": self.data_format}
 
 
 def _saving(step, remat: bool):

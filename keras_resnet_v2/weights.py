@@ -138,7 +138,11 @@ def _file_classes(found: list[tuple], model: keras.Model, features: int) -> Opti
 def _feature_width(model: keras.Model) -> int:
     """The channels the classifier reads: its kernel's rows, or the output of a model without one."""
     head = leaf_layers(model).get(CLASSIFIER)
-    return int(head.kernel.shape[0]) if head is not None else int(model.output_shape[-1])
+    if head is not None:
+        return int(head.kernel.shape[0])
+    config = getattr(model, "resnet_config", None)
+    channels_first = config is not None and config.data_format == "channels_first" and len(model.output_shape) == 4
+    return int(model.output_shape[1 if channels_first else -1])
 
 
 def _copy_all_but_head(source: keras.Model, target: keras.Model, path: str) -> None:

@@ -82,16 +82,6 @@ def test_named_constructor_rejects_a_depth():
         krv2.ResNet164(depth=110)
 
 
-def test_channels_first_is_refused_clearly():
-    previous = keras.config.image_data_format()
-    keras.config.set_image_data_format("channels_first")
-    try:
-        with pytest.raises(ValueError, match="channels_last.*Received.*channels_first"):
-            krv2.ResNet20()
-    finally:
-        keras.config.set_image_data_format(previous)
-
-
 def test_a_weights_file_from_another_architecture_is_refused(tmp_path):
     path = str(tmp_path / "r20.weights.h5")
     krv2.ResNet20().save_weights(path)
