@@ -183,3 +183,17 @@ def while_scan(step, x, xs, length: int):
     _, x, outputs = tf.while_loop(lambda i, *_: i < length, body, (tf.constant(1), x, outputs),
                                   maximum_iterations=length - 1)
     return x, pack(first, [o.stack() for o in outputs])
+
+
+@functools.lru_cache(maxsize=1)
+def nchw_convolutions_run() -> bool:
+    """Whether TensorFlow runs a channels_first (NCHW) convolution here: on a GPU, or on the CPU through
+    oneDNN (TensorFlow's x86 default); its own CPU kernels refuse NCHW (TF_ENABLE_ONEDNN_OPTS=0)."""
+    if tf.config.list_logical_devices("GPU"):
+        return True
+    try:
+        with tf.device("/CPU:0"):
+            tf.nn.conv2d(tf.zeros((1, 1, 2, 2)), tf.zeros((1, 1, 1, 1)), 1, "VALID", data_format="NCHW")
+    except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError):
+        return False
+    return True

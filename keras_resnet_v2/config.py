@@ -369,6 +369,14 @@ def check_arguments(a: dict[str, Any]) -> Config:
     classes = _head(a, family=spec)
     data_format = keras.config.image_data_format() if a["data_format"] is None else a["data_format"]
     check_choice("data_format", data_format, DATA_FORMATS)
+    if data_format == "channels_first" and keras.backend.backend() == "tensorflow":
+        from keras_resnet_v2._kernels import nchw_convolutions_run
+
+        if not nchw_convolutions_run():
+            raise ValueError("TensorFlow runs no channels_first convolution on this machine (no GPU, and its CPU "
+                             "kernels take NHWC only with oneDNN off: TF_ENABLE_ONEDNN_OPTS=0): build with "
+                             "data_format='channels_last' (the same weights), or use JAX or PyTorch. "
+                             "Received: data_format='channels_first'")
     check_weights_path(a["weights"])
     if isinstance(a["weights"], str) and a["weights"] == "imagenet":
         _check_imagenet_weights(a, family, block, classes)

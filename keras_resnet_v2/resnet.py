@@ -371,8 +371,9 @@ def ResNet(
             None (default) follows `keras.config.image_data_format()`, as keras.applications.
             The weights are the same either way (a file saved from one loads into the other),
             and so are the outputs, on the transposed input. TensorFlow runs channels_first
-            convolutions on CPUs through oneDNN (its default on x86 Linux; not with
-            TF_ENABLE_ONEDNN_OPTS=0). The exports serve channels_last images.
+            convolutions on CPUs through oneDNN (its default on x86 Linux); where it runs none
+            (no GPU, TF_ENABLE_ONEDNN_OPTS=0) the build is refused in one line. The exports serve
+            channels_last images.
         **variant_options: options of the chosen shortcut: `shortcut_scale` (0.5) and
             `scale_residual` (True) for "constant_scaling"; `gate_bias` (-6.0) for the
             gating shortcuts; `dropout_rate` (0.5) for "dropout".

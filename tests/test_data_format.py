@@ -156,3 +156,17 @@ def test_export_refuses_a_channels_first_model_in_one_line(tmp_path):
                                          r"model") as caught:
         export.export_and_verify(first, str(tmp_path / "serving"), str(tmp_path / "m.onnx"))
     assert "\n" not in str(caught.value) and not os.listdir(tmp_path)
+
+
+def test_without_onednn_tensorflow_refuses_channels_first_in_one_line():
+    # TensorFlow's own CPU kernels refuse NCHW convolutions: said at build time, not at the first call.
+    script = ("import keras_resnet_v2 as krv2\n"
+              "try:\n    krv2.ResNet20(data_format='channels_first')\n"
+              "except ValueError as error:\n    print('refused:', error)\n"
+              "print(krv2.ResNet20(data_format='channels_last').input_shape)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TF_ENABLE_ONEDNN_OPTS="0", CUDA_VISIBLE_DEVICES=""))
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("refused: TensorFlow runs no channels_first convolution on this machine")
+    assert "data_format='channels_last'" in lines[0] and lines[1] == "(None, 32, 32, 3)"
