@@ -170,3 +170,20 @@ def test_without_onednn_tensorflow_refuses_channels_first_in_one_line():
     lines = done.stdout.strip().splitlines()
     assert lines[0].startswith("refused: TensorFlow runs no channels_first convolution on this machine")
     assert "data_format='channels_last'" in lines[0] and lines[1] == "(None, 32, 32, 3)"
+
+
+def test_training_builds_channels_last_whatever_keras_config_says():
+    # Its input pipeline gives [N, H, W, C] batches; a channels_first keras.json must not turn them around.
+    from keras_resnet_v2.training import runner
+    from keras_resnet_v2.training.config import TrainConfig
+    from keras_resnet_v2.training.data import DatasetInfo
+
+    previous = keras.config.image_data_format()
+    keras.config.set_image_data_format("channels_first")
+    try:
+        info = DatasetInfo("digits", 10, 1437, 360, (32, 32, 3))
+        model = runner.build_model(TrainConfig(model="resnet8"), info, 32, np.full(3, 8.0), np.full(3, 30.0))
+    finally:
+        keras.config.set_image_data_format(previous)
+    assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 10)
+    assert model.get_layer("stem_conv").data_format == "channels_last"

@@ -63,8 +63,10 @@ def build_model(config: TrainConfig, info: data_lib.DatasetInfo, image_size: int
 
 def model_arguments(config: TrainConfig) -> dict:
     """The `ResNet` arguments a run's settings choose (the rest: the builder's defaults, the data's)."""
+    # channels_last whatever keras.config says: the input pipeline gives [N, H, W, C] batches.
     return dict(unit=config.unit, shortcut=config.shortcut, block=config.block, remat=config.remat, scan=config.scan,
-                fused_batchnorm=config.fused_batchnorm, padding=config.padding, **config.variant_options)
+                fused_batchnorm=config.fused_batchnorm, padding=config.padding, data_format="channels_last",
+                **config.variant_options)
 
 
 class DiskFullError(RuntimeError):
