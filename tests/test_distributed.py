@@ -166,11 +166,27 @@ def test_a_killed_worker_ends_the_others_in_one_line_and_a_rerun_resumes(tmp_pat
     assert noticed < 60, noticed  # measured 1-6 s: the dead worker's sockets close at once
     _finish(workers[1], timeout=30)
 
+    # A worker killed between its peers' backups leaves them one backup apart (it happens in about one run in
+    # three); where they are level, make it so by removing a newest backup of a worker that kept two (that
+    # worker then also falls back past a missing one).
+    folders = [run_dir / "backup", run_dir / ".workers" / "1" / "backup"]
+    kept = [sorted(int(p.name[5:-6]) for p in folder.glob("ckpt-*.index")) for folder in folders]
+    level = next((i for i, k in enumerate(kept) if len(k) == 2), None) if kept[0][-1] == kept[1][-1] else None
+    if level is not None:
+        for path in folders[level].glob(f"ckpt-{kept[level][-1]}.*"):
+            path.unlink()
+        kept[level].pop()
+    apart = kept[0][-1] != kept[1][-1]
+
     again = _workers(run_dir, epochs=5)
     results = {index: _finish(p, timeout=600) for index, p in again.items()}
     for index, (code, _out, err) in results.items():
         assert code == 0, (index, err[-3000:])
     assert "resuming" in results[0][1]
+    if apart:  # before: their collectives did not match ("expected type 0 and data_type 1 but got ... 9")
+        behind = min(k[-1] for k in kept)
+        said = results[0][1] + results[1][1]
+        assert f"another worker's newest backup holds epoch {behind}" in said, said
     assert _history_epochs(run_dir) == [1, 2, 3, 4, 5]  # the interrupted epoch trained once, after the resume
 
 

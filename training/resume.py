@@ -60,3 +60,15 @@ def restore_newest_readable(checkpoint, manager, backup_dir: str, log) -> str:
         return path
     raise ValueError(f"Cannot resume: no backup reads back ({'; '.join(failures) or 'none listed'}). "
                      f"Move {backup_dir} aside to start over.")
+
+
+def restore_epoch(checkpoint, manager, epoch: int, backup_dir: str) -> str:
+    """Restores the kept backup of `epoch` (`ckpt-{epoch}`: two are kept); returns its path, or a ValueError
+    when it is not among them."""
+    wanted = [path for path in manager.checkpoints if path.rsplit("-", 1)[-1] == str(epoch)]
+    if not wanted:
+        raise ValueError(f"Cannot resume: the workers' backups disagree and {backup_dir} no longer holds the "
+                         f"one of epoch {epoch} (it holds {[os.path.basename(p) for p in manager.checkpoints]}). "
+                         "Move every worker's backup aside to start over.")
+    checkpoint.restore(wanted[0]).expect_partial()
+    return wanted[0]

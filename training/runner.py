@@ -152,6 +152,11 @@ def _restore(plan: _Plan, checkpoint, manager, run_dir: str, backup_dir: str, ch
     """Restores the newest readable backup of a run being resumed; returns the epochs it had completed."""
     restored = resume.restore_newest_readable(checkpoint, manager, backup_dir, _say)
     initial_epoch = int(checkpoint.completed_epochs.numpy())
+    agreed = runtime.agreed_epoch(plan.strategy, initial_epoch)  # every worker resumes at the same epoch
+    if agreed < initial_epoch:
+        restored = resume.restore_epoch(checkpoint, manager, agreed, backup_dir)
+        _say(f"another worker's newest backup holds epoch {agreed}: resuming from this worker's {restored}")
+        initial_epoch = agreed
     if initial_epoch > plan.epochs:  # config.json would record a schedule the model was not trained with
         raise ValueError(f"Run directory {run_dir!r} holds a run trained for {initial_epoch} epochs, more than "
                          f"the {plan.epochs} asked for: nothing to train, and its record is kept. Give at least "

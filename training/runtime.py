@@ -96,6 +96,24 @@ def _multi_worker_strategy() -> tf.distribute.Strategy:
             f"the same command with its own task index; {CLUSTER_TIMEOUT_ENV} sets the wait)") from None
 
 
+def agreed_epoch(strategy: tf.distribute.Strategy, epoch: int) -> int:
+    """The fewest epochs any worker's backup holds (multi-worker; elsewhere `epoch`), exchanged through
+    TensorFlow's coordination service. Backups are written by every worker at each epoch's end, so a
+    worker killed between its peers' writes leaves them one backup apart: resumed as they are, the
+    workers would run different steps and their collectives would not match ("Collective instance ...
+    expected type 0 and data_type 1 but got ... 9", measured)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec():
+        return epoch
+    from tensorflow.python.eager import context
+
+    spec, key = resolver.cluster_spec(), "keras_resnet_v2/resumed_epoch"
+    context.context().set_config_key_value(f"{key}/{resolver.task_type}/{resolver.task_id}", str(epoch))
+    timeout = int(cluster_start_timeout() * 1000)
+    return min(int(context.context().get_config_key_value(f"{key}/{job}/{task}", timeout))
+               for job in spec.jobs for task in range(spec.num_tasks(job)))
+
+
 def lost_worker(error: BaseException, strategy: tf.distribute.Strategy) -> str | None:
     """The worker that `error` says stopped answering in a multi-worker run (`"a worker"` where it names
     none but this one), or None when `error` is not a collective's failure of a multi-worker run."""
