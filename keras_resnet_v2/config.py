@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import keras
 
-from keras_resnet_v2.depths import FAMILY_SPECS, Family, default_scan, resolve_depth
+from keras_resnet_v2.depths import FAMILY_SPECS, IMAGENET_DEPTHS_TRAINED, Family, default_scan, resolve_depth
 from keras_resnet_v2.names import DATA_FORMATS, PADDINGS, POOLINGS, STRIDE_IN, UNITS, check_choice, short_repr
 from keras_resnet_v2.variants import SHORTCUTS, resolve_shortcut_options
 
@@ -227,9 +227,6 @@ _IMAGENET_ARCHITECTURE = {"unit": "full_preact", "shortcut": "identity", "stride
 
 def _check_imagenet_weights(a: dict, family: str, block: str, classes: int) -> None:
     """weights="imagenet": a depth timm trained, its architecture, and with the top its 1000 classes."""
-    from keras_resnet_v2.depths import resolve_depth
-    from keras_resnet_v2.pretrained import IMAGENET_DEPTHS_TRAINED
-
     trained = ", ".join(f"ResNet{depth}" for depth in IMAGENET_DEPTHS_TRAINED)
     if family != "imagenet" or a["depth"] not in IMAGENET_DEPTHS_TRAINED:
         raise ValueError(f"weights='imagenet' exists for {trained} (timm's trained checkpoints). Received: "

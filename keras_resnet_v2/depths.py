@@ -143,3 +143,13 @@ def resolve_depth(depth, family=None, block=None) -> tuple[str, str, tuple[int, 
         f"`depth` {depth} is not a CIFAR ResNet depth: {'; '.join(forms)}. "
         f"ImageNet depths are {choices(sorted(IMAGENET_DEPTHS))}. Received: depth={depth!r}"
     )
+
+
+# timm architectures that are this paper's network, and the checkpoint tag a bare name downloads.
+TIMM_MODELS: dict[str, str] = {
+    "resnetv2_18": "ra4_e3600_r224_in1k", "resnetv2_34": "ra4_e3600_r224_in1k",
+    "resnetv2_50": "a1h_in1k", "resnetv2_101": "a1h_in1k", "resnetv2_152": "",  # untrained in timm
+}
+# The depths `ResNet(..., weights="imagenet")` loads: timm's trained checkpoint of each, as "name.tag".
+IMAGENET_DEPTHS_TRAINED: dict[int, str] = {int(name.split("_")[1]): f"{name}.{tag}"
+                                           for name, tag in TIMM_MODELS.items() if tag}

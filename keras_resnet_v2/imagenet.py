@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-DATA_FORMATS = ("channels_last", "channels_first")
+from keras_resnet_v2.names import DATA_FORMATS
 
 
 def preprocess_input(x, data_format: str | None = None):

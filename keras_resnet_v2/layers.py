@@ -13,6 +13,7 @@ import numpy as np
 from keras import ops
 
 from keras_resnet_v2.batchnorm import moving_average_updates
+from keras_resnet_v2.names import DATA_FORMATS, check_choice
 
 PACKAGE = "keras_resnet_v2"
 
@@ -166,9 +167,7 @@ class EdgePadding2D(keras.layers.Layer):
 
     def __init__(self, pad: int = 1, data_format: str = "channels_last", **kwargs):
         super().__init__(**kwargs)
-        if data_format not in ("channels_last", "channels_first"):
-            raise ValueError("`data_format` must be 'channels_last' or 'channels_first'. "
-                             f"Received: data_format={data_format!r}")
+        check_choice("data_format", data_format, DATA_FORMATS)
         self.pad, self.data_format = int(pad), data_format
 
     def call(self, inputs):

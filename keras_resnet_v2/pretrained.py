@@ -20,18 +20,13 @@ from typing import Any, Mapping, Union
 import keras
 import numpy as np
 
-from keras_resnet_v2.depths import IMAGENET_DEPTHS
+from keras_resnet_v2.depths import IMAGENET_DEPTHS, IMAGENET_DEPTHS_TRAINED, TIMM_MODELS
 from keras_resnet_v2.layers import Standardize
 from keras_resnet_v2.models import functional_like
 from keras_resnet_v2.names import short_repr
 from keras_resnet_v2.resnet import ResNet
 from keras_resnet_v2.weights import assign_by_unit, slot_shape, weights_by_unit
 
-# timm architectures that are this paper's network, and the checkpoint tag a bare name downloads.
-TIMM_MODELS: dict[str, str] = {
-    "resnetv2_18": "ra4_e3600_r224_in1k", "resnetv2_34": "ra4_e3600_r224_in1k",
-    "resnetv2_50": "a1h_in1k", "resnetv2_101": "a1h_in1k", "resnetv2_152": "",  # untrained in timm
-}
 # Other timm names a user may try, and why they are not this network.
 _REFUSED: tuple[tuple[str, str], ...] = (
     (r"_bit|x\d", "BiT (GroupNorm and weight-standardized convolutions)"),
@@ -331,10 +326,8 @@ def _copy_timm_weights(state: Mapping[str, np.ndarray], model: keras.Model, new_
 
 
 # ------------------------------------------------------------------ weights="imagenet"
-# keras.applications' `weights="imagenet"`: timm's trained checkpoint of the depth (TIMM_MODELS' tags),
+# keras.applications' `weights="imagenet"`: timm's trained checkpoint of the depth (IMAGENET_DEPTHS_TRAINED),
 # converted once and kept as a `.keras` file in Keras' cache folder.
-IMAGENET = "imagenet"
-IMAGENET_DEPTHS_TRAINED = {int(name.split("_")[1]): f"{name}.{tag}" for name, tag in TIMM_MODELS.items() if tag}
 
 
 def imagenet_cache_dir() -> str:
