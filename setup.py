@@ -7,8 +7,9 @@ such as `training` or `export` lands in site-packages.
     pip install .                # the builders: Keras, numpy, wrapt (bring a backend: jax, torch or tensorflow)
     pip install ".[train]"       # keras_resnet_v2.training, resnet-v2-train (TensorFlow, TFDS, ...)
     pip install ".[export]"      # keras_resnet_v2.export, resnet-v2-export (TensorFlow, tf2onnx, ONNX Runtime)
-    pip install ".[all]"         # both
-    pip install ".[test]"        # both + pytest, ruff, JAX and PyTorch (CPU) for the backend tests
+    pip install ".[deploy]"      # + the LiteRT and OpenVINO runtimes for those export formats
+    pip install ".[all]"         # train + export + deploy
+    pip install ".[test]"        # all + pytest, ruff, JAX and PyTorch (CPU) for the backend tests
     pip install ".[and-cuda]"    # TensorFlow's CUDA wheels for GPUs
 """
 
@@ -33,7 +34,9 @@ TRAIN = [
     "tensorboard",
 ]
 EXPORT = [TENSORFLOW, "tf2onnx>=1.16", "onnxruntime>=1.17"]
-ALL = sorted(set(TRAIN + EXPORT))
+# The runtimes of the LiteRT and OpenVINO formats (~240 MB): an extra of their own, so `export` stays lean.
+DEPLOY = EXPORT + ["ai-edge-litert>=2.0", "openvino>=2025.0"]
+ALL = sorted(set(TRAIN + DEPLOY))
 
 setup(
     name="keras_resnet_v2",
@@ -56,6 +59,7 @@ setup(
     extras_require={
         "train": TRAIN,
         "export": EXPORT,
+        "deploy": DEPLOY,
         "all": ALL,
         # The backend tests run the builders under JAX and PyTorch (torch 2.13.0: a CPU wheel here;
         # elsewhere see the README for PyTorch's CPU index).

@@ -50,7 +50,7 @@ def measure(depth: int, size: int, rounds: int, calls: int, folder: str) -> dict
     import tf2onnx
 
     import keras_resnet_v2
-    from keras_resnet_v2.export.savedmodel import float32_copy, serving_outputs
+    from keras_resnet_v2.export.serving import float32_copy, serving_outputs
 
     network = serving_outputs(float32_copy(keras_resnet_v2.ResNet(depth, input_shape=(size, size, 3))))
     spec = (tf.TensorSpec([None, size, size, 3], tf.float32, name="images"),)

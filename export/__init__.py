@@ -3,8 +3,10 @@
 - `export_savedmodel(model, base_dir)`: a versioned SavedModel for TF Serving, written
   atomically, with `serving_default` (float pixels), `serve_uint8` and `serve_image_bytes`.
 - `export_onnx(model, path)`: an ONNX file (tf2onnx) with a dynamic batch axis.
-- `verify(model, savedmodel_dir=..., onnx_path=...)`: the same batch through all of them.
-- `export_and_verify(model, savedmodel=BASE_DIR, onnx=FILE)`: both, timed and verified.
+- `export_and_verify(model, savedmodel=BASE_DIR, onnx=FILE, litert=..., openvino=..., int8_onnx=...,
+  int8_litert=..., calibration=IMAGES)`: each format of `formats.FORMATS` written, verified, published.
+- `verify(model, savedmodel_dir=..., onnx_path=..., litert=..., ...)`: the same batch through all of them
+  (int8 files: top-1 agreement and accuracy on `evaluation` images).
 
 Example:
     >>> import keras_resnet_v2
@@ -14,7 +16,7 @@ Example:
     >>> report = export.verify(model, savedmodel_dir=path)
 
 Needs the `export` extra: `pip install "keras_resnet_v2[export]"` (TensorFlow, tf2onnx,
-ONNX Runtime).
+ONNX Runtime); LiteRT and OpenVINO need the `deploy` extra too (ai-edge-litert, openvino).
 """
 
 from keras_resnet_v2.plumbing.extras import check_import_name, require
@@ -27,8 +29,10 @@ from keras_resnet_v2.plumbing.lazy import lazy_package  # noqa: E402
 
 # Public names by defining module, imported on first use (keras_resnet_v2.plumbing.lazy).
 EXPORTS = {
+    "formats": ("FORMATS",),
     "onnx": ("export_onnx",),
-    "savedmodel": ("export_savedmodel", "float32_copy", "load_model", "run_preprocessing", "training_metadata"),
+    "savedmodel": ("export_savedmodel",),
+    "serving": ("float32_copy", "load_model", "run_preprocessing", "training_metadata"),
     "verification": ("VerificationError", "verify"),
     "workflow": ("export_and_verify",),
 }

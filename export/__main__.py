@@ -1,9 +1,10 @@
-"""`resnet-v2-export MODEL --savedmodel BASE_DIR [--version N] [--overwrite] [--onnx FILE] [--opset K]`
-and `resnet-v2-export verify MODEL [--savedmodel VERSION_DIR] [--onnx FILE]`.
+"""`resnet-v2-export MODEL [--savedmodel BASE_DIR] [--onnx FILE] [--litert FILE] [--openvino FILE.xml]
+[--int8-onnx FILE] [--int8-litert FILE] ...` and `resnet-v2-export verify MODEL [the same flags]`.
 
 MODEL is a `.keras` file or a directory holding `model.keras` (a training run directory).
 Every export is verified against the Keras model and a `verification.json` report is written
-beside it (`BASE_DIR/<version>.verification.json`, `FILE.verification.json`).
+beside the first (`BASE_DIR/<version>.verification.json`, `FILE.verification.json`). The flags
+are `keras_resnet_v2.export.formats.FORMATS`, one per format.
 """
 
 from __future__ import annotations
@@ -48,6 +49,30 @@ def _check_version_dir(path: str) -> None:
                      f"Received: {path!r}")
 
 
+# The formats' flags (keras_resnet_v2.export.formats.FORMATS, whose import starts TensorFlow; a test
+# keeps the two in step): name -> (export target, verify target, help).
+FORMAT_FLAGS = {
+    "savedmodel": ("BASE_DIR", "VERSION_DIR", "SavedModel for TF Serving (export: its base directory; verify: "
+                   "a version, e.g. serving/1)"),
+    "onnx": ("FILE", "FILE", "ONNX file, float32"),
+    "litert": ("FILE", "FILE", "LiteRT (.tflite) file, float32"),
+    "openvino": ("FILE", "FILE", "OpenVINO IR FILE.xml (+ FILE.bin), float32"),
+    "int8_onnx": ("FILE", "FILE", "int8 ONNX file (QDQ), calibrated"),
+    "int8_litert": ("FILE", "FILE", "int8 LiteRT file, calibrated"),
+}
+CALIBRATION_HELP = ("int8: a folder of images to calibrate on (default: a training run's deploy_sample.npz, "
+                    "its training images; its test split checks the accuracy)")
+
+
+def _add_format_flags(parser: argparse.ArgumentParser, verify_only: bool) -> None:
+    for name, (target, version, text) in FORMAT_FLAGS.items():
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, metavar=version if verify_only else target,
+                            help=text)
+    parser.add_argument("--calibration", metavar="DIR", help=CALIBRATION_HELP)
+    parser.add_argument("--max-accuracy-drop", type=float, metavar="P", default=1.0,
+                        help="int8: refuse (publish nothing) when it loses more than P points of accuracy (default 1)")
+
+
 INPUT_SCALE_HELP = ("multiply served pixels by S before a network with no scaling layer in front (1/255 = "
                     "0.00392156862745098 for one trained on pixels / 255; default: none, with a warning)")
 
@@ -85,17 +110,19 @@ def _preprocessing_for(args, model, default: Optional[str]):
     from keras_resnet_v2.plumbing import images
 
     base = images.as_preprocessing(default or pretrained.timm_preprocessing(model) or "resize")
-    return base.overridden(args.preprocessing, args.crop_fraction, args.interpolation)
+    return base.overridden(getattr(args, "preprocessing", None), getattr(args, "crop_fraction", None),
+                           getattr(args, "interpolation", None))
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resnet-v2-export", description=__doc__.split("\n\n")[0],
                                      epilog="resnet-v2-export verify --help: check existing exports against a model")
     parser.add_argument("model", help="a .keras file or a directory holding model.keras (a training run)")
-    parser.add_argument("--savedmodel", metavar="BASE_DIR", help="SavedModel base directory (TF Serving)")
-    parser.add_argument("--version", type=int, help="version number (default: next free)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
-    parser.add_argument("--onnx", metavar="FILE", help="ONNX file to write")
+    _add_format_flags(parser, verify_only=False)
+    parser.add_argument("--calibration-images", type=int, default=256, metavar="N",
+                        help="int8: calibrate on N images (default 256; a run's sample holds 512)")
+    parser.add_argument("--version", type=int, help="SavedModel version number (default: next free)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing SavedModel version")
     parser.add_argument("--opset", type=int, help="ONNX opset (default 17)")
     parser.add_argument("--preprocessing", choices=("resize", "shorter_side_crop"),
                         help="how serve_image_bytes sizes images (default: the run's; timm's for a model "
@@ -127,8 +154,7 @@ def _verify_parser() -> argparse.ArgumentParser:
         description="Run one batch through the Keras model and existing exports; fail above the float32 bound. "
                     "Writes VERSION_DIR.verification.json (or FILE.verification.json).")
     parser.add_argument("model", help="a .keras file or a directory holding model.keras (a training run)")
-    parser.add_argument("--savedmodel", metavar="VERSION_DIR", help="an exported SavedModel version, e.g. serving/1")
-    parser.add_argument("--onnx", metavar="FILE", help="an exported ONNX file")
+    _add_format_flags(parser, verify_only=True)
     parser.add_argument("--input-scale", type=float, metavar="S", help="the --input-scale the exports were made with")
     parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     return parser
@@ -139,11 +165,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verify_only = bool(argv) and argv[0] == "verify"
     args = (_verify_parser() if verify_only else _parser()).parse_args(argv[1:] if verify_only else argv)
-    if not args.savedmodel and not args.onnx:
-        print("error: give --savedmodel, --onnx or both", file=sys.stderr)
+    targets = {name: getattr(args, name) for name in FORMAT_FLAGS if getattr(args, name)}
+    if not targets:
+        print(f"error: give at least one of {', '.join('--' + n.replace('_', '-') for n in FORMAT_FLAGS)}",
+              file=sys.stderr)
         return 2
     try:
         model_file(args.model)
+        if not 0 <= args.max_accuracy_drop <= 100:
+            raise ValueError(f"--max-accuracy-drop must be a number of points from 0 to 100. Received: "
+                             f"{args.max_accuracy_drop}")
+        if not verify_only and any(name.startswith("int8") for name in targets):
+            from keras_resnet_v2.export.calibration import check_count
+
+            check_count(args.calibration_images)
         if args.input_scale is not None and not (args.input_scale > 0 and args.input_scale != float("inf")):
             raise ValueError(f"--input-scale must be a positive number. Received: {args.input_scale}")
         if not verify_only and args.preprocessing == "resize" and (args.crop_fraction or args.interpolation):
@@ -156,39 +191,57 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    targets = " and ".join(p for p in (args.savedmodel, args.onnx) if p)
     announce("resnet-v2-export verify" if verify_only else "resnet-v2-export",
              f"{'checking' if verify_only else 'exporting'} {args.model} {'against' if verify_only else 'to'} "
-             f"{targets}; starting TensorFlow")
+             f"{' and '.join(targets.values())}; starting TensorFlow")
     start_backend(args.verbose)
 
     with _our_warnings_in_one_line():
-        return _export_or_verify(args, verify_only, labels)
+        return _export_or_verify(args, verify_only, targets, labels)
 
 
-def _export_or_verify(args, verify_only: bool, labels: Optional[list] = None) -> int:
+def _int8_images(args, model, targets: dict, preprocessing) -> dict:
+    """calibration= and evaluation= for int8 targets (export.calibration.images_for), else nothing."""
+    if not any(name.startswith("int8") for name in targets):
+        return {}
+    from keras_resnet_v2.export import calibration
+
+    count = getattr(args, "calibration_images", 0)  # verify: every image of --calibration checks
+    images, evaluation, source = calibration.images_for(args.model, model.input_shape[1:], count, args.calibration,
+                                                        preprocessing)
+    print(f"int8: calibrating on {source}; checking on {len(evaluation[0])} "
+          f"{'test images' if evaluation[1] is not None else 'unlabelled images'}", flush=True)
+    return {"calibration": images, "evaluation": evaluation, "max_accuracy_drop": args.max_accuracy_drop}
+
+
+def _export_or_verify(args, verify_only: bool, targets: dict, labels: Optional[list] = None) -> int:
     from keras_resnet_v2 import export
-    from keras_resnet_v2.export.savedmodel import with_input_scale
+    from keras_resnet_v2.export import formats
+    from keras_resnet_v2.export.serving import with_input_scale
 
     try:
         model = export.load_model(args.model)
+        details = _run_details(args.model)
         if verify_only:
             model = with_input_scale(model, args.input_scale)
-            report_path = (f"{args.savedmodel.rstrip(os.sep)}.verification.json" if args.savedmodel
-                           else f"{args.onnx}.verification.json")
-            report = export.verify(model, savedmodel_dir=args.savedmodel, onnx_path=args.onnx, report_path=report_path)
+            int8 = _int8_images(args, model, targets, _preprocessing_for(args, model, details.get("preprocessing")))
+            int8.pop("calibration", None)
+            first = next(iter(targets.values())).rstrip(os.sep)
+            report_path = f"{first}.verification.json"
+            report = export.verify(model, report_path=report_path, **int8,
+                                   **{("savedmodel_dir" if k == "savedmodel" else "onnx_path" if k == "onnx" else k): v
+                                      for k, v in targets.items()})
         else:
-            details = _run_details(args.model)
             details["preprocessing"] = _preprocessing_for(args, model, details.get("preprocessing"))
             if labels is not None:
                 details["labels"] = labels
-            result = export.export_and_verify(model, args.savedmodel, args.onnx, version=args.version,
-                                              overwrite=args.overwrite, opset=args.opset,
-                                              input_scale=args.input_scale, **details)
+            int8 = _int8_images(args, model, targets, details["preprocessing"])
+            result = export.export_and_verify(model, version=args.version, overwrite=args.overwrite, opset=args.opset,
+                                              input_scale=args.input_scale, **details, **int8, **targets)
             report, report_path = result["report"], result["report_path"]
-            for kind, key in (("SavedModel", "savedmodel"), ("ONNX", "onnx")):
-                if result[key]:
-                    print(f"{kind}: {result[key]} ({report[key + '_s']} s)")
+            for entry in formats.FORMATS:
+                if result.get(entry.name):
+                    print(f"{entry.title}: {result[entry.name]} ({report[entry.name + '_s']} s)")
         print(json.dumps(report, indent=2))
         print(f"verification passed; report: {report_path}")
     except (ValueError, FileExistsError, export.VerificationError, export.DirectoryBusyError) as error:

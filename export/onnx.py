@@ -1,54 +1,49 @@
-"""ONNX export through tf2onnx: float32, named input and outputs, dynamic batch axis."""
+"""ONNX export through tf2onnx: float32, named input and outputs, dynamic batch axis; and its int8 form."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
+import shutil
 import tempfile
 from typing import Optional, Sequence
 
 import keras
-import tensorflow as tf
+import numpy as np
 
-from keras_resnet_v2.export.savedmodel import (
+from keras_resnet_v2.export.serving import (
     NON_FINITE_ONNX,
-    Staged,
-    _check_classifier,
+    check_classifier,
     float32_copy,
     metadata,
-    serving_outputs,
+    serving_function,
     with_input_scale,
 )
-from keras_resnet_v2.plumbing.files import DirectoryLock, check_writable_directory
+from keras_resnet_v2.export.staging import Staged, check_file_target, file_lock, stage_file
 
 DEFAULT_OPSET = 17
-# `.tmp-NAME.onnx-<random>.onnx`: an ONNX file being written (or left by a killed export).
-ONNX_LEFTOVER = re.compile(r"\.tmp-(.+\.onnx)-\w+\.onnx")
+
+
+def check_opset(opset: Optional[int]) -> int:
+    opset = DEFAULT_OPSET if opset is None else opset
+    if not isinstance(opset, int) or isinstance(opset, bool) or not 13 <= opset <= 18:
+        raise ValueError(f"`opset` must be an integer from 13 to 18. Received: opset={opset!r}")
+    return opset
 
 
 def check_onnx_arguments(model: keras.Model, path: str, opset: Optional[int] = None) -> tuple[str, int]:
     """Every check that needs no writing; returns the absolute path and the opset."""
-    _check_classifier(model)
-    opset = DEFAULT_OPSET if opset is None else opset
-    if not isinstance(opset, int) or isinstance(opset, bool) or not 13 <= opset <= 18:
-        raise ValueError(f"`opset` must be an integer from 13 to 18. Received: opset={opset!r}")
-    path = os.path.abspath(os.fspath(path))
-    if not path.endswith(".onnx"):
-        raise ValueError(f"The ONNX file name must end in .onnx. Received: path={path!r}")
-    if os.path.isdir(path):
-        raise ValueError(f"The ONNX file path is a directory. Received: path={path!r}")
-    check_writable_directory(os.path.dirname(path), "The ONNX file's folder")
-    return path, opset
+    check_classifier(model)
+    opset = check_opset(opset)
+    return check_file_target(path, ".onnx", "ONNX"), opset
 
 
-def onnx_lock(path: str) -> DirectoryLock:
+def onnx_lock(path: str):
     """The lock of one ONNX file (`.NAME.onnx.lock` beside it): one writer per file."""
-    folder, name = os.path.split(path)
-    return DirectoryLock(folder, "an ONNX export", lock_name=f".{name}.lock", target=path)
+    return file_lock(path, "ONNX")
 
 
-def _describe(path: str, serving_model: keras.Model, labels: Optional[Sequence[str]], extra: Optional[dict]) -> None:
+def describe(path: str, serving_model: keras.Model, labels: Optional[Sequence[str]], extra: Optional[dict]) -> None:
     """`probabilities` first, the batch axis named `batch`, and what the SavedModel's metadata.json
     says as ONNX `metadata_props` (class names, input size and range, normalization, versions)."""
     import onnx
@@ -61,38 +56,96 @@ def _describe(path: str, serving_model: keras.Model, labels: Optional[Sequence[s
         batch_axis = value.type.tensor_type.shape.dim[0]
         batch_axis.ClearField("dim_value")
         batch_axis.dim_param = "batch"
-    props = {**metadata(serving_model), "non_finite_input": NON_FINITE_ONNX, **(extra or {})}
+    props = {**metadata(serving_model, NON_FINITE_ONNX), **(extra or {})}
     if labels is not None:
         props["class_names"] = list(labels)
+    del proto.metadata_props[:]
     for key, value in props.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
     onnx.save(proto, path)
 
 
+def write_onnx(model: keras.Model, tmp: str, opset: int, labels: Optional[Sequence[str]] = None,
+               extra_metadata: Optional[dict] = None) -> None:
+    """The float32 serving function of `model` (a float32 model) as ONNX at `tmp`, described."""
+    import tf2onnx
+
+    serve = serving_function(model)
+    tf2onnx.convert.from_function(serve, input_signature=serve.input_signature, opset=opset, output_path=tmp)
+    describe(tmp, model, labels, extra_metadata)
+
+
 def stage_onnx(model: keras.Model, path: str, opset: int, labels: Optional[Sequence[str]] = None,
                extra_metadata: Optional[dict] = None) -> Staged:
     """Writes the ONNX file to a hidden temporary sibling of `path` (whose `onnx_lock` the caller holds)."""
-    import tf2onnx
-
-    folder = os.path.dirname(path)
-    for name in os.listdir(folder):  # what a killed export of this file left behind
-        match = ONNX_LEFTOVER.fullmatch(name)
-        if match and match.group(1) == os.path.basename(path):
-            os.remove(os.path.join(folder, name))
     serving_model = float32_copy(model)
-    spec = (tf.TensorSpec([None, *serving_model.input_shape[1:]], tf.float32, name="images"),)
-    serve = tf.function(serving_outputs(serving_model), input_signature=spec)
-    handle, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(path)}-", suffix=".onnx", dir=folder)
-    os.close(handle)
-    staged = Staged(tmp, path)
+    return stage_file(path, lambda tmp: write_onnx(serving_model, tmp, opset, labels, extra_metadata), ".onnx")
+
+
+# int8: ONNX Runtime's static quantization in QDQ form (QuantizeLinear/DequantizeLinear pairs around
+# float operators, which ONNX Runtime fuses into integer kernels): weights int8 per output channel
+# (a ResNet's BatchNorm-scaled filters differ in range by orders of magnitude between channels: one
+# scale per tensor would round the small ones to zero), activations int8 with a zero point, their
+# ranges the min/max seen on the calibration images. The input pixels and the softmax stay float32,
+# so the file keeps the float32 interface.
+INT8_OPERATORS = ("Conv", "MatMul", "Gemm", "Add", "Mul", "Relu", "MaxPool", "AveragePool",
+                  "GlobalAveragePool", "Pad")
+INT8_ONNX_SCHEME = {"format": "QDQ", "weights": "int8, per output channel, symmetric",
+                    "activations": "int8, per tensor, min/max of the calibration images",
+                    "float32": "input pixels, softmax and probabilities", "tool": "onnxruntime.quantization"}
+
+
+def write_int8_onnx(model: keras.Model, tmp: str, opset: int, calibration: np.ndarray,
+                    labels: Optional[Sequence[str]] = None, extra_metadata: Optional[dict] = None) -> None:
+    """`model`'s ONNX file quantized to int8 with `calibration` images (float32 pixels 0-255), at `tmp`."""
+    import onnxruntime
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(range(0, len(calibration), 32))
+
+        def get_next(self):
+            start = next(self.batches, None)
+            return None if start is None else {"images": np.asarray(calibration[start:start + 32], "float32")}
+
+    work = tempfile.mkdtemp(prefix=f"{os.path.basename(tmp)}-work-", dir=os.path.dirname(tmp))  # a leftover too
     try:
-        tf2onnx.convert.from_function(serve, input_signature=spec, opset=opset, output_path=tmp)
-        _describe(tmp, serving_model, labels, extra_metadata)
-    except BaseException:
-        staged.discard()
-        raise
-    return staged
+        float_path, prepared = os.path.join(work, "float.onnx"), os.path.join(work, "prepared.onnx")
+        write_onnx(model, float_path, opset)
+        quant_pre_process(float_path, prepared, skip_symbolic_shape=True)
+        quantize_static(prepared, tmp, Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=list(INT8_OPERATORS),
+                        extra_options={"CalibTensorRangeSymmetric": False})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    scheme = {**INT8_ONNX_SCHEME, "calibration_images": int(len(calibration)), "onnxruntime": onnxruntime.__version__}
+    describe(tmp, model, labels, {**(extra_metadata or {}), "precision": "int8", "quantization": scheme})
+
+
+def stage_int8_onnx(model: keras.Model, path: str, opset: int, calibration: np.ndarray,
+                    labels: Optional[Sequence[str]] = None, extra_metadata: Optional[dict] = None) -> Staged:
+    """Writes the int8 ONNX file to a hidden temporary sibling of `path` (whose lock the caller holds)."""
+    serving_model = float32_copy(model)
+    return stage_file(path, lambda tmp: write_int8_onnx(serving_model, tmp, opset, calibration, labels,
+                                                        extra_metadata), ".onnx")
+
+
+def answer(path: str):
+    """`images -> (probabilities, classes)` through an ONNX Runtime CPU session of the file."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return lambda images: tuple(session.run(["probabilities", "classes"], {"images": images}))
 
 
 def export_onnx(model: keras.Model, path: str, opset: Optional[int] = None,

@@ -2,155 +2,35 @@
 
 from __future__ import annotations
 
-import errno
 import json
-import math
 import os
 import re
 import shutil
 import tempfile
-import warnings
-from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import keras
 import tensorflow as tf
 
-import keras_resnet_v2
 from keras_resnet_v2.export import image_bytes as bytes_checks
-from keras_resnet_v2.names import short_repr
+from keras_resnet_v2.export.serving import (
+    check_classifier,
+    check_labels,
+    float32_copy,
+    metadata,
+    serving_outputs,
+    with_input_scale,
+    write_out,
+)
+from keras_resnet_v2.export.staging import Staged
 from keras_resnet_v2.plumbing import images as image_ops
-from keras_resnet_v2.plumbing.files import DirectoryLock, check_writable_directory, model_file, usual_modes
+from keras_resnet_v2.plumbing.files import DirectoryLock, check_writable_directory
 
 # How serve_image_bytes sizes images: a mode name, a dict of Preprocessing's fields, or a Preprocessing.
 Preprocessing = Union[str, dict, image_ops.Preprocessing]
 
 
-def _classifier(model: keras.Model) -> tuple:
-    """The layer that computes the model's output and its activation's name, looking inside nested
-    models (`keras.Sequential([Input, Rescaling(1 / 255), trained_resnet])` ends in the ResNet's
-    classifier); a `Softmax` layer counts as a softmax."""
-    last = model.layers[-1]
-    while isinstance(last, keras.Model) and last.layers:
-        last = last.layers[-1]
-    if isinstance(last, keras.layers.Softmax):
-        return last, "softmax"
-    return last, getattr(getattr(last, "activation", None), "__name__", None)
-
-
 DECODES_AT_ONCE = 4  # serve_image_bytes: images of one request decoded in parallel
-
-# Layers that bring pixels to the network's input range: a model starting with one takes 0-255 pixels.
-SCALING_LAYERS = ("Standardize", "Rescaling", "Normalization")
-
-
-def _first_layer(model: keras.Model):
-    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    first = layers[0] if layers else None
-    return _first_layer(first) if isinstance(first, keras.Model) else first
-
-
-def scales_its_input(model: keras.Model) -> bool:
-    """True if the first layer the input meets (inside nested models too) is a scaling layer
-    (`Standardize`, `Rescaling`, `Normalization`); False for a bare network such as `ResNet20()`."""
-    return type(_first_layer(model)).__name__ in SCALING_LAYERS
-
-
-def check_input_scale(input_scale) -> Optional[float]:
-    if input_scale is None:
-        return None
-    if isinstance(input_scale, bool) or not isinstance(input_scale, (int, float)) or not (
-            math.isfinite(input_scale) and input_scale > 0):
-        raise ValueError(f"`input_scale` must be a positive number (1/255 for a network trained on pixels / 255) "
-                         f"or None. Received: input_scale={input_scale!r}")
-    return float(input_scale)
-
-
-def with_input_scale(model: keras.Model, input_scale: Optional[float]) -> keras.Model:
-    """`model` behind a `Rescaling(input_scale)` layer, so exports take 0-255 pixels; `model` itself for None.
-
-    Without a scale, a bare network (no scaling layer in front of its stem) is exported as it is and a
-    warning says that the signatures pass 0-255 pixels to it unchanged.
-    """
-    input_scale = check_input_scale(input_scale)
-    if input_scale is None:
-        if not scales_its_input(model):
-            warnings.warn(f"{model.name!r} has no scaling layer ({', '.join(SCALING_LAYERS)}) in front of its stem: "
-                          "the exports pass 0-255 pixels to it unchanged. If it was trained on other inputs (x / 255, "
-                          "standardized), pass input_scale (resnet-v2-export --input-scale) or put the layer in "
-                          "front", UserWarning, stacklevel=3)
-        return model
-    inputs = keras.Input(model.input_shape[1:], name="images")
-    scaled = keras.layers.Rescaling(input_scale, name="input_scale")(inputs)
-    return keras.Model(inputs, model(scaled), name=model.name)
-
-
-def _check_classifier(model) -> None:
-    """Export serves class probabilities: the model must end in a softmax or linear (logits) classifier."""
-    if not isinstance(model, keras.Model) or len(model.outputs) != 1 or len(model.output_shape) != 2:
-        raise ValueError(
-            "Export needs a classifier: a keras.Model with one output of shape (batch, classes) "
-            f"(build it with include_top=True). Received: model={getattr(model, 'name', model)!r} "
-            f"with output shape {getattr(model, 'output_shape', None)}"
-        )
-    last, activation = _classifier(model)
-    if activation not in ("softmax", "linear"):
-        raise ValueError(
-            "Export needs a classifier: the last layer must have a softmax or linear (logits) activation, "
-            "so that the served `probabilities` are what the model computes (build it with include_top=True). "
-            f"Received: last layer {last.name!r} ({type(last).__name__}) with activation {activation!r}"
-        )
-    shape = model.input_shape
-    if len(shape) != 4 or None in shape[1:]:
-        raise ValueError(
-            "Export needs a fixed input size (height, width, channels) to serve encoded images. "
-            f"Received: input shape {shape}"
-        )
-    if any(getattr(layer, "data_format", None) == "channels_first" for layer in model._flatten_layers()):
-        raise ValueError(
-            "Export serves channels_last images ([N, H, W, C], what TF Serving and ONNX Runtime clients send): "
-            "build the same network with data_format='channels_last' and give it these weights (the same in "
-            "both formats: ResNet(..., data_format='channels_last', weights='model.keras')). "
-            f"Received: a channels_first model, input shape {shape}"
-        )
-
-
-def float32_copy(model: keras.Model) -> keras.Model:
-    """The same network with every layer in float32 (weights copied); `model` if already so."""
-    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
-        return model
-    config = model.get_config()
-
-    def to_float32(node):
-        if isinstance(node, dict):
-            if node.get("class_name") == "DTypePolicy":
-                return {**node, "config": {**node["config"], "name": "float32"}}
-            return {key: to_float32(value) for key, value in node.items()}
-        if isinstance(node, list):
-            return [to_float32(value) for value in node]
-        return node
-
-    copy = model.__class__.from_config(to_float32(config))
-    copy.set_weights(model.get_weights())
-    return copy
-
-
-def _probabilities(model: keras.Model):
-    softmax_inside = _classifier(model)[1] == "softmax"
-    return lambda images: (model(images, training=False) if softmax_inside
-                           else tf.nn.softmax(model(images, training=False)))
-
-
-def serving_outputs(model: keras.Model):
-    """images -> {"probabilities": float32 [N, classes], "classes": int64 [N]}, as every export serves."""
-    probabilities = _probabilities(model)
-
-    def outputs(images):
-        p = tf.cast(probabilities(images), tf.float32)
-        return {"probabilities": p, "classes": tf.argmax(p, axis=-1, output_type=tf.int64)}
-
-    return outputs
-
 
 def _checked_images(images, height: int, width: int, channels: int):
     """`images` if it is [batch, height, width, channels], else an InvalidArgumentError naming that shape.
@@ -217,61 +97,6 @@ def _next_version(base_dir: str) -> int:
     return max(versions, default=0) + 1
 
 
-# What each export does with a NaN or Inf pixel in float32 `images` (its metadata says it; the README too).
-NON_FINITE_SAVEDMODEL = "refused: InvalidArgumentError '`images` must be finite' (serving_default)"
-NON_FINITE_ONNX = ("not refused: ONNX has no assert op, and ONNX Runtime answers NaN probabilities (class 0) for "
-                   "an image with a NaN or Inf value; check np.isfinite(images).all() in the client. An in-graph "
-                   "refusal measured 1.03-1.25x batch-1 latency (benchmarks/onnx_finite_check.py)")
-
-
-def metadata(model: keras.Model) -> dict:
-    return {
-        "model_name": model.name,
-        "input_shape": list(model.input_shape[1:]),
-        "input": ("RGB pixel values 0-255; any normalization is inside the model" if scales_its_input(model) else
-                  "RGB pixel values 0-255, passed to the network unchanged: it has no scaling layer in front"),
-        "non_finite_input": NON_FINITE_SAVEDMODEL,
-        "classes": int(model.output_shape[-1]),
-        "layers": len(model.layers),
-        "parameters": int(model.count_params()),
-        "keras_resnet_v2": keras_resnet_v2.__version__,
-        "keras": keras.__version__,
-        "tensorflow": tf.__version__,
-    }
-
-
-def load_model(path: str) -> keras.Model:
-    """Loads a `.keras` file, or `model.keras` in a training run directory, with a clear error."""
-    candidate = model_file(path)
-    try:
-        # compile=False: serving and evaluation need no optimizer, and files a user compiled with
-        # an optimizer of their own load without it.
-        return keras.models.load_model(candidate, safe_mode=True, compile=False)
-    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise ValueError(
-            f"MODEL {candidate!r} is not a loadable Keras model ({type(error).__name__}: {error})"
-        ) from error
-
-
-TRAINING_KEYS = ("model", "unit", "shortcut", "variant_options", "dataset", "precision", "recipe", "image_size")
-
-
-def training_metadata(run_config: dict) -> dict:
-    """What metadata.json says about how the model was trained, from a run's config.json."""
-    recipe = run_config.get("recipe_values") or {}
-    return {"training": {k: run_config.get(k) for k in TRAINING_KEYS if k in run_config},
-            "normalization": recipe.get("normalization", "none (raw pixels)")}
-
-
-def run_preprocessing(run_config: dict) -> str:
-    """How `serve_image_bytes` should size images for a model trained by this run (its config.json):
-    ImageNet-style data (images of varying sizes) was tested on centre crops, the rest resized."""
-    if run_config.get("preprocessing") in image_ops.MODES:
-        return run_config["preprocessing"]
-    info = run_config.get("dataset_info") or {}
-    return "shorter_side_crop" if "image_shape" in info and info["image_shape"] is None else "resize"
-
-
 # What an export writes before publishing: `.tmp-<version>-<random>` (a version being written) and
 # `.old-<version>-<random>/v` (a version moved aside by overwrite=True). TF Serving loads numeric
 # folders only, so neither is ever served.
@@ -300,52 +125,10 @@ def clean_leftovers(base_dir: str) -> list[str]:
     return removed
 
 
-@dataclass
-class Staged:
-    """An export written to a hidden temporary `path`, invisible to servers until `publish()`."""
-
-    path: str
-    final: str
-    version_dir: bool = False  # a SavedModel version, which may replace an existing one
-
-    def publish(self) -> str:
-        """Renames the export into place (atomically) with the usual modes; returns its path."""
-        usual_modes(self.path)
-        if self.version_dir and os.path.exists(self.final):  # overwrite: old version aside, new one in
-            base, version = os.path.split(self.final)
-            old = tempfile.mkdtemp(prefix=f".old-{version}-", dir=base)
-            os.rename(self.final, os.path.join(old, "v"))
-            os.rename(self.path, self.final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.path, self.final)
-        return self.final
-
-    def discard(self) -> None:
-        if os.path.isdir(self.path):
-            shutil.rmtree(self.path, ignore_errors=True)
-        elif os.path.exists(self.path):
-            os.remove(self.path)
-
-
-def check_labels(labels: Sequence[str], classes: int) -> None:
-    """One line of `assets/labels.txt` per class: each label a non-empty string on one line.
-
-    A name holding a line break (a folder named so) would shift every later label by a line, so a
-    client reading label `i` from line `i` would name the wrong class.
-    """
-    if len(labels) != classes:
-        raise ValueError(f"`labels` must name each of the {classes} classes. Received: {len(labels)} labels")
-    for index, label in enumerate(labels):
-        if not isinstance(label, str) or label.splitlines() != [label]:
-            raise ValueError(f"`labels` must be non-empty strings without line breaks (one line of labels.txt "
-                             f"each). Received: labels[{index}]={short_repr(label)}")
-
-
 def check_savedmodel_arguments(model: keras.Model, base_dir: str, version: Optional[int] = None,
                                labels: Optional[Sequence[str]] = None, preprocessing: Preprocessing = "resize") -> str:
     """Every check that needs no writing, before any export starts; returns the absolute base directory."""
-    _check_classifier(model)
+    check_classifier(model)
     if image_ops.as_preprocessing(preprocessing).mode == "shorter_side_crop" and \
             model.input_shape[1] != model.input_shape[2]:
         raise ValueError(f"`preprocessing='shorter_side_crop'` needs a square input. Received: input shape "
@@ -376,12 +159,7 @@ def stage_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] =
     archive = _serving_archive(serving_model, preprocessing)
     staged = Staged(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base_dir), final, version_dir=True)
     try:
-        try:
-            archive.write_out(staged.path, verbose=False)
-        except tf.errors.OpError as error:  # SaveV2 on a full disk: ResourceExhaustedError, 40 lines of C++ stack
-            if "no space left" not in (error.message or "").lower():
-                raise
-            raise OSError(errno.ENOSPC, "No space left on device", staged.path) from None
+        write_out(archive, staged.path)
         assets = os.path.join(staged.path, "assets")
         os.makedirs(assets, exist_ok=True)
         with open(os.path.join(assets, "metadata.json"), "w") as handle:
@@ -396,6 +174,23 @@ def stage_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] =
         staged.discard()
         raise
     return staged
+
+
+def answer(version_dir: str):
+    """`images -> (probabilities, classes)` through the version's `serving_default` signature, its
+    metadata.json read first (a damaged one names itself: `read_json_object`)."""
+    from keras_resnet_v2.plumbing.files import read_json_object
+
+    path = os.path.join(version_dir, "assets", "metadata.json")
+    if os.path.exists(path):
+        read_json_object(path)
+    serve = tf.saved_model.load(version_dir).signatures["serving_default"]
+
+    def run(images):
+        out = serve(images=tf.constant(images))
+        return out["probabilities"].numpy(), out["classes"].numpy()
+
+    return run
 
 
 def export_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] = None,

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Optional
 
 import keras
 import numpy as np
 
-from keras_resnet_v2.plumbing.files import atomic_write_text, read_json_object
+from keras_resnet_v2.plumbing.files import atomic_write_text
 
 MAX_RELATIVE_ERROR = 1e-4  # float32
 # A very deep net amplifies float32 rounding: two correct float32 implementations (TensorFlow's
@@ -32,14 +31,20 @@ def _errors(reference: np.ndarray, other: np.ndarray, what: str = "the export") 
     return {"max_abs_error": absolute, "max_rel_error": absolute / scale if scale > 0 else absolute}
 
 
+MAX_ACCURACY_DROP = 1.0  # int8: percentage points of accuracy an int8 export may lose
+
+
 def verify(model: keras.Model, savedmodel_dir: Optional[str] = None, onnx_path: Optional[str] = None,
            batch: Optional[np.ndarray] = None, report_path: Optional[str] = None,
-           max_relative_error: float = MAX_RELATIVE_ERROR, extra: Optional[dict] = None) -> dict:
+           max_relative_error: float = MAX_RELATIVE_ERROR, extra: Optional[dict] = None, *,
+           evaluation: Optional[tuple] = None, max_accuracy_drop: float = MAX_ACCURACY_DROP, **paths) -> dict:
     """Compares probabilities (and top-1 classes) of each export with the Keras model's.
 
-    Relative error is the max absolute error over the largest output magnitude. Raises
-    `VerificationError` above the allowed error, or if the Keras outputs are not finite
-    (an untrained deep net in inference mode overflows: train it first). Writes the report
+    The exports are `savedmodel_dir` (a version), `onnx_path` and any other format of
+    `keras_resnet_v2.export.formats` by name (`litert=PATH`, `openvino=XML`, `int8_onnx=PATH`,
+    `int8_litert=PATH`). Float32 exports: relative error is the max absolute error over the largest
+    output magnitude. Raises `VerificationError` above the allowed error, or if the Keras outputs are not
+    finite (an untrained deep net in inference mode overflows: train it first). Writes the report
     as JSON to `report_path` when given, passed or failed, with `extra` (e.g. timings) merged in.
 
     The allowed error is `max(max_relative_error, NOISE_FLOOR_FACTOR * noise floor)`, where the
@@ -48,22 +53,40 @@ def verify(model: keras.Model, savedmodel_dir: Optional[str] = None, onnx_path: 
     batch-calibrated BatchNorm: ResNet-164 4.4e-5, ResNet-1001 2.7e-3 (it amplifies rounding
     ~3e4 times), so these get a wider bound, recorded in the report. A wrong weight, layer or
     preprocessing moves outputs by far more (tests/test_export.py checks one BatchNorm).
+
+    int8 exports cannot be held to a tolerance: `evaluation=(images, labels)` (float32 pixels 0-255;
+    labels may be None) is run through the Keras model and each int8 file; the report gives their top-1
+    agreement and, with labels, both accuracies. An int8 export fails when it loses more than
+    `max_accuracy_drop` points of accuracy or, without labels, disagrees with the Keras model on more
+    than that share of the images (a disagreement costs at most one right answer, so this bounds the
+    loss). Float32 exports also report their top-1 agreement on `evaluation` when given.
+
+    Example:
+        >>> report = verify(model, savedmodel_dir="serving/1", onnx_path="m.onnx", litert="m.tflite")
+        >>> report["litert"]["max_rel_error"] < report["max_relative_error_allowed"]
+        True
     """
-    if savedmodel_dir is None and onnx_path is None:
-        raise ValueError("verify needs `savedmodel_dir`, `onnx_path` or both. Received: neither")
+    from keras_resnet_v2.export import formats
+    from keras_resnet_v2.export.serving import check_classifier, classifier, float32_copy
+
+    chosen = formats.targets({"savedmodel": savedmodel_dir, "onnx": onnx_path, **paths})
+    if not chosen:
+        raise ValueError(f"verify needs at least one export: {', '.join(formats.BY_NAME)}. Received: none")
+    if any(entry.int8 for entry in chosen) and evaluation is None:
+        raise ValueError("verify needs `evaluation=(images, labels)` for an int8 export: its answers are checked "
+                         "by agreement and accuracy, not by a tolerance. Received: evaluation=None")
     if batch is None:
         batch = np.random.default_rng(0).uniform(0, 255, (4, *model.input_shape[1:])).astype("float32")
-    from keras_resnet_v2.export.savedmodel import _check_classifier, _classifier, float32_copy
-
-    _check_classifier(model)
+    check_classifier(model)
     # Exports are float32 (a mixed-precision model is exported as its float32 copy). The reference
     # is the model's own output (softmax applied here, in NumPy, to a logits classifier), not the
     # serving code's transformation of it.
     reference_model = float32_copy(model)
-    logits = _classifier(model)[1] == "linear"
+    logits = classifier(model)[1] == "linear"
 
     def keras_fn(images):
-        out = np.asarray(reference_model(images, training=False), dtype="float64")
+        out = np.concatenate([np.asarray(reference_model(images[i:i + 64], training=False), dtype="float64")
+                              for i in range(0, len(images), 64)])
         if logits:
             out = np.exp(out - out.max(-1, keepdims=True))
             out /= out.sum(-1, keepdims=True)
@@ -78,23 +101,29 @@ def verify(model: keras.Model, savedmodel_dir: Optional[str] = None, onnx_path: 
         report["max_relative_error_allowed"] = max(max_relative_error, NOISE_FLOOR_FACTOR * floor)
     else:
         _fail(report, report_path, "The Keras model's outputs on the verification batch are not finite")
-    if savedmodel_dir is not None:
-        import tensorflow as tf
-
-        serve = _readable(report, report_path, f"The SavedModel {savedmodel_dir}", _savedmodel, savedmodel_dir)
-        out = serve(images=tf.constant(batch))
-        report["savedmodel"] = _errors(reference, out["probabilities"].numpy(), f"The SavedModel {savedmodel_dir}")
-        report["savedmodel"]["classes_match"] = bool(np.array_equal(out["classes"].numpy(), reference.argmax(-1)))
-    if onnx_path is not None:
-        import onnxruntime as ort
-
-        session = _readable(report, report_path, f"The ONNX file {onnx_path}", ort.InferenceSession, onnx_path,
-                            providers=["CPUExecutionProvider"])
-        probabilities, classes = session.run(["probabilities", "classes"], {"images": batch})
-        report["onnx"] = _errors(reference, probabilities, f"The ONNX file {onnx_path}")
-        report["onnx"]["classes_match"] = bool(np.array_equal(classes, reference.argmax(-1)))
-    allowed = report["max_relative_error_allowed"]
-    failed = [k for k in ("savedmodel", "onnx") if k in report and report[k].get("max_rel_error", np.inf) > allowed]
+    if evaluation is not None:
+        images, labels = evaluation
+        images = np.asarray(images, "float32")
+        keras_classes = keras_fn(images).argmax(-1)
+        report["evaluation_images"] = len(images)
+        if labels is not None:
+            report["keras_accuracy"] = float(np.mean(keras_classes == np.asarray(labels)))
+    allowed, failed = report["max_relative_error_allowed"], []
+    for entry, path in chosen.items():
+        what = f"The {entry.title} export {path}"
+        run = _readable(report, report_path, what, entry.answer, path)
+        if entry.int8:
+            report[entry.name] = _int8_check(run, images, labels, keras_classes, max_accuracy_drop)
+            if not report[entry.name]["passed"]:
+                failed.append(entry.name)
+            continue
+        probabilities, classes = run(batch)
+        report[entry.name] = _errors(reference, np.asarray(probabilities), what)
+        report[entry.name]["classes_match"] = bool(np.array_equal(np.asarray(classes), reference.argmax(-1)))
+        if report[entry.name].get("max_rel_error", np.inf) > allowed:
+            failed.append(entry.name)
+        if evaluation is not None:
+            report[entry.name]["evaluation_top1_agreement"] = float(np.mean(_classes(run, images) == keras_classes))
     report["passed"] = not failed
     _write(report, report_path)
     mismatched = [report[k]["error"] for k in failed if "error" in report[k]]
@@ -106,15 +135,30 @@ def verify(model: keras.Model, savedmodel_dir: Optional[str] = None, onnx_path: 
     return report
 
 
-def _savedmodel(version_dir: str):
-    """The `serving_default` signature of a SavedModel version, its metadata.json read first (a damaged one
-    names itself: `read_json_object`)."""
-    import tensorflow as tf
+def _classes(run, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    return np.concatenate([np.asarray(run(images[i:i + batch])[1]) for i in range(0, len(images), batch)])
 
-    metadata = os.path.join(version_dir, "assets", "metadata.json")
-    if os.path.exists(metadata):
-        read_json_object(metadata)
-    return tf.saved_model.load(version_dir).signatures["serving_default"]
+
+def _int8_check(run, images: np.ndarray, labels, keras_classes: np.ndarray, max_drop: float) -> dict:
+    """Top-1 agreement with the Keras model and, with labels, the accuracy lost, in percentage points."""
+    classes = _classes(run, images)
+    agreement = float(np.mean(classes == keras_classes))
+    result = {"images": len(images), "top1_agreement": agreement, "max_accuracy_drop_points": max_drop}
+    if labels is not None:
+        labels = np.asarray(labels)
+        result["accuracy"] = float(np.mean(classes == labels))
+        result["float32_accuracy"] = float(np.mean(keras_classes == labels))
+        result["accuracy_drop_points"] = round(100 * (result["float32_accuracy"] - result["accuracy"]), 4)
+        lost = result["accuracy_drop_points"]
+    else:
+        result["accuracy"] = None
+        result["bound"] = "no labels: the disagreement (an upper bound of the accuracy lost) is held to the drop"
+        lost = round(100 * (1 - agreement), 4)
+    result["passed"] = lost <= max_drop
+    if not result["passed"]:
+        result["error"] = (f"int8 loses {lost} points of accuracy (top-1 agreement {100 * agreement:.1f}% on "
+                           f"{len(images)} images), more than the allowed {max_drop} (--max-accuracy-drop)")
+    return result
 
 
 def _readable(report: dict, report_path: Optional[str], what: str, load, *args, **kwargs):

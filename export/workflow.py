@@ -8,76 +8,98 @@ import time
 from typing import Optional, Sequence
 
 import keras
+import numpy as np
 
-from keras_resnet_v2.export.onnx import check_onnx_arguments, onnx_lock, stage_onnx
-from keras_resnet_v2.export.savedmodel import (
-    Preprocessing,
-    check_savedmodel_arguments,
-    float32_copy,
-    stage_savedmodel,
-    with_input_scale,
-)
-from keras_resnet_v2.export.verification import verify
-from keras_resnet_v2.plumbing.files import DirectoryLock
+from keras_resnet_v2.export import formats
+from keras_resnet_v2.export.serving import float32_copy, with_input_scale
+from keras_resnet_v2.export.verification import MAX_ACCURACY_DROP, verify
+
+
+def check_max_accuracy_drop(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+        raise ValueError(f"`max_accuracy_drop` must be a number of percentage points from 0 to 100. "
+                         f"Received: max_accuracy_drop={value!r}")
+    return float(value)
 
 
 def export_and_verify(model: keras.Model, savedmodel: Optional[str] = None, onnx: Optional[str] = None, *,
                       version: Optional[int] = None, overwrite: bool = False, opset: Optional[int] = None,
                       labels: Optional[Sequence[str]] = None, extra_metadata: Optional[dict] = None,
-                      preprocessing: Preprocessing = "resize", input_scale: Optional[float] = None) -> dict:
-    """SavedModel under `savedmodel` (a TF Serving base directory) and/or ONNX at `onnx`, verified.
+                      preprocessing: formats.savedmodel.Preprocessing = "resize", input_scale: Optional[float] = None,
+                      calibration: Optional[np.ndarray] = None, evaluation: Optional[tuple] = None,
+                      max_accuracy_drop: float = MAX_ACCURACY_DROP, **paths: Optional[str]) -> dict:
+    """Each requested format of `keras_resnet_v2.export.formats` written, verified, then published.
 
-    Every argument is checked before anything is written. Both exports are written to hidden
-    temporaries, verified there against the Keras model, and only then renamed into place: a
-    failed verification, an error, a kill or a full disk never leaves a version TF Serving would
-    load or an ONNX file at `onnx`. Returns `{"savedmodel": version_dir, "onnx": path, "report":
-    report, "report_path": path}`. The report (`BASE_DIR/<version>.verification.json`, else
-    `FILE.verification.json`) holds the export times (`savedmodel_s`, `onnx_s`) and the parity
+    `savedmodel` is a TF Serving base directory, `onnx` a file path; the other formats by name:
+    `litert="m.tflite"`, `openvino="m.xml"` (+ `m.bin`), `int8_onnx="m.int8.onnx"`,
+    `int8_litert="m.int8.tflite"`. Every argument is checked before anything is written. Each
+    export is written to a hidden temporary, verified there against the Keras model, and only then
+    renamed into place: a failed verification, an error, a kill or a full disk never leaves a version
+    TF Serving would load or a file at a requested path. Returns `{name: published path, ...,
+    "report": report, "report_path": path}`. The report (`BASE_DIR/<version>.verification.json`, else
+    beside the first file) holds the export times (`savedmodel_s`, `onnx_s`, ...) and the parity
     errors; it is written even when verification fails, and `VerificationError` is raised then.
     `preprocessing` is how `serve_image_bytes` sizes images (`export_savedmodel`: a mode, or its
     crop fraction and interpolation too, as `keras_resnet_v2.TIMM_SERVING`); `input_scale`
     multiplies the pixels before a network with no scaling layer in front (`with_input_scale`), and
     the exports are verified against that.
 
+    int8 formats need `calibration` (float32 pixels 0-255, [N, H, W, C]: a few hundred training
+    images) and are verified on `evaluation=(images, labels)` (labels may be None; default: the
+    calibration images, unlabelled): refused, nothing published, when they lose more than
+    `max_accuracy_drop` points of accuracy (`verify`).
+
     Example:
         >>> model = keras.saving.load_model("runs/digits/model.keras")
-        >>> result = export_and_verify(model, "/tmp/serving/digits", "/tmp/digits.onnx")
+        >>> result = export_and_verify(model, "/tmp/serving/digits", "/tmp/digits.onnx", litert="/tmp/digits.tflite")
         >>> result["report"]["passed"]
         True
     """
-    if not savedmodel and not onnx:
-        raise ValueError("Give `savedmodel` (a base directory), `onnx` (a file path) or both. "
-                         f"Received: savedmodel={savedmodel!r}, onnx={onnx!r}")
-    base_dir = check_savedmodel_arguments(model, savedmodel, version, labels, preprocessing) if savedmodel else None
-    onnx_path, opset = check_onnx_arguments(model, onnx, opset) if onnx else (None, None)
+    chosen = formats.targets({"savedmodel": savedmodel, "onnx": onnx, **paths})
+    if not chosen:
+        raise ValueError(f"Give at least one export target: {', '.join(formats.BY_NAME)}. "
+                         f"Received: {dict(savedmodel=savedmodel, onnx=onnx, **paths)}")
+    max_accuracy_drop = check_max_accuracy_drop(max_accuracy_drop)
+    if calibration is not None:
+        calibration = _checked_images(calibration, model, "calibration")
+    if evaluation is not None:
+        evaluation = (_checked_images(evaluation[0], model, "evaluation"), evaluation[1])
+    options = formats.Options(version, overwrite, opset, labels, extra_metadata, preprocessing, calibration)
+    checked = {entry: entry.check(model, path, options) for entry, path in chosen.items()}
+    formats.check_distinct(checked)
+    if calibration is not None and evaluation is None:
+        evaluation = (calibration, None)
     model = with_input_scale(model, input_scale)
     # Exports and verification all use the float32 network: copy a mixed-precision model once here
     # (float32_copy returns a float32 model itself, so the steps below do not copy it again).
     model = float32_copy(model)
-    timings, staged = {}, []
+    timings, staged = {}, {}
     with contextlib.ExitStack() as locks:
         try:
-            if base_dir:
-                locks.enter_context(DirectoryLock(base_dir, "an export"))
+            for entry, target in checked.items():
+                locks.enter_context(entry.lock(target))
                 start = time.perf_counter()
-                staged.append(stage_savedmodel(model, base_dir, version, overwrite, labels=labels,
-                                               extra_metadata=extra_metadata, preprocessing=preprocessing))
-                timings["savedmodel_s"] = round(time.perf_counter() - start, 2)
-            if onnx_path:
-                locks.enter_context(onnx_lock(onnx_path))
-                start = time.perf_counter()
-                staged.append(stage_onnx(model, onnx_path, opset, labels, extra_metadata))
-                timings["onnx_s"] = round(time.perf_counter() - start, 2)
-            saved = staged[0] if base_dir else None
-            converted = staged[-1] if onnx_path else None
-            report_path = (f"{saved.final}.verification.json" if saved else f"{onnx_path}.verification.json")
-            report = verify(model, savedmodel_dir=saved.path if saved else None,
-                            onnx_path=converted.path if converted else None, report_path=report_path, extra=timings)
+                staged[entry] = entry.stage(model, target, options)
+                timings[f"{entry.name}_s"] = round(time.perf_counter() - start, 2)
+            report_path = next(iter(staged.values())).final + ".verification.json"
+            report = verify(model, batch=None, report_path=report_path, extra=timings,
+                            evaluation=evaluation if any(entry.int8 for entry in staged) else None,
+                            max_accuracy_drop=max_accuracy_drop,
+                            **{entry.name: item.path for entry, item in staged.items()})
         except BaseException:
-            for item in staged:
+            for item in staged.values():
                 item.discard()
             raise
-        version_dir = saved.publish() if saved else None
-        published_onnx = converted.publish() if converted else None
-    return {"savedmodel": version_dir, "onnx": published_onnx, "report": report,
-            "report_path": os.fspath(report_path)}
+        published = {entry.name: item.publish() for entry, item in staged.items()}
+    return {**{entry.name: None for entry in formats.FORMATS if entry.name in ("savedmodel", "onnx")}, **published,
+            "report": report, "report_path": os.fspath(report_path)}
+
+
+def _checked_images(images, model: keras.Model, name: str) -> np.ndarray:
+    images = np.asarray(images, dtype="float32")
+    if images.ndim != 4 or images.shape[1:] != tuple(model.input_shape[1:]) or not len(images):
+        raise ValueError(f"`{name}` must be images of shape [N, {', '.join(map(str, model.input_shape[1:]))}] "
+                         f"(float32 pixels 0-255, N >= 1). Received: shape {list(images.shape)}")
+    if not np.all(np.isfinite(images)):
+        raise ValueError(f"`{name}` holds NaN or Inf pixel values")
+    return images

@@ -17,7 +17,7 @@ import tensorflow as tf
 import keras_resnet_v2 as krv2
 from conftest import message_lines
 from keras_resnet_v2 import export
-from keras_resnet_v2.export.savedmodel import serving_outputs
+from keras_resnet_v2.export.serving import serving_outputs
 
 
 def _served_model(classifier_activation="softmax"):

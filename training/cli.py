@@ -105,7 +105,10 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", choices=STRATEGIES, help="default auto")
     p.add_argument("--data-dir", help="TFDS data directory")
     p.add_argument("--config", help="JSON or YAML file of settings")
-    p.add_argument("--export-dir", help="export SavedModel + ONNX here at the end, verified")
+    p.add_argument("--export-dir", help="export here at the end, verified (--export-formats)")
+    p.add_argument("--export-formats", metavar="LIST",
+                   help="comma-separated formats of --export-dir: savedmodel, onnx, litert, openvino, int8-onnx, "
+                        "int8-litert (default savedmodel,onnx; int8 ones calibrated on the run's training images)")
     p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--image-size", type=int, help="input size (default: the dataset's, or 224)")
     p.add_argument("--eval-size", type=int, help="also test at this crop, ImageNet-style data (the paper's 320)")

@@ -42,6 +42,7 @@ class TrainConfig:
     strategy: str = "auto"
     data_dir: str | None = None
     export_dir: str | None = None
+    export_formats: str = "savedmodel,onnx"  # what --export-dir holds (keras_resnet_v2.export.formats)
     seed: int = 0
     image_size: int | None = None  # default: the dataset's size, or 224 for ImageNet-style data
     eval_size: int | None = None  # also test at this crop (ImageNet-style data; the paper's 320)

@@ -48,7 +48,10 @@ def check_config(config: TrainConfig) -> recipes.Recipe:
     # then the settings' own (`config.check_settings`, which the command line runs first).
     resolved = resolve_config(parse_model(config.model), **model_arguments(config))
     config.scan = resolved.scan  # None -> the builder's choice for this depth, so config.json says which
-    return check_settings(config)
+    recipe = check_settings(config)
+    if config.export_dir:
+        deploy.check_formats(config.export_formats)
+    return recipe
 
 
 def build_model(config: TrainConfig, info: data_lib.DatasetInfo, image_size: int, mean, variance) -> keras.Model:
@@ -289,7 +292,8 @@ def _finish(config: TrainConfig, plan: _Plan, model: keras.Model, metrics: dict,
     _say(f"test error {error(result['test_accuracy'])} (top-5 {error(result['test_top5_accuracy'])}) "
          f"at {plan.image_size}x{plan.image_size}{at_size}; model {model_path}; "
          f"history {os.path.join(run_dir, 'history.csv')}")
+    sample = deploy.write_sample(run_dir, plan.splits, plan.image_size)
     if config.export_dir:
         result["export"] = deploy.export_run(model, config.export_dir, list(plan.splits.info.class_names),
-                                             plan.effective)
+                                             plan.effective, config.export_formats, sample)
     return result
