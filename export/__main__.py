@@ -218,6 +218,7 @@ def _export_or_verify(args, verify_only: bool, targets: dict, labels: Optional[l
     from keras_resnet_v2 import export
     from keras_resnet_v2.export import formats
     from keras_resnet_v2.export.serving import with_input_scale
+    from keras_resnet_v2.export.workflow import _verify_targets
 
     try:
         model = export.load_model(args.model)
@@ -228,9 +229,7 @@ def _export_or_verify(args, verify_only: bool, targets: dict, labels: Optional[l
             int8.pop("calibration", None)
             first = next(iter(targets.values())).rstrip(os.sep)
             report_path = f"{first}.verification.json"
-            report = export.verify(model, report_path=report_path, **int8,
-                                   **{("savedmodel_dir" if k == "savedmodel" else "onnx_path" if k == "onnx" else k): v
-                                      for k, v in targets.items()})
+            report = export.verify(model, report_path=report_path, **int8, **_verify_targets(targets))
         else:
             details["preprocessing"] = _preprocessing_for(args, model, details.get("preprocessing"))
             if labels is not None:

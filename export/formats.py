@@ -48,6 +48,7 @@ class Format:
     runtime: tuple = ()  # (module, pip package) its writer and runtime need beyond the `export` extra
     int8: bool = False
     companions: Callable[[str], Sequence[str]] = field(default=lambda path: ())  # files published beside it
+    check_options: Callable[[Options], object] = field(default=lambda options: None)  # one-line ValueErrors
 
     @property
     def flag(self) -> str:
@@ -62,6 +63,7 @@ class Format:
     def check(self, model: keras.Model, target: str, options: Options) -> str:
         """Every check that needs no writing; returns the absolute target. One-line ValueErrors."""
         self.check_runtime()
+        self.check_options(options)
         if self.int8 and options.calibration is None:
             raise ValueError(f"{self.flag} needs calibration images: a training run directory (its deploy sample) "
                              "or --calibration DIR of images. Received: neither")
@@ -88,7 +90,8 @@ FORMATS = (
                                                        extra_metadata=o.extra_metadata, preprocessing=o.preprocessing),
            savedmodel.answer),
     Format("onnx", "ONNX", ".onnx", "model.onnx", "ONNX Runtime and every ONNX tool, float32",
-           lambda m, t, o: onnx.stage_onnx(m, t, onnx.check_opset(o.opset), o.labels, o.extra_metadata), onnx.answer),
+           lambda m, t, o: onnx.stage_onnx(m, t, onnx.check_opset(o.opset), o.labels, o.extra_metadata), onnx.answer,
+           check_options=lambda o: onnx.check_opset(o.opset)),
     Format("litert", "LiteRT", ".tflite", "model.tflite", "phones and edge devices (ai-edge-litert, Android, "
            "iOS), float32", lambda m, t, o: litert.stage_litert(m, t, o.labels, o.extra_metadata), litert.answer,
            runtime=(("ai_edge_litert", "ai-edge-litert"),)),
@@ -98,7 +101,7 @@ FORMATS = (
     Format("int8_onnx", "int8 ONNX", ".onnx", "model.int8.onnx", "int8 on CPUs with ONNX Runtime (QDQ, float32 "
            "interface)", lambda m, t, o: onnx.stage_int8_onnx(m, t, onnx.check_opset(o.opset), o.calibration,
                                                                o.labels, o.extra_metadata),
-           onnx.answer, int8=True),
+           onnx.answer, int8=True, check_options=lambda o: onnx.check_opset(o.opset)),
     Format("int8_litert", "int8 LiteRT", ".tflite", "model.int8.tflite", "int8 on phones and edge devices "
            "(float32 interface)", lambda m, t, o: litert.stage_litert(m, t, o.labels, o.extra_metadata, o.calibration),
            litert.answer, runtime=(("ai_edge_litert", "ai-edge-litert"),), int8=True),

@@ -85,7 +85,7 @@ def export_and_verify(model: keras.Model, savedmodel: Optional[str] = None, onnx
             report = verify(model, batch=None, report_path=report_path, extra=timings,
                             evaluation=evaluation if any(entry.int8 for entry in staged) else None,
                             max_accuracy_drop=max_accuracy_drop,
-                            **{entry.name: item.path for entry, item in staged.items()})
+                            **_verify_targets({entry.name: item.path for entry, item in staged.items()}))
         except BaseException:
             for item in staged.values():
                 item.discard()
@@ -93,6 +93,12 @@ def export_and_verify(model: keras.Model, savedmodel: Optional[str] = None, onnx
         published = {entry.name: item.publish() for entry, item in staged.items()}
     return {**{entry.name: None for entry in formats.FORMATS if entry.name in ("savedmodel", "onnx")}, **published,
             "report": report, "report_path": os.fspath(report_path)}
+
+
+def _verify_targets(paths: dict) -> dict:
+    """`verify`'s keywords: its first two formats keep their older names (savedmodel_dir, onnx_path)."""
+    renamed = {"savedmodel": "savedmodel_dir", "onnx": "onnx_path"}
+    return {renamed.get(name, name): path for name, path in paths.items()}
 
 
 def _checked_images(images, model: keras.Model, name: str) -> np.ndarray:

@@ -184,7 +184,9 @@ def test_a_failed_verification_publishes_nothing(tmp_path, monkeypatch):
         assert os.path.basename(onnx_path).startswith(".tmp-m.onnx-") and os.path.isfile(onnx_path)
         raise export.VerificationError("parity failed (injected)")
 
-    monkeypatch.setattr(export.workflow, "verify", failing_verify)
+    from keras_resnet_v2.export import workflow
+
+    monkeypatch.setattr(workflow, "verify", failing_verify)
     base = tmp_path / "serving"
     with pytest.raises(export.VerificationError, match="injected"):
         export.export_and_verify(_served_model(), str(base), str(tmp_path / "m.onnx"))
