@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 # depth -> (family, units per stage); the Keras package's depth tables, for the depths benchmarked.
-DEPTHS = {164: ("cifar", (18, 18, 18)), 1001: ("cifar", (111, 111, 111)), 50: ("imagenet", (3, 4, 6, 3))}
-WIDTHS = {"cifar": (16, 32, 64), "imagenet": (64, 128, 256, 512)}
+DEPTHS = {20: ("cifar_basic", (3, 3, 3)), 164: ("cifar", (18, 18, 18)), 1001: ("cifar", (111, 111, 111)),
+          50: ("imagenet", (3, 4, 6, 3))}
+WIDTHS = {"cifar_basic": (16, 32, 64), "cifar": (16, 32, 64), "imagenet": (64, 128, 256, 512)}
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
@@ -42,12 +43,28 @@ class PreActBottleneck(nn.Module):
         return shortcut + y
 
 
+class PreActBasic(nn.Module):
+    """x_{l+1} = x_l + F(x_l), F = two 3x3 convs each after BN-ReLU (ResNet-20/110's unit, Fig. 4(e))."""
+
+    def __init__(self, in_channels: int, width: int, stride: int):
+        super().__init__()
+        self.bn1, self.conv1 = _bn(in_channels), nn.Conv2d(in_channels, width, 3, stride, 1, bias=False)
+        self.bn2, self.conv2 = _bn(width), nn.Conv2d(width, width, 3, 1, 1, bias=False)
+        self.project = (nn.Conv2d(in_channels, width, 1, stride, bias=False)
+                        if stride != 1 or in_channels != width else None)
+
+    def forward(self, x):
+        activated = torch.relu(self.bn1(x))
+        shortcut = x if self.project is None else self.project(activated)
+        return shortcut + self.conv2(torch.relu(self.bn2(self.conv1(activated))))
+
+
 class PreActResNet(nn.Module):
     def __init__(self, depth: int, classes: int):
         super().__init__()
         family, units = DEPTHS[depth]
         widths = WIDTHS[family]
-        if family == "cifar":
+        if family.startswith("cifar"):
             self.stem = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
             stride_conv = 0
         else:
@@ -57,8 +74,12 @@ class PreActResNet(nn.Module):
         for stage, (width, n) in enumerate(zip(widths, units, strict=True)):
             for unit in range(n):
                 stride = 2 if stage > 0 and unit == 0 else 1
-                blocks.append(PreActBottleneck(channels, width, stride, stride_conv))
-                channels = 4 * width
+                if family == "cifar_basic":
+                    blocks.append(PreActBasic(channels, width, stride))
+                    channels = width
+                else:
+                    blocks.append(PreActBottleneck(channels, width, stride, stride_conv))
+                    channels = 4 * width
         self.blocks = nn.Sequential(*blocks)
         self.post_bn = _bn(channels)
         self.fc = nn.Linear(channels, classes)

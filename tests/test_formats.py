@@ -178,3 +178,40 @@ def test_a_folder_of_images_calibrates_an_int8_export_from_the_command_line(tmp_
     code = main(["verify", str(tmp_path / "model.keras"), "--int8-onnx", str(out / "q.onnx"), "--calibration",
                  str(folder), "--max-accuracy-drop", "100"])
     assert code == 0 and json.loads((out / "q.onnx.verification.json").read_text())["int8_onnx"]["images"] == 12
+
+
+@pytest.mark.slow
+def test_a_trained_digits_network_keeps_its_accuracy_in_int8_in_every_format(tmp_path):
+    """The issue's targets on a trained network: float32 files within the float32 bound with the Keras
+    model's top-1 on every test image; int8 ONNX and LiteRT lose <= 0.5 points and agree on >= 99%."""
+    import subprocess
+    import sys
+
+    run_dir, export_dir = tmp_path / "run", tmp_path / "export"
+    command = [sys.executable, "-m", "keras_resnet_v2.training", "--dataset", "digits", "--model", "resnet20",
+               "--epochs", "15", "--batch-size", "64", "--run-dir", str(run_dir), "--quiet",
+               "--export-dir", str(export_dir), "--export-formats", ",".join(formats.BY_NAME)]
+    done = subprocess.run(command, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((export_dir / "savedmodel" / "1.verification.json").read_text())
+    assert report["passed"] and report["evaluation_images"] == 360  # the whole digits test split
+    for name in ("savedmodel", "onnx", "litert", "openvino"):
+        assert report[name]["max_rel_error"] <= report["max_relative_error_allowed"], name
+        assert report[name]["evaluation_top1_agreement"] == 1.0, name
+    for name in ("int8_onnx", "int8_litert"):
+        assert report[name]["accuracy_drop_points"] <= 0.5 and report[name]["top1_agreement"] >= 0.99, report[name]
+    sample = np.load(run_dir / "deploy_sample.npz")
+    assert sample["calibration"].shape == (512, 32, 32, 3) and sample["calibration"].dtype == np.uint8
+    assert sample["test_images"].shape == (360, 32, 32, 3) and sample["test_labels"].shape == (360,)
+    # The command line exports from the run's deploy sample, without the dataset or the training code.
+    out = tmp_path / "again"
+    out.mkdir()
+    assert main([str(run_dir), "--int8-onnx", str(out / "q.onnx"), "--calibration-images", "128"]) == 0
+    again = json.loads((out / "q.onnx.verification.json").read_text())["int8_onnx"]
+    assert again["images"] == 360 and again["accuracy_drop_points"] <= 0.5
+    props = {p.key: p.value for p in __import__("onnx").load(out / "q.onnx").metadata_props}
+    assert json.loads(props["quantization"])["calibration_images"] == 128
+    assert json.loads(props["class_names"]) == [str(i) for i in range(10)]
+    assert main(["verify", str(run_dir), "--litert", str(export_dir / "model.tflite"), "--openvino",
+                 str(export_dir / "model.xml"), "--int8-litert", str(export_dir / "model.int8.tflite")]) == 0
