@@ -15,3 +15,6 @@ python benchmarks/deep.py --model resnet1001 --modes plain,stacked,stacked_remat
 python benchmarks/tf_stacked.py --rounds 8 --steps 6 --variants plain,stacked --profile
 python benchmarks/bn_sync.py --model resnet164 --rounds 10 --steps 6
 python benchmarks/startup.py --rounds 7
+python benchmarks/serve.py --rounds 3
+python benchmarks/keras_export.py
+python benchmarks/int8_onnx_schemes.py resnet50

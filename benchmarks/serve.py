@@ -156,6 +156,7 @@ def main() -> None:
             calls_1, calls_32 = CALLS[key]
             for _ in range(args.rounds):
                 for name, fn in run.items():
+                    time.sleep(0.5)  # the previous runtime's threads stop spinning (2 cores: they would steal one)
                     samples[name]["b1"] += measure(fn, one, calls_1)
                     samples[name]["b32"].append(32 * calls_32 / sum(measure(fn, many, calls_32)))
         rows = {}

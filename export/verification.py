@@ -139,11 +139,25 @@ def _classes(run, images: np.ndarray, batch: int = 64) -> np.ndarray:
     return np.concatenate([np.asarray(run(images[i:i + batch])[1]) for i in range(0, len(images), batch)])
 
 
+def _cpu() -> str:
+    """The CPU's int8 instruction sets (an int8 kernel's rounding and saturation can depend on them)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+    return f"{platform.machine()} {' '.join(f for f in wanted if f in flags) or platform.processor()}".strip()
+
+
 def _int8_check(run, images: np.ndarray, labels, keras_classes: np.ndarray, max_drop: float) -> dict:
     """Top-1 agreement with the Keras model and, with labels, the accuracy lost, in percentage points."""
     classes = _classes(run, images)
     agreement = float(np.mean(classes == keras_classes))
-    result = {"images": len(images), "top1_agreement": agreement, "max_accuracy_drop_points": max_drop}
+    result = {"images": len(images), "top1_agreement": agreement, "max_accuracy_drop_points": max_drop,
+              "checked_on": _cpu()}
     if labels is not None:
         labels = np.asarray(labels)
         result["accuracy"] = float(np.mean(classes == labels))
