@@ -104,7 +104,7 @@ def plan(table: int, model: str, dataset: str, seeds: int, run_dir: str) -> list
 
 
 # Settings that do not change what a row measures, so a rerun with other values reuses its result.
-NOT_IDENTITY = ("run_dir", "verbose", "data_dir", "export_dir", "strategy")
+NOT_IDENTITY = ("run_dir", "verbose", "data_dir", "export_dir", "export_formats", "strategy")
 
 
 def _settings(config) -> dict:
