@@ -56,7 +56,7 @@ FORMAT_FLAGS = {
                    "a version, e.g. serving/1)"),
     "onnx": ("FILE", "FILE", "ONNX file, float32"),
     "litert": ("FILE", "FILE", "LiteRT (.tflite) file, float32"),
-    "openvino": ("FILE", "FILE", "OpenVINO IR FILE.xml (+ FILE.bin), float32"),
+    "openvino": ("FILE.xml", "FILE.xml", "OpenVINO IR FILE.xml (+ FILE.bin), float32"),
     "int8_onnx": ("FILE", "FILE", "int8 ONNX file (QDQ), calibrated"),
     "int8_litert": ("FILE", "FILE", "int8 LiteRT file, calibrated"),
 }
