@@ -30,6 +30,8 @@ INT8_LITERT_SCHEME = {"weights": "int8, per output channel, symmetric",
 
 
 def _convert(savedmodel_dir: str, calibration: Optional[np.ndarray]) -> bytes:
+    import warnings
+
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(savedmodel_dir)
@@ -38,7 +40,11 @@ def _convert(savedmodel_dir: str, calibration: Optional[np.ndarray]) -> bytes:
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.representative_dataset = lambda: (
             {"images": np.asarray(calibration[i:i + 1], "float32")} for i in range(len(calibration)))
-    return converter.convert()
+    with warnings.catch_warnings():
+        # The converter's calibration runs TensorFlow's own interpreter, which warns that it is deprecated in
+        # favour of ai_edge_litert (what `answer` and clients use): not the user's concern.
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated", category=UserWarning)
+        return converter.convert()
 
 
 def with_metadata(flatbuffer: bytes, values: dict) -> bytes:
