@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from keras_resnet_v2.export import litert, onnx, openvino, savedmodel
+from keras_resnet_v2.export.serving import check_classifier, check_labels
 from keras_resnet_v2.export.staging import Staged, check_file_target, file_lock
 from keras_resnet_v2.plumbing.files import DirectoryLock
 
@@ -70,7 +71,9 @@ class Format:
         if self.name == "savedmodel":
             return savedmodel.check_savedmodel_arguments(model, target, options.version, options.labels,
                                                          options.preprocessing)
-        savedmodel.check_classifier(model)
+        check_classifier(model)
+        if options.labels is not None:
+            check_labels(options.labels, model.output_shape[-1])
         path = check_file_target(target, self.suffix, self.title)
         for companion in self.companions(path):
             check_file_target(companion, os.path.splitext(companion)[1], self.title)
@@ -78,9 +81,6 @@ class Format:
 
     def lock(self, target: str) -> DirectoryLock:
         return DirectoryLock(target, "an export") if self.name == "savedmodel" else file_lock(target, self.title)
-
-    def report_path(self, staged: Staged) -> str:
-        return f"{staged.final}.verification.json"
 
 
 FORMATS = (
@@ -107,7 +107,6 @@ FORMATS = (
            litert.answer, runtime=(("ai_edge_litert", "ai-edge-litert"),), int8=True),
 )
 BY_NAME = {entry.name: entry for entry in FORMATS}
-DEFAULT_RUN_FORMATS = ("savedmodel", "onnx")  # resnet-v2-train --export-dir
 
 
 def targets(paths: dict) -> dict:

@@ -105,6 +105,7 @@ def test_an_int8_export_that_loses_accuracy_is_refused_and_nothing_is_published(
      "--int8-onnx and --onnx would write the same file"),
     ("calibration shape", {"int8_onnx": "q.onnx", "calibration": np.zeros((2, 8, 8, 3))}, "`calibration` must be"),
     ("drop", {"onnx": "m.onnx", "max_accuracy_drop": -1}, "`max_accuracy_drop` must be"),
+    ("labels", {"litert": "m.tflite", "labels": ["one", "two"]}, "`labels` must name each of the 3 classes"),
 ])
 def test_bad_arguments_are_one_line_before_anything_is_written(tmp_path, case, kwargs, expected):
     kwargs = {k: str(tmp_path / v) if isinstance(v, str) else v for k, v in kwargs.items()}
