@@ -64,6 +64,11 @@ CALIBRATION_HELP = ("int8: a folder of images to calibrate on (default: a traini
                     "its training images; its test split checks the accuracy)")
 
 
+def _wants_int8(targets: dict) -> bool:
+    """Whether any of the requested formats is an int8 one (FORMAT_FLAGS' names, as `Format.int8` says)."""
+    return any(name.startswith("int8_") for name in targets)
+
+
 def _add_format_flags(parser: argparse.ArgumentParser, verify_only: bool) -> None:
     for name, (target, version, text) in FORMAT_FLAGS.items():
         parser.add_argument("--" + name.replace("_", "-"), dest=name, metavar=version if verify_only else target,
@@ -175,7 +180,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not 0 <= args.max_accuracy_drop <= 100:
             raise ValueError(f"--max-accuracy-drop must be a number of points from 0 to 100. Received: "
                              f"{args.max_accuracy_drop}")
-        if not verify_only and any(name.startswith("int8") for name in targets):
+        if not verify_only and _wants_int8(targets):
             from keras_resnet_v2.export.calibration import check_count
 
             check_count(args.calibration_images)
@@ -202,7 +207,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _int8_images(args, model, targets: dict, preprocessing) -> dict:
     """calibration= and evaluation= for int8 targets (export.calibration.images_for), else nothing."""
-    if not any(name.startswith("int8") for name in targets):
+    if not _wants_int8(targets):
         return {}
     from keras_resnet_v2.export import calibration
 
@@ -218,7 +223,6 @@ def _export_or_verify(args, verify_only: bool, targets: dict, labels: Optional[l
     from keras_resnet_v2 import export
     from keras_resnet_v2.export import formats
     from keras_resnet_v2.export.serving import with_input_scale
-    from keras_resnet_v2.export.workflow import _verify_targets
 
     try:
         model = export.load_model(args.model)
@@ -229,7 +233,7 @@ def _export_or_verify(args, verify_only: bool, targets: dict, labels: Optional[l
             int8.pop("calibration", None)
             first = next(iter(targets.values())).rstrip(os.sep)
             report_path = f"{first}.verification.json"
-            report = export.verify(model, report_path=report_path, **int8, **_verify_targets(targets))
+            report = export.verify(model, report_path=report_path, **int8, **targets)
         else:
             details["preprocessing"] = _preprocessing_for(args, model, details.get("preprocessing"))
             if labels is not None:

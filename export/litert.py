@@ -15,7 +15,12 @@ from typing import Optional, Sequence
 import keras
 import numpy as np
 
-from keras_resnet_v2.export.serving import NON_FINITE_UNCHECKED, converted_through_savedmodel, float32_copy, metadata
+from keras_resnet_v2.export.serving import (
+    NON_FINITE_UNCHECKED,
+    converted_through_savedmodel,
+    file_metadata,
+    float32_copy,
+)
 from keras_resnet_v2.export.staging import Staged, stage_file
 
 METADATA_NAME = "keras_resnet_v2"
@@ -76,11 +81,10 @@ def read_metadata(path: str) -> dict:
 def _write(model: keras.Model, tmp: str, labels: Optional[Sequence[str]], extra: Optional[dict],
            calibration: Optional[np.ndarray]) -> None:
     flatbuffer = converted_through_savedmodel(model, tmp, lambda directory: _convert(directory, calibration))
-    values = {**metadata(model, NON_FINITE_UNCHECKED), **(extra or {})}
     if calibration is not None:
-        values.update(precision="int8", quantization={**INT8_LITERT_SCHEME, "calibration_images": len(calibration)})
-    if labels is not None:
-        values["class_names"] = list(labels)
+        extra = {**(extra or {}), "precision": "int8",
+                 "quantization": {**INT8_LITERT_SCHEME, "calibration_images": len(calibration)}}
+    values = file_metadata(model, NON_FINITE_UNCHECKED, labels, extra)
     with open(tmp, "wb") as handle:
         handle.write(with_metadata(flatbuffer, values))
 

@@ -14,8 +14,8 @@ import numpy as np
 from keras_resnet_v2.export.serving import (
     NON_FINITE_ONNX,
     check_classifier,
+    file_metadata,
     float32_copy,
-    metadata,
     serving_function,
     with_input_scale,
 )
@@ -56,9 +56,7 @@ def describe(path: str, serving_model: keras.Model, labels: Optional[Sequence[st
         batch_axis = value.type.tensor_type.shape.dim[0]
         batch_axis.ClearField("dim_value")
         batch_axis.dim_param = "batch"
-    props = {**metadata(serving_model, NON_FINITE_ONNX), **(extra or {})}
-    if labels is not None:
-        props["class_names"] = list(labels)
+    props = file_metadata(serving_model, NON_FINITE_ONNX, labels, extra)
     del proto.metadata_props[:]
     for key, value in props.items():
         entry = proto.metadata_props.add()

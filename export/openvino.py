@@ -15,7 +15,12 @@ from typing import Optional, Sequence
 
 import keras
 
-from keras_resnet_v2.export.serving import NON_FINITE_UNCHECKED, converted_through_savedmodel, float32_copy, metadata
+from keras_resnet_v2.export.serving import (
+    NON_FINITE_UNCHECKED,
+    converted_through_savedmodel,
+    file_metadata,
+    float32_copy,
+)
 from keras_resnet_v2.export.staging import Staged, stage_file
 
 RT_INFO = ["model_info", "keras_resnet_v2"]
@@ -26,10 +31,8 @@ def _write(model: keras.Model, folder: str, name: str, labels: Optional[Sequence
     import openvino
 
     converted = converted_through_savedmodel(model, os.path.join(folder, name), openvino.convert_model)
-    values = {**metadata(model, NON_FINITE_UNCHECKED), "openvino": openvino.__version__,
-              "float32_compile_options": FLOAT32, **(extra or {})}
-    if labels is not None:
-        values["class_names"] = list(labels)
+    values = file_metadata(model, NON_FINITE_UNCHECKED, labels,
+                           {"openvino": openvino.__version__, "float32_compile_options": FLOAT32, **(extra or {})})
     converted.set_rt_info(json.dumps(values), RT_INFO)
     openvino.save_model(converted, os.path.join(folder, name), compress_to_fp16=False)
 

@@ -172,6 +172,14 @@ def metadata(model: keras.Model, non_finite: str = NON_FINITE_SAVEDMODEL) -> dic
     }
 
 
+def file_metadata(model: keras.Model, non_finite: str, labels: Optional[Sequence[str]] = None,
+                  extra: Optional[dict] = None) -> dict:
+    """What a single-file export (ONNX, LiteRT, OpenVINO) carries inside it: `metadata`, then `extra`
+    (training settings, precision), then the class names (`labels`) where given."""
+    return {**metadata(model, non_finite), **(extra or {}),
+            **({"class_names": list(labels)} if labels is not None else {})}
+
+
 def load_model(path: str) -> keras.Model:
     """Loads a `.keras` file, or `model.keras` in a training run directory, with a clear error."""
     candidate = model_file(path)

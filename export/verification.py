@@ -40,12 +40,13 @@ def verify(model: keras.Model, savedmodel_dir: Optional[str] = None, onnx_path: 
            evaluation: Optional[tuple] = None, max_accuracy_drop: float = MAX_ACCURACY_DROP, **paths) -> dict:
     """Compares probabilities (and top-1 classes) of each export with the Keras model's.
 
-    The exports are `savedmodel_dir` (a version), `onnx_path` and any other format of
-    `keras_resnet_v2.export.formats` by name (`litert=PATH`, `openvino=XML`, `int8_onnx=PATH`,
-    `int8_litert=PATH`). Float32 exports: relative error is the max absolute error over the largest
-    output magnitude. Raises `VerificationError` above the allowed error, or if the Keras outputs are not
-    finite (an untrained deep net in inference mode overflows: train it first). Writes the report
-    as JSON to `report_path` when given, passed or failed, with `extra` (e.g. timings) merged in.
+    The exports are `savedmodel_dir` (a version), `onnx_path` and any format of
+    `keras_resnet_v2.export.formats` by name, as `export_and_verify` names them (`savedmodel=VERSION_DIR`,
+    `onnx=PATH`, `litert=PATH`, `openvino=XML`, `int8_onnx=PATH`, `int8_litert=PATH`). Float32 exports:
+    relative error is the max absolute error over the largest output magnitude. Raises
+    `VerificationError` above the allowed error, or if the Keras outputs are not finite (an untrained
+    deep net in inference mode overflows: train it first). Writes the report as JSON to `report_path`
+    when given, passed or failed, with `extra` (e.g. timings) merged in.
 
     The allowed error is `max(max_relative_error, NOISE_FLOOR_FACTOR * noise floor)`, where the
     noise floor is the relative change of the Keras outputs when the batch is perturbed by a

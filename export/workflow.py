@@ -82,23 +82,16 @@ def export_and_verify(model: keras.Model, savedmodel: Optional[str] = None, onnx
                 staged[entry] = entry.stage(model, target, options)
                 timings[f"{entry.name}_s"] = round(time.perf_counter() - start, 2)
             report_path = next(iter(staged.values())).final + ".verification.json"
-            report = verify(model, batch=None, report_path=report_path, extra=timings,
+            report = verify(model, report_path=report_path, extra=timings,
                             evaluation=evaluation if any(entry.int8 for entry in staged) else None,
                             max_accuracy_drop=max_accuracy_drop,
-                            **_verify_targets({entry.name: item.path for entry, item in staged.items()}))
+                            **{entry.name: item.path for entry, item in staged.items()})
         except BaseException:
             for item in staged.values():
                 item.discard()
             raise
         published = {entry.name: item.publish() for entry, item in staged.items()}
-    return {**{entry.name: None for entry in formats.FORMATS if entry.name in ("savedmodel", "onnx")}, **published,
-            "report": report, "report_path": os.fspath(report_path)}
-
-
-def _verify_targets(paths: dict) -> dict:
-    """`verify`'s keywords: its first two formats keep their older names (savedmodel_dir, onnx_path)."""
-    renamed = {"savedmodel": "savedmodel_dir", "onnx": "onnx_path"}
-    return {renamed.get(name, name): path for name, path in paths.items()}
+    return {"savedmodel": None, "onnx": None, **published, "report": report, "report_path": os.fspath(report_path)}
 
 
 def _checked_images(images, model: keras.Model, name: str) -> np.ndarray:

@@ -177,11 +177,11 @@ def _published(folder):
 def test_a_failed_verification_publishes_nothing(tmp_path, monkeypatch):
     seen = {}
 
-    def failing_verify(model, savedmodel_dir=None, onnx_path=None, report_path=None, **kwargs):
+    def failing_verify(model, savedmodel=None, onnx=None, report_path=None, **kwargs):
         # Verification reads the hidden temporaries, not published paths.
-        seen.update(savedmodel=savedmodel_dir, onnx=onnx_path)
-        assert os.path.basename(savedmodel_dir).startswith(".tmp-1-") and os.path.isdir(savedmodel_dir)
-        assert os.path.basename(onnx_path).startswith(".tmp-m.onnx-") and os.path.isfile(onnx_path)
+        seen.update(savedmodel=savedmodel, onnx=onnx)
+        assert os.path.basename(savedmodel).startswith(".tmp-1-") and os.path.isdir(savedmodel)
+        assert os.path.basename(onnx).startswith(".tmp-m.onnx-") and os.path.isfile(onnx)
         raise export.VerificationError("parity failed (injected)")
 
     from keras_resnet_v2.export import workflow

@@ -13,7 +13,7 @@ import keras_resnet_v2 as krv2
 from conftest import message_lines
 from keras_resnet_v2 import export
 from keras_resnet_v2.export import formats, litert, openvino
-from keras_resnet_v2.export.__main__ import FORMAT_FLAGS, main
+from keras_resnet_v2.export.__main__ import FORMAT_FLAGS, _wants_int8, main
 
 LABELS = ["cat", "dog", "bird"]
 
@@ -152,6 +152,7 @@ def test_verify_names_a_damaged_file_of_each_format_in_one_line(tmp_path):
 
 def test_the_command_line_has_one_flag_per_format_and_refuses_int8_without_images(tmp_path, capsys):
     assert list(FORMAT_FLAGS) == list(formats.BY_NAME)  # the parser's light copy is in step with the table
+    assert [name for name in FORMAT_FLAGS if _wants_int8({name: 1})] == [e.name for e in formats.FORMATS if e.int8]
     _model().save(tmp_path / "model.keras")
     code = main([str(tmp_path / "model.keras"), "--int8-litert", str(tmp_path / "q.tflite")])
     err = message_lines(capsys.readouterr().err)
