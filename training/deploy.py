@@ -43,8 +43,7 @@ def write_sample(run_dir: str, splits: data_lib.Splits, image_size: int) -> dict
     train = splits.train.shuffle(min(info.train_examples, 10_000), seed=0, reshuffle_each_iteration=False)
     calibration, _ = _images(train, info, image_size, calibration_limit)
     test_images, test_labels = _images(splits.test, info, image_size, test_limit)
-    samples.write_sample(run_dir, calibration, test_images, test_labels)
-    return samples.read_sample(run_dir)
+    return samples.write_sample(run_dir, calibration, test_images, test_labels)
 
 
 def export_run(model: keras.Model, export_dir: str, labels, effective: dict, names: str = "savedmodel,onnx",

@@ -96,14 +96,20 @@ def _multi_worker_strategy() -> tf.distribute.Strategy:
             f"the same command with its own task index; {CLUSTER_TIMEOUT_ENV} sets the wait)") from None
 
 
+def _cluster_resolver(strategy: tf.distribute.Strategy):
+    """The cluster resolver of a multi-worker strategy (one with a cluster), else None."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return resolver if resolver is not None and resolver.cluster_spec() else None
+
+
 def agreed_epoch(strategy: tf.distribute.Strategy, epoch: int) -> int:
     """The fewest epochs any worker's backup holds (multi-worker; elsewhere `epoch`), exchanged through
     TensorFlow's coordination service. Backups are written by every worker at each epoch's end, so a
     worker killed between its peers' writes leaves them one backup apart: resumed as they are, the
     workers would run different steps and their collectives would not match ("Collective instance ...
     expected type 0 and data_type 1 but got ... 9", measured)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec():
+    resolver = _cluster_resolver(strategy)
+    if resolver is None:
         return epoch
     from tensorflow.python.eager import context
 
@@ -117,8 +123,8 @@ def agreed_epoch(strategy: tf.distribute.Strategy, epoch: int) -> int:
 def lost_worker(error: BaseException, strategy: tf.distribute.Strategy) -> str | None:
     """The worker that `error` says stopped answering in a multi-worker run (`"a worker"` where it names
     none but this one), or None when `error` is not a collective's failure of a multi-worker run."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec() or not isinstance(error, tf.errors.OpError):
+    resolver = _cluster_resolver(strategy)
+    if resolver is None or not isinstance(error, tf.errors.OpError):
         return None
     message = str(error)
     if not (isinstance(error, tf.errors.UnavailableError) or "Collective ops is aborted" in message
@@ -200,8 +206,8 @@ def strategy_name(strategy: tf.distribute.Strategy) -> str:
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """True for the process that writes files (worker 0, or the only process)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
+    resolver = _cluster_resolver(strategy)
+    if resolver is None:
         return True
     return resolver.task_type in (None, "chief") or (
         resolver.task_type == "worker" and resolver.task_id == 0

@@ -32,13 +32,18 @@ def _pixels(images) -> np.ndarray:
     return np.clip(np.round(np.asarray(images, dtype="float32")), 0, 255).astype("uint8")
 
 
-def write_sample(run_dir: str, calibration, test_images, test_labels) -> str:
-    """Writes `RUN/deploy_sample.npz` atomically; returns its path."""
-    path = os.path.join(run_dir, SAMPLE_FILE)
+def _as_read(stored: dict) -> dict:
+    """The stored arrays as `read_sample` gives them: float32 pixels, int64 labels."""
+    return {"calibration": stored["calibration"].astype("float32"),
+            "test_images": stored["test_images"].astype("float32"), "test_labels": stored["test_labels"]}
+
+
+def write_sample(run_dir: str, calibration, test_images, test_labels) -> dict:
+    """Writes `RUN/deploy_sample.npz` atomically; returns what `read_sample` would read back from it."""
     arrays = {"calibration": _pixels(calibration), "test_images": _pixels(test_images),
               "test_labels": np.asarray(test_labels, dtype="int64")}
-    atomic_write(path, lambda tmp: np.savez(tmp, **arrays))
-    return path
+    atomic_write(os.path.join(run_dir, SAMPLE_FILE), lambda tmp: np.savez(tmp, **arrays))
+    return _as_read(arrays)
 
 
 def read_sample(run_dir: str) -> dict:
@@ -57,5 +62,4 @@ def read_sample(run_dir: str) -> dict:
     if sample["calibration"].ndim != 4 or len(sample["test_images"]) != len(sample["test_labels"]):
         raise ValueError(f"{path} is damaged: shapes {sample['calibration'].shape}, {sample['test_images'].shape}, "
                          f"{sample['test_labels'].shape}")
-    return {"calibration": sample["calibration"].astype("float32"),
-            "test_images": sample["test_images"].astype("float32"), "test_labels": sample["test_labels"]}
+    return _as_read(sample)
