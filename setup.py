@@ -33,7 +33,8 @@ TRAIN = [
     "pyyaml",  # --config FILE.yaml
     "tensorboard",
 ]
-EXPORT = [TENSORFLOW, "tf2onnx>=1.16", "onnxruntime>=1.17"]
+# tensorflow-serving-api: the protos of the warmup records, models.config and the stand-in server.
+EXPORT = [TENSORFLOW, "tf2onnx>=1.16", "onnxruntime>=1.17", "tensorflow-serving-api>=2.18"]
 # The runtimes of the LiteRT and OpenVINO formats (~240 MB): an extra of their own, so `export` stays lean.
 DEPLOY = EXPORT + ["ai-edge-litert>=2.0", "openvino>=2025.0"]
 ALL = sorted(set(TRAIN + DEPLOY))

@@ -13,6 +13,7 @@ import keras
 import tensorflow as tf
 
 from keras_resnet_v2.export import image_bytes as bytes_checks
+from keras_resnet_v2.export import tf_serving
 from keras_resnet_v2.export.serving import (
     check_classifier,
     check_labels,
@@ -45,12 +46,17 @@ def _checked_images(images, height: int, width: int, channels: int):
     return tf.ensure_shape(images, [None, height, width, channels])
 
 
-def _serving_archive(model: keras.Model, preprocessing: image_ops.Preprocessing) -> keras.export.ExportArchive:
+def _serving_archive(model: keras.Model, preprocessing: image_ops.Preprocessing,
+                     labels: Optional[Sequence[str]] = None) -> keras.export.ExportArchive:
     """Keras' ExportArchive (it tracks the variables the way TF Serving's loader restores
-    them) with three signatures, each returning `probabilities` (float32) and `classes` (int64).
+    them) with three predict signatures, each returning `probabilities` (float32) and `classes`
+    (int64), and the classify signature (TF Serving's Classify API).
 
     `serve_image_bytes` brings each decoded image to the input size with the function training and
-    evaluation use (`keras_resnet_v2.plumbing.images.prepare` with `preprocessing`)."""
+    evaluation use (`keras_resnet_v2.plumbing.images.prepare` with `preprocessing`). `classify`
+    reads serialized `tf.Example`s holding an encoded image under `image/encoded`, decodes them the
+    same way and answers the `TOP_K` best `classes` (the names of `labels`, else the class indices
+    as text) with their `scores`, best first."""
     height, width, channels = model.input_shape[1:]
     shape = [None, height, width, channels]
     classes = model.output_shape[-1]
@@ -58,6 +64,7 @@ def _serving_archive(model: keras.Model, preprocessing: image_ops.Preprocessing)
     # deep net is most of an export's time (ResNet-1001: ~20k layer calls per trace).
     network = tf.function(serving_outputs(model), input_signature=[tf.TensorSpec(shape, tf.float32)])
 
+    @tf.function(input_signature=[tf.TensorSpec(None, tf.float32)])  # traced once for the four signatures
     def outputs(images):
         images = _checked_images(images, height, width, channels)
         # A NaN or Inf pixel would be answered with NaN probabilities and class 0, a real-looking label.
@@ -76,19 +83,30 @@ def _serving_archive(model: keras.Model, preprocessing: image_ops.Preprocessing)
         image = image_ops.prepare(image, height, width, preprocessing)
         return tf.ensure_shape(image, (height, width, channels))
 
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def read_images(image_bytes):
+        # At most DECODES_AT_ONCE images are decoded at a time, so a request of many large images
+        # holds a few decoded images at once, not all of them. Traced once for both signatures that read images.
+        return tf.map_fn(decode, image_bytes, fn_output_signature=tf.float32, parallel_iterations=DECODES_AT_ONCE)
+
+    names = tf.constant(list(labels) if labels is not None else [str(i) for i in range(classes)])
+
+    def classify(inputs):
+        examples = tf.io.parse_example(inputs, {tf_serving.IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string)})
+        scores, best = tf.math.top_k(outputs(read_images(examples[tf_serving.IMAGE_FEATURE]))["probabilities"],
+                                     min(tf_serving.TOP_K, classes))
+        return {"classes": tf.gather(names, best), "scores": scores}
+
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", outputs,
                          input_signature=[tf.TensorSpec(shape, tf.float32, name="images")])
     archive.add_endpoint("serve_uint8", lambda images: outputs(tf.cast(images, tf.float32)),
                          input_signature=[tf.TensorSpec(shape, tf.uint8, name="images")])
-    archive.add_endpoint(
-        "serve_image_bytes",
-        # At most DECODES_AT_ONCE images are decoded at a time, so a request of many large images
-        # holds a few decoded images at once, not all of them.
-        lambda image_bytes: outputs(tf.map_fn(decode, image_bytes, fn_output_signature=tf.float32,
-                                              parallel_iterations=DECODES_AT_ONCE)),
-        input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    archive.add_endpoint("serve_image_bytes", lambda image_bytes: outputs(read_images(image_bytes)),
+                         input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    archive.add_endpoint(tf_serving.CLASSIFY_SIGNATURE, classify,
+                         input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
     return archive
 
 
@@ -156,16 +174,27 @@ def stage_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] =
         raise FileExistsError(f"Version {version} already exists at {final}; pass overwrite=True to replace it")
     serving_model = model if keep_mixed_precision else float32_copy(model)
     preprocessing = image_ops.as_preprocessing(preprocessing)
-    archive = _serving_archive(serving_model, preprocessing)
-    staged = Staged(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base_dir), final, version_dir=True)
+    archive = _serving_archive(serving_model, preprocessing, labels)
+    name = os.path.basename(base_dir)
+    staged = Staged(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base_dir), final, version_dir=True,
+                    beside={os.path.join(base_dir, "models.config"): tf_serving.models_config(name),
+                            os.path.join(base_dir, "batching_parameters.txt"): tf_serving.batching_parameters()})
     try:
         write_out(archive, staged.path)
+        tf_serving.mark_classify(staged.path)
+        tf_serving.write_warmup(staged.path, name, serving_model.input_shape[1:])
         assets = os.path.join(staged.path, "assets")
         os.makedirs(assets, exist_ok=True)
         with open(os.path.join(assets, "metadata.json"), "w") as handle:
             json.dump({**metadata(serving_model), **preprocessing.as_metadata(),
                        "image_bytes_max_pixels": bytes_checks.max_pixels(*serving_model.input_shape[1:3]),
                        "image_bytes_decodes_at_once": DECODES_AT_ONCE,
+                       "classify": {"signature": tf_serving.CLASSIFY_SIGNATURE, "input": "inputs: serialized "
+                                    f"tf.Example, the encoded image under {tf_serving.IMAGE_FEATURE!r}",
+                                    "top_k": min(tf_serving.TOP_K, serving_model.output_shape[-1]),
+                                    "classes": "labels.txt names" if labels is not None else "class indices"},
+                       "warmup": {"file": tf_serving.WARMUP_FILE, "batches": list(tf_serving.WARMUP_BATCHES),
+                                  "signatures": [*tf_serving.PREDICT_SIGNATURES, tf_serving.CLASSIFY_SIGNATURE]},
                        **(extra_metadata or {})}, handle, indent=2)
         if labels is not None:
             with open(os.path.join(assets, "labels.txt"), "w") as handle:
@@ -177,20 +206,16 @@ def stage_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] =
 
 
 def answer(version_dir: str):
-    """`images -> (probabilities, classes)` through the version's `serving_default` signature, its
-    metadata.json read first (a damaged one names itself: `read_json_object`)."""
+    """`images -> (probabilities, classes)`: gRPC `PredictRequest`s of `serving_default` answered by the
+    version loaded as TF Serving loads it (`stand_in.Answer`, whose `check` runs the other signatures
+    and the warmup records), its metadata.json read first (a damaged one names itself: `read_json_object`)."""
+    from keras_resnet_v2.export.stand_in import Answer
     from keras_resnet_v2.plumbing.files import read_json_object
 
     path = os.path.join(version_dir, "assets", "metadata.json")
     if os.path.exists(path):
         read_json_object(path)
-    serve = tf.saved_model.load(version_dir).signatures["serving_default"]
-
-    def run(images):
-        out = serve(images=tf.constant(images))
-        return out["probabilities"].numpy(), out["classes"].numpy()
-
-    return run
+    return Answer(version_dir)
 
 
 def export_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] = None,
@@ -215,6 +240,10 @@ def export_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] 
     converted by `from_timm`); metadata.json names all three.
     `input_scale` multiplies the served pixels before a network with no scaling layer of its own
     (`with_input_scale`: 1/255 for one trained on pixels / 255).
+    The version holds the predict signatures, the `classify` signature (TF Serving's Classify API:
+    the `TOP_K` best of `labels` with scores) and `assets.extra/tf_serving_warmup_requests`
+    (`keras_resnet_v2.export.tf_serving`); once it is published, `models.config` and
+    `batching_parameters.txt` are written into `base_dir` where absent.
 
     Example:
         >>> export_savedmodel(keras_resnet_v2.ResNet20(), "/tmp/serving/resnet20", input_scale=1 / 255)

@@ -6,6 +6,7 @@ every file answers the same inputs (float32 pixels 0-255, [N, H, W, 3]) with the
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -245,16 +246,24 @@ def write_serving_savedmodel(model: keras.Model, directory: str) -> str:
     return directory
 
 
-def write_out(archive: keras.export.ExportArchive, directory: str) -> None:
-    """`archive.write_out(directory)`, a full disk an OSError (ENOSPC) rather than TensorFlow's 40 lines."""
+@contextlib.contextmanager
+def full_disk_as_oserror(path: str):
+    """TensorFlow's error for a full disk while writing `path` (SaveV2, a TFRecord file: an OpError with 40
+    lines of C++ stack) raised as an OSError (ENOSPC) instead, which the command lines say in one line."""
     import errno
 
     try:
-        archive.write_out(directory, verbose=False)
-    except tf.errors.OpError as error:  # SaveV2 on a full disk: ResourceExhaustedError, 40 lines of C++ stack
+        yield
+    except tf.errors.OpError as error:
         if "no space left" not in (error.message or "").lower():
             raise
-        raise OSError(errno.ENOSPC, "No space left on device", directory) from None
+        raise OSError(errno.ENOSPC, "No space left on device", path) from None
+
+
+def write_out(archive: keras.export.ExportArchive, directory: str) -> None:
+    """`archive.write_out(directory)`, a full disk an OSError (ENOSPC) (`full_disk_as_oserror`)."""
+    with full_disk_as_oserror(directory):
+        archive.write_out(directory, verbose=False)
 
 
 def converted_through_savedmodel(model: keras.Model, tmp: str, convert):

@@ -11,10 +11,11 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
-from keras_resnet_v2.plumbing.files import DirectoryLock, check_writable_directory, usual_modes
+from keras_resnet_v2.plumbing.files import DirectoryLock, atomic_write_text, check_writable_directory, usual_modes
 
 
 @dataclass
@@ -31,6 +32,9 @@ class Staged:
     version_dir: bool = False  # a SavedModel version, which may replace an existing one
     companions: Sequence[tuple[str, str]] = field(default_factory=tuple)
     folder: Optional[str] = None  # a staging folder holding `path` and the companions, removed at the end
+    # {path: text} written beside it once it is published, where absent (a user's edited copy is kept):
+    # TF Serving's models.config and batching_parameters.txt beside the versions
+    beside: dict = field(default_factory=dict)
 
     def publish(self) -> str:
         """Renames the export into place (atomically) with the usual modes; returns its path."""
@@ -41,7 +45,7 @@ class Staged:
             os.rename(self.final, os.path.join(old, "v"))
             os.rename(self.path, self.final)
             shutil.rmtree(old, ignore_errors=True)
-            return self.final
+            return self._written_beside()
         if self.companions and os.path.lexists(self.final):
             os.remove(self.final)  # the old file never meets the new companions
         for tmp, final in self.companions:
@@ -50,6 +54,16 @@ class Staged:
         os.replace(self.path, self.final)
         if self.folder:
             shutil.rmtree(self.folder, ignore_errors=True)
+        return self._written_beside()
+
+    def _written_beside(self) -> str:
+        for path, text in self.beside.items():
+            if not os.path.lexists(path):
+                try:
+                    atomic_write_text(path, text)
+                except OSError as error:  # the export itself is published and verified: say so, go on
+                    warnings.warn(f"{path} was not written ({error.strerror or error}); the export is published",
+                                  UserWarning, stacklevel=3)
         return self.final
 
     def discard(self) -> None:

@@ -20,7 +20,7 @@ import sys
 EXTRAS = {
     "train": (("tensorflow", "tensorflow_datasets", "sklearn", "matplotlib", "yaml", "tensorboard"),
               "resnet-v2-train"),
-    "export": (("tensorflow", "tf2onnx", "onnxruntime"), "resnet-v2-export"),
+    "export": (("tensorflow", "tf2onnx", "onnxruntime", "tensorflow_serving"), "resnet-v2-export"),
 }
 
 
