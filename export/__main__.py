@@ -245,6 +245,11 @@ def _export_or_verify(args, verify_only: bool, targets: dict, labels: Optional[l
             for entry in formats.FORMATS:
                 if result.get(entry.name):
                     print(f"{entry.title}: {result[entry.name]} ({report[entry.name + '_s']} s)")
+            if result.get("savedmodel"):
+                base = os.path.dirname(result["savedmodel"])
+                print(f"TF Serving: signatures serving_default, serve_uint8, serve_image_bytes, classify; "
+                      f"{report['savedmodel']['warmup_records']} warmup records; "
+                      f"{os.path.join(base, 'models.config')}, {os.path.join(base, 'batching_parameters.txt')}")
         print(json.dumps(report, indent=2))
         print(f"verification passed; report: {report_path}")
     except (ValueError, FileExistsError, export.VerificationError, export.DirectoryBusyError) as error:

@@ -45,7 +45,9 @@ class Format:
     run_file: str  # its name under `resnet-v2-train --export-dir`
     purpose: str
     stage: Callable[[keras.Model, str, Options], Staged]
-    answer: Callable[[str], Callable]  # path -> images -> (probabilities, classes)
+    # path -> images -> (probabilities, classes); the callable may have `check(keras_fn, allowed) -> dict`,
+    # further checks that `verify` runs (the SavedModel's through TF Serving's rules: `stand_in.Answer`)
+    answer: Callable[[str], Callable]
     runtime: tuple = ()  # (module, pip package) its writer and runtime need beyond the `export` extra
     int8: bool = False
     companions: Callable[[str], Sequence[str]] = field(default=lambda path: ())  # files published beside it
@@ -84,8 +86,8 @@ class Format:
 
 
 FORMATS = (
-    Format("savedmodel", "SavedModel", "", "savedmodel", "TF Serving (gRPC/REST), TensorFlow: three signatures "
-           "(float pixels, uint8 pixels, encoded image bytes)",
+    Format("savedmodel", "SavedModel", "", "savedmodel", "TF Serving (gRPC/REST), TensorFlow: predict signatures "
+           "for float pixels, uint8 pixels and encoded images, a classify signature, warmup records",
            lambda m, t, o: savedmodel.stage_savedmodel(m, t, o.version, o.overwrite, labels=o.labels,
                                                        extra_metadata=o.extra_metadata, preprocessing=o.preprocessing),
            savedmodel.answer),

@@ -250,14 +250,21 @@ def test_a_full_disk_says_so_in_one_line_and_leaves_nothing(tmp_path, monkeypatc
     assert _published(out / "serving") == [] and _published(out) == ["serving"]
 
 
-def test_a_full_disk_while_the_savedmodel_is_written_is_one_line(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("writing", ["variables", "warmup records"])
+def test_a_full_disk_while_the_savedmodel_is_written_is_one_line(tmp_path, monkeypatch, capsys, writing):
     def full_disk(self, path, **kwargs):  # what TensorFlow's SaveV2 raises on a full disk
         os.makedirs(os.path.join(path, "variables"), exist_ok=True)
         open(os.path.join(path, "variables", "variables.data-00000-of-00001"), "wb").write(b"half")
         raise tf.errors.ResourceExhaustedError(None, None, f"{path}/variables/variables_temp; No space left on device")
 
-    # keras.export.ExportArchive() makes the backend's archive class (TFExportArchive): patch that one.
-    monkeypatch.setattr(type(keras.export.ExportArchive()), "write_out", full_disk)
+    def full_disk_record(self, record):  # what TensorFlow's record writer raises on a full disk
+        raise tf.errors.ResourceExhaustedError(None, None, "tf_serving_warmup_requests; No space left on device")
+
+    if writing == "variables":
+        # keras.export.ExportArchive() makes the backend's archive class (TFExportArchive): patch that one.
+        monkeypatch.setattr(type(keras.export.ExportArchive()), "write_out", full_disk)
+    else:
+        monkeypatch.setattr(tf.io.TFRecordWriter, "write", full_disk_record)
     _served_model().save(tmp_path / "model.keras")
     from keras_resnet_v2.export.__main__ import main
 
