@@ -18,3 +18,4 @@ python benchmarks/startup.py --rounds 7
 python benchmarks/serve.py --rounds 3
 python benchmarks/keras_export.py
 python benchmarks/int8_onnx_schemes.py resnet50
+python benchmarks/tf_serving_cold.py --rounds 3   # --baseline DIR: an earlier commit's export time side by side

@@ -62,9 +62,11 @@ def _serving_archive(model: keras.Model, preprocessing: image_ops.Preprocessing,
     classes = model.output_shape[-1]
     # The network is traced once, as one function that all three signatures call: tracing a
     # deep net is most of an export's time (ResNet-1001: ~20k layer calls per trace).
-    network = tf.function(serving_outputs(model), input_signature=[tf.TensorSpec(shape, tf.float32)])
+    network = tf.function(serving_outputs(model), input_signature=[tf.TensorSpec(shape, tf.float32)],
+                          autograph=False)
 
-    @tf.function(input_signature=[tf.TensorSpec(None, tf.float32)])  # traced once for the four signatures
+    # Traced once for the four signatures; written with tf.cond, so AutoGraph's conversion is not needed.
+    @tf.function(input_signature=[tf.TensorSpec(None, tf.float32)], autograph=False)
     def outputs(images):
         images = _checked_images(images, height, width, channels)
         # A NaN or Inf pixel would be answered with NaN probabilities and class 0, a real-looking label.
@@ -83,7 +85,7 @@ def _serving_archive(model: keras.Model, preprocessing: image_ops.Preprocessing,
         image = image_ops.prepare(image, height, width, preprocessing)
         return tf.ensure_shape(image, (height, width, channels))
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
     def read_images(image_bytes):
         # At most DECODES_AT_ONCE images are decoded at a time, so a request of many large images
         # holds a few decoded images at once, not all of them. Traced once for both signatures that read images.
