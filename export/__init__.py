@@ -1,7 +1,10 @@
 """Export a trained keras_resnet_v2 model for serving, and prove the export right.
 
 - `export_savedmodel(model, base_dir)`: a versioned SavedModel for TF Serving, written
-  atomically, with `serving_default` (float pixels), `serve_uint8` and `serve_image_bytes`.
+  atomically, with `serving_default` (float pixels), `serve_uint8`, `serve_image_bytes`, `classify`
+  (TF Serving's Classify API) and warmup records; `models.config` and `batching_parameters.txt` beside.
+- `StandIn(version_dir)`: a version run as TF Serving runs it (TF1 session, gRPC protos, REST bodies),
+  the SavedModel's verification until a TF Serving binary can run beside the tests.
 - `export_onnx(model, path)`: an ONNX file (tf2onnx) with a dynamic batch axis.
 - `export_and_verify(model, savedmodel=BASE_DIR, onnx=FILE, litert=..., openvino=..., int8_onnx=...,
   int8_litert=..., calibration=IMAGES)`: each format of `formats.FORMATS` written, verified, published.
@@ -16,7 +19,7 @@ Example:
     >>> report = export.verify(model, savedmodel_dir=path)
 
 Needs the `export` extra: `pip install "keras_resnet_v2[export]"` (TensorFlow, tf2onnx,
-ONNX Runtime); LiteRT and OpenVINO need the `deploy` extra too (ai-edge-litert, openvino).
+ONNX Runtime, tensorflow-serving-api); LiteRT and OpenVINO need the `deploy` extra too (ai-edge-litert, openvino).
 """
 
 from keras_resnet_v2.plumbing.extras import check_import_name, require
@@ -33,6 +36,7 @@ EXPORTS = {
     "onnx": ("export_onnx",),
     "savedmodel": ("export_savedmodel",),
     "serving": ("float32_copy", "load_model", "run_preprocessing", "training_metadata"),
+    "stand_in": ("ServingError", "StandIn"),
     "verification": ("VerificationError", "verify"),
     "workflow": ("export_and_verify",),
 }

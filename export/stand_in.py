@@ -11,6 +11,9 @@ No TF Serving binary runs here, so the export is checked against the server's ow
 - the warmup file is parsed and every record replayed, as the server does when it loads a version.
 
 `check_version` is the SavedModel's verification (`keras_resnet_v2.export.verification.verify`).
+One difference from the server: TF1's Python client refuses an input whose shape contradicts the
+signature's (`Cannot feed value of shape ...`) before running, where the server runs the graph and
+the signature's own check refuses it (`images` must have shape ...).
 
 Example:
     >>> server = StandIn("serving/resnet/1")
@@ -42,7 +45,17 @@ class ServingError(ValueError):
 
 
 class StandIn:
-    """One version loaded as TF Serving loads it (TF1 session, `serve` tag); see the module's docstring."""
+    """One version loaded as TF Serving loads it (TF1 session, `serve` tag); see the module's docstring.
+
+    Example:
+        >>> server = StandIn("serving/resnet/1")
+        >>> request = predict_pb2.PredictRequest(model_spec={"signature_name": "serve_uint8"})
+        >>> request.inputs["images"].CopyFrom(tf.make_tensor_proto(np.zeros((1, 32, 32, 3), "uint8")))
+        >>> tf.make_ndarray(server.predict(request).outputs["classes"])
+        array([3])
+        >>> server.rest("classify", '{"signature_name": "classify", "examples": [{"image/encoded": {"b64": "..."}}]}')
+        {'results': [[['cat', 0.91], ['dog', 0.05], ...]]}
+    """
 
     def __init__(self, version_dir: str):
         self.version_dir = version_dir
