@@ -282,23 +282,35 @@ def _leaf(value, dtype: tf.DType, where: str):
 
 def _tensor(value, dtype: tf.DType, where: str) -> np.ndarray:
     """A JSON value (nested lists of numbers, strings or `{"b64": ...}`) as an array of `dtype`; lists
-    of unequal lengths are refused, as the server refuses them."""
+    of unequal lengths are refused, as the server refuses them, and so is a value of another type (a
+    fraction or an out-of-range number for an integer input, a boolean, a string for a number)."""
     if value is None:
         raise ServingError(f"Missing an input of '{where}'")
+    if dtype == tf.string:  # few values (encoded images): checked one by one
+        def shape(item):
+            if isinstance(item, list):
+                inner = [shape(x) for x in item]
+                if any(s != inner[0] for s in inner):
+                    raise ServingError(f"Expecting tensors of the same shape in '{where}'")
+                return (len(item), *(inner[0] if inner else ()))
+            return ()
 
-    def shape(item):
-        if isinstance(item, list):
-            inner = [shape(x) for x in item]
-            if any(s != inner[0] for s in inner):
-                raise ServingError(f"Expecting tensors of the same shape in '{where}'")
-            return (len(item), *(inner[0] if inner else ()))
-        return ()
+        def flat(item):
+            return [leaf for x in item for leaf in flat(x)] if isinstance(item, list) else [_leaf(item, dtype, where)]
 
-    def flat(item):
-        return [leaf for x in item for leaf in flat(x)] if isinstance(item, list) else [_leaf(item, dtype, where)]
-
-    dims = shape(value)
-    return np.array(flat(value), dtype=object if dtype == tf.string else dtype.as_numpy_dtype).reshape(dims)
+        return np.array(flat(value), dtype=object).reshape(shape(value))
+    try:  # numbers (an image is 10^5 of them): NumPy checks the shape and the types at once
+        array = np.array(value)
+    except ValueError:
+        raise ServingError(f"Expecting tensors of the same shape in '{where}'") from None
+    if array.dtype.kind not in ("iu" if dtype.is_integer else "iuf") and array.size:
+        wrong = next((v for v in array.ravel().tolist() if isinstance(v, bool) or not isinstance(v, (int, float))),
+                     array.ravel().tolist()[0])
+        _leaf(wrong, dtype, where)  # raises, naming the value
+        raise ServingError(f"Failed to process '{where}': values of type {array.dtype} where {dtype.name} is expected")
+    if dtype.is_integer and array.size and (array.min() < dtype.min or array.max() > dtype.max):
+        _leaf(int(array.max() if array.max() > dtype.max else array.min()), dtype, where)  # raises
+    return array.astype(dtype.as_numpy_dtype)
 
 
 def _json_value(name: str, value):

@@ -166,6 +166,8 @@ def test_rest_rows_columns_and_b64_are_decoded_as_tf_serving_decodes_them(export
     ({"instances": [[[[0] * 3] * 32] * 32, [[[0] * 3] * 32] * 31]}, "same shape"),
     ({"signature_name": "serve_uint8", "instances": [[[[0.5] * 3] * 32] * 32]}, "expected type: uint8"),
     ({"signature_name": "serve_uint8", "instances": [[[[256] * 3] * 32] * 32]}, "expected type: uint8"),
+    ({"instances": [[[[True] * 3] * 32] * 32]}, "expected type: float32"),
+    ({"instances": [[[["0"] * 3] * 32] * 32]}, "expected type: float32"),
     ({"signature_name": "serve_image_bytes", "instances": [{"b64": "not base64!"}]}, "base64"),
     ({"signature_name": "nope", "instances": [1]}, 'signature name: "nope" not found'),
     ({"instances": [[[[0] * 3] * 31] * 32]}, "Cannot feed value of shape (1, 32, 31, 3)"),
