@@ -36,7 +36,8 @@ EXPORTS = {
     "onnx": ("export_onnx",),
     "savedmodel": ("export_savedmodel",),
     "serving": ("float32_copy", "load_model", "run_preprocessing", "training_metadata"),
-    "stand_in": ("ServingError", "StandIn"),
+    "rest": ("ServingError",),
+    "stand_in": ("StandIn",),
     "verification": ("VerificationError", "verify"),
     "workflow": ("export_and_verify",),
 }
