@@ -55,6 +55,12 @@ def verify(model: keras.Model, savedmodel_dir: Optional[str] = None, onnx_path: 
     ~3e4 times), so these get a wider bound, recorded in the report. A wrong weight, layer or
     preprocessing moves outputs by far more (tests/test_export.py checks one BatchNorm).
 
+    The SavedModel is run as TF Serving runs it (`keras_resnet_v2.export.stand_in`: a TF1 session, each
+    signature by its tensor names, gRPC protos): `serving_default` on the batch, then every warmup record
+    replayed and each signature held to the same bound (the classify signature to the best classes of
+    `serve_image_bytes`), and REST bodies answered as their gRPC requests; the report adds
+    `warmup_records`, `signatures_max_rel_error` and `rest_matches_grpc`.
+
     int8 exports cannot be held to a tolerance: `evaluation=(images, labels)` (float32 pixels 0-255;
     labels may be None) is run through the Keras model and each int8 file; the report gives their top-1
     agreement and, with labels, both accuracies. An int8 export fails when it loses more than
