@@ -9,6 +9,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -240,7 +241,6 @@ def test_the_config_files_parse_as_the_server_parses_them_and_an_edited_copy_is_
 def test_a_damaged_warmup_file_fails_verification_in_one_line_naming_it(exported, tmp_path):
     model, base, _ = exported
     version = tmp_path / "1"
-    import shutil
     shutil.copytree(base / "1", version)
     warmup = version / tf_serving.WARMUP_FILE
     warmup.write_bytes(warmup.read_bytes()[:100])
