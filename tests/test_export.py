@@ -18,6 +18,10 @@ from conftest import message_lines, tiered
 from keras_resnet_v2 import export
 
 
+# TF Serving's config files, written beside the versions once one is published (export/tf_serving.py)
+SERVING_CONFIGS = ["batching_parameters.txt", "models.config"]
+
+
 def _listing(folder):
     """What a server or a user sees in `folder`: everything but the hidden lock files."""
     return sorted(n for n in os.listdir(folder) if not n.endswith(".lock"))
@@ -124,7 +128,7 @@ def test_versions_are_numbered_and_never_overwritten_silently(tmp_path):
     assert {name: os.path.getmtime(os.path.join(first, name)) for name in os.listdir(first)} == before
     replaced = export.export_savedmodel(model, base, version=1, overwrite=True)
     assert replaced == first and os.path.isfile(os.path.join(first, "saved_model.pb"))
-    assert _listing(base) == ["1", "2"]
+    assert _listing(base) == ["1", "2", *SERVING_CONFIGS]
 
 
 def test_a_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
@@ -262,7 +266,7 @@ def test_a_killed_export_leaves_no_version_and_the_next_export_cleans_up(tmp_pat
     # The killed process's lock died with it: the next export runs and removes the leftovers.
     if fn == "export_savedmodel":
         assert export.export_savedmodel(model, str(target)) == str(target / "1")
-        assert _listing(target) == ["1"]
+        assert _listing(target) == ["1", *SERVING_CONFIGS]
     else:
         export.export_onnx(model, str(target))
         assert _listing(tmp_path) == ["m.onnx"]
