@@ -60,7 +60,7 @@ def _serving_archive(model: keras.Model, preprocessing: image_ops.Preprocessing,
     height, width, channels = model.input_shape[1:]
     shape = [None, height, width, channels]
     classes = model.output_shape[-1]
-    # The network is traced once, as one function that all three signatures call: tracing a
+    # The network is traced once, as one function that all four signatures call: tracing a
     # deep net is most of an export's time (ResNet-1001: ~20k layer calls per trace).
     network = tf.function(serving_outputs(model), input_signature=[tf.TensorSpec(shape, tf.float32)],
                           autograph=False)
@@ -191,12 +191,7 @@ def stage_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] =
             json.dump({**metadata(serving_model), **preprocessing.as_metadata(),
                        "image_bytes_max_pixels": bytes_checks.max_pixels(*serving_model.input_shape[1:3]),
                        "image_bytes_decodes_at_once": DECODES_AT_ONCE,
-                       "classify": {"signature": tf_serving.CLASSIFY_SIGNATURE, "input": "inputs: serialized "
-                                    f"tf.Example, the encoded image under {tf_serving.IMAGE_FEATURE!r}",
-                                    "top_k": min(tf_serving.TOP_K, serving_model.output_shape[-1]),
-                                    "classes": "labels.txt names" if labels is not None else "class indices"},
-                       "warmup": {"file": tf_serving.WARMUP_FILE, "batches": list(tf_serving.WARMUP_BATCHES),
-                                  "signatures": [*tf_serving.PREDICT_SIGNATURES, tf_serving.CLASSIFY_SIGNATURE]},
+                       **tf_serving.metadata(serving_model.output_shape[-1], labels is not None),
                        **(extra_metadata or {})}, handle, indent=2)
         if labels is not None:
             with open(os.path.join(assets, "labels.txt"), "w") as handle:

@@ -33,6 +33,15 @@ PREDICT_SIGNATURES = {"serving_default": ("images", "float32"), "serve_uint8": (
                       "serve_image_bytes": ("image_bytes", "string")}
 
 
+def metadata(classes: int, labelled: bool) -> dict:
+    """What metadata.json says of the classify signature and the warmup records."""
+    return {"classify": {"signature": CLASSIFY_SIGNATURE, "input": f"inputs: serialized tf.Example, the encoded "
+                         f"image under {IMAGE_FEATURE!r}", "top_k": min(TOP_K, classes),
+                         "classes": "labels.txt names" if labelled else "class indices"},
+            "warmup": {"file": WARMUP_FILE, "batches": list(WARMUP_BATCHES),
+                       "signatures": [*PREDICT_SIGNATURES, CLASSIFY_SIGNATURE]}}
+
+
 def warmup_images(count: int, height: int, width: int, seed: int = 0) -> np.ndarray:
     """`count` uint8 RGB images [count, height, width, 3]: smooth gradients with noise, so that their
     JPEG and PNG encodings are images as a camera would give, not constant planes."""
