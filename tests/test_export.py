@@ -17,7 +17,6 @@ import keras_resnet_v2 as krv2
 from conftest import message_lines, tiered
 from keras_resnet_v2 import export
 
-
 # TF Serving's config files, written beside the versions once one is published (export/tf_serving.py)
 SERVING_CONFIGS = ["batching_parameters.txt", "models.config"]
 

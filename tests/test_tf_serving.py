@@ -275,6 +275,9 @@ def test_the_readme_curl_bodies_are_answered_by_the_stand_in(exported, server, t
         else:
             assert 0 <= answer["predictions"][0]["classes"] < len(LABELS)
     assert {url.rsplit(":", 1)[1] for url in urls} == {"classify", "predict"}
+    signatures = {json.loads((tmp_path / f"body{n}.json").read_text()).get("signature_name", "serving_default")
+                  for n in range(1, len(urls) + 1)}
+    assert signatures == {*tf_serving.PREDICT_SIGNATURES, "classify"}  # a body for every signature
 
 
 def test_the_readme_grpc_client_runs_against_the_stand_in(exported, server, tmp_path, monkeypatch, capsys):
