@@ -205,13 +205,9 @@ def stage_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] =
 def answer(version_dir: str):
     """`images -> (probabilities, classes)`: gRPC `PredictRequest`s of `serving_default` answered by the
     version loaded as TF Serving loads it (`stand_in.Answer`, whose `check` runs the other signatures
-    and the warmup records), its metadata.json read first (a damaged one names itself: `read_json_object`)."""
+    and the warmup records); its metadata.json is read first (a damaged one names itself)."""
     from keras_resnet_v2.export.stand_in import Answer
-    from keras_resnet_v2.plumbing.files import read_json_object
 
-    path = os.path.join(version_dir, "assets", "metadata.json")
-    if os.path.exists(path):
-        read_json_object(path)
     return Answer(version_dir)
 
 

@@ -181,6 +181,12 @@ def file_metadata(model: keras.Model, non_finite: str, labels: Optional[Sequence
             **({"class_names": list(labels)} if labels is not None else {})}
 
 
+def load_failure(what: str, error: BaseException, limit: int = 300) -> str:
+    """"WHAT does not load (ErrorType: its first line)": one line for a file that a loader refused."""
+    first = (str(error).strip().splitlines() or [""])[0][:limit]
+    return f"{what} does not load ({type(error).__name__}: {first})"
+
+
 def load_model(path: str) -> keras.Model:
     """Loads a `.keras` file, or `model.keras` in a training run directory, with a clear error."""
     candidate = model_file(path)

@@ -51,7 +51,12 @@ class StandIn:
     """
 
     def __init__(self, version_dir: str):
+        from keras_resnet_v2.plumbing.files import read_json_object
+
         self.version_dir = version_dir
+        # assets/metadata.json (ours: what the signatures expect), read first: a damaged one names itself
+        path = os.path.join(version_dir, "assets", "metadata.json")
+        self.metadata = read_json_object(path) if os.path.exists(path) else {}
         self.graph = tf.Graph()
         self.session = tf.compat.v1.Session(graph=self.graph)
         logger = tf.get_logger()
@@ -208,15 +213,6 @@ def _serialized_examples(proto_input) -> list:
     return []
 
 
-def _preprocessing(version_dir: str):
-    from keras_resnet_v2.plumbing import images as image_ops
-    from keras_resnet_v2.plumbing.files import read_json_object
-
-    meta = read_json_object(os.path.join(version_dir, "assets", "metadata.json"))
-    return image_ops.Preprocessing(meta["image_bytes_preprocessing"], meta["image_bytes_crop_fraction"],
-                                   meta["image_bytes_interpolation"])
-
-
 def _labels(version_dir: str, classes: int) -> list:
     path = os.path.join(version_dir, "assets", "labels.txt")
     if not os.path.exists(path):
@@ -289,7 +285,7 @@ def _predict_errors(server: StandIn, answered: list, keras_fn, allowed: float) -
     signature computes on, the records above `allowed`, and the bytes signature's probabilities by batch."""
     from keras_resnet_v2.plumbing import images as image_ops
 
-    preprocessing = _preprocessing(server.version_dir)
+    preprocessing = image_ops.Preprocessing.from_metadata(server.metadata)
     height, width = server_input_size(server)
     references, bytes_probabilities, worst, problems = {}, {}, 0.0, []
     for request, response in answered:

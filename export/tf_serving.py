@@ -21,7 +21,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from keras_resnet_v2.export.serving import full_disk_as_oserror
+from keras_resnet_v2.export.serving import full_disk_as_oserror, load_failure
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")  # where TF Serving looks for it
 WARMUP_BATCHES = (1, 8)  # one image, and a typical batch of a batching server
@@ -111,9 +111,7 @@ def read_warmup(path: str) -> list:
         return [prediction_log_pb2.PredictionLog.FromString(record.numpy())
                 for record in tf.data.TFRecordDataset(path)]
     except Exception as error:  # noqa: BLE001 - a damaged record fails in TFRecord's reader or in protobuf
-        first = (str(error).strip().splitlines() or [""])[0][:200]
-        raise ValueError(f"The TF Serving warmup file {path} does not load ({type(error).__name__}: {first})") \
-            from None
+        raise ValueError(load_failure(f"The TF Serving warmup file {path}", error, limit=200)) from None
 
 
 def mark_classify(version_dir: str) -> None:

@@ -190,8 +190,9 @@ def _readable(report: dict, report_path: Optional[str], what: str, load, *args, 
     try:
         return load(*args, **kwargs)
     except Exception as error:  # noqa: BLE001 - a damaged file fails in many ways (protobuf, checkpoint, JSON)
-        first = (str(error).strip().splitlines() or [""])[0][:300]
-        _fail(report, report_path, f"{what} does not load ({type(error).__name__}: {first})")
+        from keras_resnet_v2.export.serving import load_failure
+
+        _fail(report, report_path, load_failure(what, error))
 
 
 def _fail(report: dict, report_path: Optional[str], message: str):

@@ -78,6 +78,12 @@ class Preprocessing:
         return {"image_bytes_preprocessing": self.mode, "image_bytes_crop_fraction": self.crop_fraction,
                 "image_bytes_interpolation": self.interpolation}
 
+    @classmethod
+    def from_metadata(cls, metadata: dict) -> Preprocessing:
+        """The sizing a SavedModel's metadata.json records (`as_metadata`'s keys)."""
+        return cls(metadata["image_bytes_preprocessing"], metadata["image_bytes_crop_fraction"],
+                   metadata["image_bytes_interpolation"])
+
 
 def as_preprocessing(value: Union[str, dict, Preprocessing, Any]) -> Preprocessing:
     """`value` as a `Preprocessing`: a mode name, a dict of its fields, or one already."""
