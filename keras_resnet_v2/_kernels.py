@@ -17,6 +17,7 @@ import tensorflow as tf
 from keras.src.backend.common.stateless_scope import in_stateless_scope
 
 from keras_resnet_v2.moving import assign_moving_averages
+from keras_resnet_v2.plumbing import onednn
 
 # Per replica thread (MirroredStrategy traces each replica in its own thread): the moving-statistics
 # updates of the training call of a model in progress, or None outside one (`collect_updates`).
@@ -142,7 +143,10 @@ def set_batchnorm_kernels(model: keras.Model, fused: Optional[bool] = True) -> i
     call (`collect_updates`).
 
     Eligible: 4D NHWC input, centre and scale, not synchronized. Returns how many layers changed kernel.
+    Warns once per process when TensorFlow runs without its oneDNN CPU kernels by accident
+    (`plumbing.onednn.warn_if_off`).
     """
+    onednn.warn_if_off()
     count = 0
     for layer in model._flatten_layers(include_self=False):
         if not (isinstance(layer, keras.layers.BatchNormalization) and layer.axis in (-1, 3) and layer.center

@@ -13,6 +13,10 @@ import re
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+# First, as a user's notebook should: before TensorFlow, so its oneDNN CPU kernels are on (plumbing/onednn.py).
+import keras_resnet_v2  # noqa: E402, F401
+
+# isort: split
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -5,6 +5,8 @@
 - `--help` and argument errors of every command line are answered before any backend is
   imported (exit codes and messages checked); the time is measured in benchmarks/startup.py.
 - TensorFlow's start-up lines are captured while it starts and replayed only if starting fails.
+- Imported before TensorFlow on x86, the package turns TensorFlow's oneDNN CPU kernels on unless the
+  user chose (issue 35); imported after it, the first model built warns once when they are off.
 """
 
 import json
@@ -12,6 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 
 import keras
 import numpy as np
@@ -217,8 +220,6 @@ def test_start_backend_quiets_tensorflow_unless_verbose_or_set_by_the_user(monke
 
 
 def test_a_public_name_that_is_also_a_module_name_is_refused(tmp_path, monkeypatch):
-    import types
-
     from keras_resnet_v2.plumbing.lazy import lazy_package
 
     (tmp_path / "verify.py").write_text("def verify():\n    return 1\n")
@@ -229,3 +230,46 @@ def test_a_public_name_that_is_also_a_module_name_is_refused(tmp_path, monkeypat
         lazy_package("clashing_package", {"verify": ("verify",)})
     getattr_, _, names = lazy_package("clashing_package", {"verify": ("check",)})  # no clash: accepted
     assert names == ["check"]
+
+
+def test_onednn_is_chosen_only_where_nobody_chose_and_tensorflow_is_not_imported(monkeypatch):
+    from keras_resnet_v2.plumbing import onednn
+
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)  # as if TensorFlow were not imported yet
+    monkeypatch.setattr(onednn.platform, "machine", lambda: "x86_64")
+    monkeypatch.delenv(onednn.VARIABLE, raising=False)
+    assert onednn.prefer_onednn() and os.environ[onednn.VARIABLE] == "1"
+    monkeypatch.setenv(onednn.VARIABLE, "0")  # the user's choice is kept
+    assert not onednn.prefer_onednn() and os.environ[onednn.VARIABLE] == "0"
+    monkeypatch.delenv(onednn.VARIABLE)
+    monkeypatch.setattr(onednn.platform, "machine", lambda: "aarch64")  # TensorFlow's ARM builds choose their own
+    assert not onednn.prefer_onednn() and onednn.VARIABLE not in os.environ
+    monkeypatch.setattr(onednn.platform, "machine", lambda: "x86_64")
+    monkeypatch.setitem(sys.modules, "tensorflow", types.ModuleType("tensorflow"))  # too late: it read the variable
+    assert not onednn.prefer_onednn() and onednn.VARIABLE not in os.environ
+
+
+@pytest.mark.skipif(__import__("platform").machine().lower() not in ("x86_64", "amd64"), reason="x86 only")
+def test_tensorflow_runs_onednn_after_the_package_and_warns_once_when_imported_first():
+    probe = """
+        import os, warnings
+        {first}
+        from tensorflow.python.util import _pywrap_util_port
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            keras_resnet_v2.ResNet20(); keras_resnet_v2.ResNet20()
+        print(os.environ.get("TF_ENABLE_ONEDNN_OPTS"), _pywrap_util_port.IsMklEnabled(),
+              [str(w.message) for w in caught if "oneDNN" in str(w.message)])
+    """
+    package_first = _python(probe.format(first="import keras_resnet_v2, keras"), drop=("TF_ENABLE_ONEDNN_OPTS",))
+    assert package_first.returncode == 0, package_first.stderr[-2000:]
+    assert package_first.stdout.split()[:3] == ["1", "True", "[]"]
+    # TensorFlow imported first, on a CPU where its default is off (made so here by the variable, removed
+    # before the package is imported): the package cannot choose any more, and says so once.
+    tensorflow_first = _python(probe.format(first="os.environ['TF_ENABLE_ONEDNN_OPTS'] = '0'; import keras; "
+                                                  "del os.environ['TF_ENABLE_ONEDNN_OPTS']; import keras_resnet_v2"),
+                               drop=("TF_ENABLE_ONEDNN_OPTS",))
+    assert tensorflow_first.returncode == 0, tensorflow_first.stderr[-2000:]
+    enabled, warnings_text = tensorflow_first.stdout.split(" ", 2)[1:]
+    assert enabled == "False" and warnings_text.count("imported before keras_resnet_v2") == 1
+    assert "TF_ENABLE_ONEDNN_OPTS=1" in warnings_text
