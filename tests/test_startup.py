@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import types
+import warnings
 
 import keras
 import numpy as np
@@ -249,7 +250,39 @@ def test_onednn_is_chosen_only_where_nobody_chose_and_tensorflow_is_not_imported
     assert not onednn.prefer_onednn() and onednn.VARIABLE not in os.environ
 
 
-@pytest.mark.skipif(__import__("platform").machine().lower() not in ("x86_64", "amd64"), reason="x86 only")
+X86_ONLY = pytest.mark.skipif(__import__("platform").machine().lower() not in ("x86_64", "amd64"), reason="x86 only")
+
+
+@X86_ONLY
+def test_this_process_runs_tensorflow_with_onednn_unless_the_user_said_no():
+    from keras_resnet_v2.plumbing import onednn
+
+    # conftest imported keras_resnet_v2 before keras, as a notebook should
+    assert onednn.onednn_enabled() is (os.environ.get(onednn.VARIABLE) != "0")
+
+
+def test_a_model_built_with_onednn_off_by_accident_warns_once_in_one_line(monkeypatch):
+    from keras_resnet_v2.plumbing import onednn
+
+    monkeypatch.setattr(onednn, "onednn_enabled", lambda: False)  # as after `import tensorflow` on an AVX2 CPU
+    monkeypatch.setattr(onednn, "_x86", lambda: True)
+    monkeypatch.setattr(onednn, "_warned", [])
+    monkeypatch.setenv(onednn.VARIABLE, "0")  # the user's choice: silent
+    with warnings.catch_warnings(record=True) as chosen:
+        warnings.simplefilter("always")
+        krv2.ResNet20()
+    monkeypatch.delenv(onednn.VARIABLE)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        krv2.ResNet20()
+        krv2.ResNet20()
+    ours = [str(w.message) for w in caught if "keras_resnet_v2" in str(w.message)]
+    assert not [w for w in chosen if "oneDNN" in str(w.message)]
+    assert len(ours) == 1 and "\n" not in ours[0] and f"{onednn.VARIABLE}=1" in ours[0]
+
+
+@pytest.mark.slow
+@X86_ONLY
 def test_tensorflow_runs_onednn_after_the_package_and_warns_once_when_imported_first():
     probe = """
         import os, warnings

@@ -3,8 +3,9 @@
 TensorFlow's x86 wheels carry two sets of CPU kernels for convolutions and BatchNorm: its own
 (Eigen's) and oneDNN's. TensorFlow turns oneDNN's on by default only on CPUs with AVX-512 VNNI,
 BF16 or AMX, and reads `TF_ENABLE_ONEDNN_OPTS` once, while `import tensorflow` runs. On an AVX2
-CPU (most laptops, many cloud machines) its own kernels train ResNet-164 at 0.62x PyTorch's speed and
-oneDNN's at 0.97x (benchmarks/RESULTS.md, "Training speed on AVX2 and AVX-512"), and ResNet-20 likewise.
+CPU (most laptops, many cloud machines) its own kernels trained ResNet-164 at 0.54-0.62x PyTorch's speed
+and oneDNN's at about 1.0x; ResNet-20 0.49-0.53x and about 0.9x (benchmarks/RESULTS.md, "Training speed
+on AVX2 and AVX-512").
 
 So `import keras_resnet_v2` sets `TF_ENABLE_ONEDNN_OPTS=1` when the variable is unset, TensorFlow
 is not imported yet and the machine is x86-64 (`prefer_onednn`): the decision is made at run time,
@@ -68,7 +69,8 @@ def warn_if_off() -> bool:
     if tf.config.list_logical_devices("GPU"):
         return False
     _warned.append(True)
-    warnings.warn(f"TensorFlow was imported before keras_resnet_v2 and runs its own CPU kernels, not oneDNN's: "
-                  f"training is about 1.6x slower on this CPU. Import keras_resnet_v2 before keras and tensorflow, "
-                  f"or set {VARIABLE}=1 (or =0 to keep these kernels and silence this).", stacklevel=2)
+    warnings.warn(f"TensorFlow was imported before keras_resnet_v2 and runs its own CPU kernels, not oneDNN's, "
+                  f"which trained ResNet-164 and ResNet-20 1.6-1.9x slower on an AVX2 CPU. Import keras_resnet_v2 "
+                  f"before keras and tensorflow, or set {VARIABLE}=1 (=0 keeps these kernels and silences this).",
+                  stacklevel=2)
     return True
