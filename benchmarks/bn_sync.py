@@ -40,6 +40,10 @@ def main() -> None:
     args = parser.parse_args()
     check_round_options(parser, args)
 
+    # first: before TensorFlow, so its oneDNN CPU kernels are on (keras_resnet_v2.plumbing.onednn)
+    import keras_resnet_v2
+
+    # isort: split
     import tensorflow as tf
 
     cpu = tf.config.list_physical_devices("CPU")[0]
@@ -47,7 +51,6 @@ def main() -> None:
     import keras
     import numpy as np
 
-    import keras_resnet_v2
     from keras_resnet_v2 import _kernels
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

@@ -78,8 +78,11 @@ if mode == "torch":
         if i == 0:
             out["first_s"] = time.perf_counter() - t0
 else:
-    import keras
+    # first: before TensorFlow, so its oneDNN CPU kernels are on (keras_resnet_v2.plumbing.onednn)
     import keras_resnet_v2 as krv2
+
+    # isort: split
+    import keras
     if args["graph_optimizer"] == "off":  # TensorFlow's Grappler passes on the traced step
         import tensorflow as tf
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})

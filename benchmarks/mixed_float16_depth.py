@@ -30,10 +30,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def _run(stream: str, schedule: str, args) -> dict:
+    # first: before TensorFlow, so its oneDNN CPU kernels are on (keras_resnet_v2.plumbing.onednn)
+    import keras_resnet_v2 as krv2
+
+    # isort: split
     import keras
     import numpy as np
-
-    import keras_resnet_v2 as krv2
 
     keras.config.set_dtype_policy("mixed_float16")
     keras.utils.set_random_seed(0)

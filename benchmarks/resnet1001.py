@@ -21,8 +21,9 @@ import sys
 CHILD = r"""
 import json, os, resource, sys, time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import keras, numpy as np
+# first: before TensorFlow, so its oneDNN CPU kernels are on (keras_resnet_v2.plumbing.onednn)
 import keras_resnet_v2 as krv2
+import keras, numpy as np
 
 remat, batch, steps = sys.argv[1] == "1", int(sys.argv[2]), int(sys.argv[3])
 rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # GiB (ru_maxrss is KiB)

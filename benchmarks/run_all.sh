@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 date -u; python -c 'import platform, tensorflow, keras; print(platform.processor() or platform.machine(), "TF", tensorflow.__version__, "Keras", keras.__version__)'
 python benchmarks/train.py --model resnet164 --model resnet50
+python benchmarks/train.py --model resnet164 --model resnet20 --batch-size 64,128 --peers ours,torch --profile
+# the AVX2 kernels on an AVX-512 CPU (a no-op on an AVX2 one); TF_ENABLE_ONEDNN_OPTS=0 shows TensorFlow's own kernels
+ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/train.py --model resnet164 --model resnet20 --batch-size 64,128 --peers ours,torch
 python benchmarks/pipeline.py
 python benchmarks/resnet1001.py
 python benchmarks/export_time.py --depth 164 --depth 1001

@@ -29,11 +29,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
+    # first: before TensorFlow, so its oneDNN CPU kernels are on (keras_resnet_v2.plumbing.onednn)
+    import keras_resnet_v2
+
+    # isort: split
     import keras
     import numpy as np
     import tensorflow as tf
 
-    import keras_resnet_v2
     from keras_resnet_v2.training.loop import Trainer
 
     depth = int(args.model.removeprefix("resnet"))

@@ -21,8 +21,6 @@ random CIFAR-sized data. Prints one JSON line per variant, then one with the rat
 from __future__ import annotations
 
 import argparse
-import collections
-import glob
 import json
 import os
 import statistics
@@ -31,6 +29,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from profiles import print_table, tf_op_times  # noqa: E402 (benchmarks/profiles.py)
 from timing import add_round_options, check_round_options, fit_step_seconds  # noqa: E402 (benchmarks/timing.py)
 
 
@@ -49,11 +48,13 @@ def main() -> None:
         if variant.partition("/")[0] not in ("plain", "stacked"):
             parser.error(f"--variants: each must start with plain or stacked. Received: {variant}")
 
+    # first: before TensorFlow, so its oneDNN CPU kernels are on (keras_resnet_v2.plumbing.onednn)
+    import keras_resnet_v2
+
+    # isort: split
     import keras
     import numpy as np
     import tensorflow as tf
-
-    import keras_resnet_v2
 
     depth = int(args.model.removeprefix("resnet"))
     rng = np.random.default_rng(0)
@@ -101,45 +102,8 @@ def main() -> None:
                 fit(model, variant)
             finally:
                 tf.profiler.experimental.stop()
-            profiles[variant] = op_times(logdir, args.steps)
-        print_profiles(profiles)
-
-
-def op_times(logdir: str, steps: int) -> dict[str, tuple[float, float]]:
-    """Op type -> (ms per step, executions per step) over the TensorFlow executor's threads of the
-    profile in `logdir` (one `fit` of `steps` steps). A kernel's time includes its intra-op workers'
-    (oneDNN, Eigen), so the sum over op types exceeds the step's wall time on several cores."""
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
-
-    space = xplane_pb2.XSpace()
-    with open(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)[0], "rb") as f:
-        space.ParseFromString(f.read())
-    totals = collections.defaultdict(lambda: [0.0, 0])
-    for plane in space.planes:
-        for line in plane.lines:
-            if not line.name.startswith("tf_Compute"):
-                continue
-            for event in line.events:
-                name = plane.event_metadata[event.metadata_id].name  # "node/name:OpType" for a kernel
-                if ":" in name and "::" not in name:
-                    total = totals[name.rsplit(":", 1)[1]]
-                    total[0] += event.duration_ps / 1e9
-                    total[1] += 1
-    return {op: (ms / steps, count / steps) for op, (ms, count) in totals.items()}
-
-
-def print_profiles(profiles: dict[str, dict[str, tuple[float, float]]], rows: int = 25) -> None:
-    """A markdown table: the op types with the most time in any variant, ms and executions per step."""
-    variants = list(profiles)
-    ops = sorted({op for p in profiles.values() for op in p}, key=lambda op: -max(p.get(op, (0, 0))[0]
-                                                                                   for p in profiles.values()))
-    print("| op type | " + " | ".join(f"{v} ms/step | {v} runs/step" for v in variants) + " |")
-    print("|---|" + "---|---|" * len(variants))
-    print("| all kernels | " + " | ".join(f"{sum(ms for ms, _ in p.values()):.1f} | {sum(n for _, n in p.values()):.0f}"
-                                        for p in profiles.values()) + " |")
-    for op in ops[:rows]:
-        cells = ("{:.1f} | {:.0f}".format(*profiles[v].get(op, (0, 0))) for v in variants)
-        print(f"| {op} | " + " | ".join(cells) + " |")
+            profiles[variant] = tf_op_times(logdir, args.steps)
+        print_table(profiles)
 
 
 if __name__ == "__main__":

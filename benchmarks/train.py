@@ -1,7 +1,9 @@
 """Training-throughput benchmark: keras_resnet_v2 against its peers, side by side in one process.
 
     python benchmarks/train.py                                  # ResNet-164 and ResNet-50, all peers
-    python benchmarks/train.py --model resnet164 --peers ours,torch --repeats 5
+    python benchmarks/train.py --model resnet164 --model resnet20 --batch-size 64,128 --peers ours,torch
+    python benchmarks/train.py --model resnet164 --peers ours,torch --profile   # then time by op, side by side
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/train.py ...   # AVX2 on an AVX-512 CPU
     python benchmarks/train.py --device gpu --precision mixed_float16 [--strategy mirrored]
 
 Each peer trains the same architecture on random data (SGD momentum 0.9, softmax
@@ -17,28 +19,43 @@ parameter count checked), and for ResNet-50 `keras_applications` (`keras.applica
 
 GFLOP/s counts 3x the forward multiply-adds x 2 (forward, and backward for inputs and weights)
 of the convolutions and the classifier. The fp32 peak is cores x clock x FLOP/cycle/core, the
-last from the CPU flags: 2 FMA units x 16 lanes (AVX-512) or 8 (AVX2) x 2; override it with
-`--peak-gflops` when the clock or the FMA-unit count is known better.
+last from the CPU flags (capped by `ONEDNN_MAX_CPU_ISA`): 2 FMA units x 16 lanes (AVX-512) or 8
+(AVX2) x 2; override it with `--peak-gflops` when the clock or the FMA-unit count is known better.
+
+The header names the CPU's vector flags, `ONEDNN_MAX_CPU_ISA` when set (oneDNN, in TensorFlow and
+PyTorch alike, then uses no wider instructions; PyTorch's own kernels, BatchNorm and ReLU among them,
+take `ATEN_CPU_CAPABILITY=avx2`: with both an AVX-512 machine measures the AVX2 kernels), whether
+TensorFlow's oneDNN kernels are on, and PyTorch's CPU capability. `--profile` then runs one more `--steps` of `ours` and
+`torch` under their profilers (TensorFlow's trace, `torch.profiler`) and prints the time per step
+of each kind of work side by side: convolution forward / backward, BatchNorm forward / backward,
+ReLU, additions, padding, the optimizer's update.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# Before Keras, as the README asks of a notebook: TensorFlow's oneDNN CPU kernels on unless the environment
+# says otherwise (keras_resnet_v2.plumbing.onednn); run with TF_ENABLE_ONEDNN_OPTS=0 for TensorFlow's own.
+import keras_resnet_v2 as krv2  # noqa: E402
+
+# isort: split
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-import keras_resnet_v2 as krv2  # noqa: E402
 from benchmarks.timing import fit_step_seconds  # noqa: E402
 
 CONFIGS = {  # model -> (depth, input side, classes, batch, peers)
+    "resnet20": (20, 32, 10, 64, ("ours", "ours_keras_bn", "torch")),
     "resnet164": (164, 32, 10, 64, ("ours", "ours_keras_bn", "torch")),
     "resnet50": (50, 224, 1000, 16, ("ours", "ours_keras_bn", "torch", "keras_applications", "keras_hub")),
     "resnet1001": (1001, 32, 10, 64, ("ours", "ours_keras_bn", "torch")),
@@ -61,15 +78,39 @@ def forward_macs(model: keras.Model) -> int:
     return total
 
 
-def fp32_peak_gflops() -> tuple[float, str]:
-    flags, mhz = "", 0.0
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile")
+
+
+def cpu_flags() -> set[str]:
     with open("/proc/cpuinfo") as handle:
         for line in handle:
-            if line.startswith("flags") and not flags:
-                flags = line
-            elif line.startswith("cpu MHz"):
+            if line.startswith("flags"):
+                return set(line.split(":")[1].split())
+    return set()
+
+
+def isa_note() -> str:
+    """The CPU's vector flags, oneDNN's ISA cap if any, and whether TensorFlow's oneDNN kernels are on."""
+    flags = " ".join(f for f in VECTOR_FLAGS if f in cpu_flags())
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    from tensorflow.python.util import _pywrap_util_port
+
+    onednn = "on" if _pywrap_util_port.IsMklEnabled() else "off"
+    note = f"CPU flags {flags}" + (f", ONEDNN_MAX_CPU_ISA={cap}" if cap else "") + f"; TensorFlow oneDNN {onednn}"
+    if "torch" in sys.modules:
+        note += f"; PyTorch CPU capability {sys.modules['torch'].backends.cpu.get_cpu_capability()}"
+    return note
+
+
+def fp32_peak_gflops() -> tuple[float, str]:
+    mhz = 0.0
+    with open("/proc/cpuinfo") as handle:
+        for line in handle:
+            if line.startswith("cpu MHz"):
                 mhz = max(mhz, float(line.split(":")[1]))
-    lanes = 16 if " avx512f" in flags else 8 if " avx2" in flags else 4
+    flags = cpu_flags()
+    capped = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper().startswith("AVX2")
+    lanes = 16 if "avx512f" in flags and not capped else 8 if "avx2" in flags else 4
     cores = len(os.sched_getaffinity(0))
     per_cycle = 2 * lanes * 2
     return cores * mhz / 1e3 * per_cycle, f"{cores} cores x {mhz / 1e3:.2f} GHz x {per_cycle} FLOP/cycle"
@@ -151,9 +192,8 @@ def build(peer: str, depth: int, side: int, classes: int):
 # ------------------------------------------------------------------ main
 
 
-def measure(name: str, args) -> None:
-    depth, side, classes, batch, default_peers = CONFIGS[name]
-    batch = args.batch_size or batch
+def measure(name: str, batch: int, args) -> None:
+    depth, side, classes, _, default_peers = CONFIGS[name]
     peers = args.peers.split(",") if args.peers else list(default_peers)
     bad = [p for p in peers if p not in default_peers]
     if bad:
@@ -190,7 +230,7 @@ def measure(name: str, args) -> None:
     flops = 6 * macs if macs else None
     print(f"\n{name}: batch {batch}, {side}x{side}, {args.precision}, {runtime.strategy_name(strategy)} "
           f"({strategy.num_replicas_in_sync} replicas), {args.repeats} rounds x {args.steps} steps; "
-          f"train GFLOP/image {flops / 1e9:.2f}; fp32 peak {peak:.0f} GFLOP/s ({how})")
+          f"train GFLOP/image {flops / 1e9:.2f}; fp32 peak {peak:.0f} GFLOP/s ({how}); {isa_note()}")
     print("| peer | images/s (median) | step ms | rounds (images/s) | vs torch | GFLOP/s | % of peak |")
     print("|---|---|---|---|---|---|---|")
     base = statistics.median(rates["torch"]) if "torch" in rates else None
@@ -201,6 +241,39 @@ def measure(name: str, args) -> None:
         spread = ", ".join(f"{r:.1f}" for r in rates[peer])
         print(f"| {peer} | {rate:.1f} | {1e3 * batch / rate:.0f} | {spread} | {ratio} | {gflops:.0f} | "
               f"{100 * gflops / peak:.0f}% |", flush=True)
+    if args.profile:
+        profile(runners, args.steps)
+
+
+def profile(runners: dict, steps: int) -> None:
+    """One more `steps` of each peer under its framework's profiler: time per step by kind of work."""
+    import tensorflow as tf
+
+    from benchmarks.profiles import WORK, print_table, tf_op_times, torch_op_times
+
+    tables, ops = {}, {}
+    for peer, run in runners.items():
+        if peer == "torch":
+            import torch
+
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as recorded:
+                run(steps)
+            tables[peer], ops[peer] = (torch_op_times(recorded, steps, by_work=True),
+                                       torch_op_times(recorded, steps))
+        else:
+            logdir = tempfile.mkdtemp(prefix="train_profile_")
+            tf.profiler.experimental.start(logdir)
+            try:
+                run(steps + 1)  # `fit_step_seconds` times steps 2..: the profile holds steps + 1
+            finally:
+                tf.profiler.experimental.stop()
+            tables[peer], ops[peer] = tf_op_times(logdir, steps + 1, by_work=True), tf_op_times(logdir, steps + 1)
+            shutil.rmtree(logdir, ignore_errors=True)
+    print(f"\nTime per step by kind of work ({steps} profiled steps; see benchmarks/profiles.py for what counts)")
+    print_table(tables, order=WORK, label="work")
+    for peer, table in ops.items():
+        print(f"\n{peer}: the op types with the most time")
+        print_table({peer: table}, rows=15)
 
 
 def main(argv=None) -> None:
@@ -208,7 +281,8 @@ def main(argv=None) -> None:
     parser.add_argument("--model", action="append", choices=sorted(CONFIGS),
                         help="repeatable; default resnet164 and resnet50")
     parser.add_argument("--peers", help="comma-separated subset of the model's peers")
-    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--batch-size", type=lambda text: [int(b) for b in text.split(",")],
+                        help="comma-separated, e.g. 64,128; default the model's own")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
@@ -216,6 +290,8 @@ def main(argv=None) -> None:
     parser.add_argument("--precision", choices=("float32", "mixed_float16", "mixed_bfloat16"), default="float32")
     parser.add_argument("--strategy", choices=("default", "mirrored"), default="default")
     parser.add_argument("--peak-gflops", type=float)
+    parser.add_argument("--profile", action="store_true",
+                        help="then profile ours and torch: time per step by kind of work, side by side")
     args = parser.parse_args(argv)
     if args.device == "gpu":
         import tensorflow as tf
@@ -225,8 +301,9 @@ def main(argv=None) -> None:
     else:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # set before TensorFlow initialises its devices
     for name in args.model or ["resnet164", "resnet50"]:
-        keras.backend.clear_session()
-        measure(name, args)
+        for batch in args.batch_size or [CONFIGS[name][3]]:
+            keras.backend.clear_session()
+            measure(name, batch, args)
 
 
 if __name__ == "__main__":
