@@ -12,7 +12,7 @@ Uses `keras` and `keras.ops` only, so the builders run under the TensorFlow, JAX
 PyTorch backends (`pip install keras_resnet_v2` installs only Keras, numpy and wrapt). Importing
 the package loads no backend: each name is imported on first use. On x86 it sets
 TF_ENABLE_ONEDNN_OPTS=1 unless you set it or TensorFlow is already imported: TensorFlow's oneDNN CPU
-kernels, which it leaves off on AVX2 CPUs, train 1.5x faster there (keras_resnet_v2.plumbing.onednn).
+kernels, which it leaves off on AVX2 CPUs, train 1.5-1.9x faster there (keras_resnet_v2.plumbing.onednn).
 
 Input: the builders contain no preprocessing; they expect standardized images (about zero
 mean and unit variance per channel), as the paper trains them. To feed raw 0..255 pixels, put
@@ -36,7 +36,7 @@ from keras_resnet_v2.plumbing.onednn import prefer_onednn
 
 # TensorFlow's oneDNN CPU kernels on every x86 CPU, when TensorFlow is not imported yet and the user
 # has not chosen (TF_ENABLE_ONEDNN_OPTS): on AVX2 CPUs TensorFlow's default leaves them off and trains
-# 1.5x slower (keras_resnet_v2.plumbing.onednn).
+# 1.5-1.9x slower (keras_resnet_v2.plumbing.onednn).
 prefer_onednn()
 
 __version__ = "0.2.0"

@@ -4,8 +4,8 @@ TensorFlow's x86 wheels carry two sets of CPU kernels for convolutions and Batch
 (Eigen's) and oneDNN's. TensorFlow turns oneDNN's on by default only on CPUs with AVX-512 VNNI,
 BF16 or AMX, and reads `TF_ENABLE_ONEDNN_OPTS` once, while `import tensorflow` runs. On an AVX2
 CPU (most laptops, many cloud machines) its own kernels trained ResNet-164 at 0.54-0.62x PyTorch's speed
-and oneDNN's at about 1.0x; ResNet-20 0.49-0.53x and about 0.9x (benchmarks/RESULTS.md, "Training speed
-on AVX2 and AVX-512").
+and oneDNN's at 1.02-1.06x; ResNet-20 at 0.49-0.53x and 1.01-1.04x (batch 64 and 128; benchmarks/RESULTS.md,
+"Training speed on AVX2 and AVX-512").
 
 So `import keras_resnet_v2` sets `TF_ENABLE_ONEDNN_OPTS=1` when the variable is unset, TensorFlow
 is not imported yet and the machine is x86-64 (`prefer_onednn`): the decision is made at run time,
@@ -70,7 +70,7 @@ def warn_if_off() -> bool:
         return False
     _warned.append(True)
     warnings.warn(f"TensorFlow was imported before keras_resnet_v2 and runs its own CPU kernels, not oneDNN's, "
-                  f"which trained ResNet-164 and ResNet-20 1.6-1.9x slower on an AVX2 CPU. Import keras_resnet_v2 "
+                  f"which trained ResNet-164 and ResNet-20 1.5-1.9x slower on an AVX2 CPU. Import keras_resnet_v2 "
                   f"before keras and tensorflow, or set {VARIABLE}=1 (=0 keeps these kernels and silences this).",
                   stacklevel=2)
     return True
