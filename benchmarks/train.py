@@ -25,10 +25,10 @@ last from the CPU flags (capped by `ONEDNN_MAX_CPU_ISA`): 2 FMA units x 16 lanes
 The header names the CPU's vector flags, `ONEDNN_MAX_CPU_ISA` when set (oneDNN, in TensorFlow and
 PyTorch alike, then uses no wider instructions; PyTorch's own kernels, BatchNorm and ReLU among them,
 take `ATEN_CPU_CAPABILITY=avx2`: with both an AVX-512 machine measures the AVX2 kernels), whether
-TensorFlow's oneDNN kernels are on, and PyTorch's CPU capability. `--profile` then runs one more `--steps` of `ours` and
-`torch` under their profilers (TensorFlow's trace, `torch.profiler`) and prints the time per step
-of each kind of work side by side: convolution forward / backward, BatchNorm forward / backward,
-ReLU, additions, padding, the optimizer's update.
+TensorFlow's oneDNN kernels are on, and PyTorch's CPU capability. `--profile` then runs one more
+`--steps` of every peer under its framework's profiler (TensorFlow's trace, `torch.profiler`) and
+prints the time per step of each kind of work side by side: convolution forward / backward,
+BatchNorm forward / backward, ReLU, additions, padding, the optimizer's update.
 """
 
 from __future__ import annotations
