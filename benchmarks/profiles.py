@@ -1,9 +1,9 @@
 """Reading the training benchmarks' profiles: TensorFlow's trace and `torch.profiler`, time per step by kind of work.
 
-`tf_op_times(logdir, steps)` reads the XPlane file `tf.profiler.experimental` wrote for one `fit` of
-`steps` steps; `torch_op_times(profile, steps)` reads a finished `torch.profiler.profile`. Both give
+`tf_kernels(logdir)` reads the XPlane file `tf.profiler.experimental` wrote for one `fit`;
+`torch_ops(profile)` reads a finished `torch.profiler.profile`. `tally(records, steps)` gives
 `{key: (ms per step, runs per step)}`, keyed by op type, or by `work(...)`'s kind of work when
-`by_work=True`, so the two frameworks' steps can be read side by side.
+`by_work=True`, so the two frameworks' steps can be read side by side (`tf_op_times` does both steps).
 
 What the times mean: TensorFlow's are the kernels' durations on its executor threads (a kernel's
 intra-op workers, oneDNN's or Eigen's, are inside its duration; two kernels run concurrently by
@@ -42,14 +42,14 @@ def work(op: str, node: str = "") -> str:
     return "other"
 
 
-def tf_op_times(logdir: str, steps: int, by_work: bool = False) -> dict[str, tuple[float, float]]:
-    """Op type (or kind of work) -> (ms per step, runs per step) from the profile in `logdir`."""
+def tf_kernels(logdir: str) -> list[tuple[str, str, float]]:
+    """`(node path, op type, ms)` of every kernel on the TensorFlow executor's threads in the profile in `logdir`."""
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     space = xplane_pb2.XSpace()
     with open(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)[0], "rb") as f:
         space.ParseFromString(f.read())
-    totals = collections.defaultdict(lambda: [0.0, 0])
+    kernels = []
     for plane in space.planes:
         for line in plane.lines:
             if not line.name.startswith("tf_Compute"):
@@ -58,20 +58,28 @@ def tf_op_times(logdir: str, steps: int, by_work: bool = False) -> dict[str, tup
                 name = plane.event_metadata[event.metadata_id].name  # "node/name:OpType" for a kernel
                 if ":" in name and "::" not in name:
                     node, op = name.rsplit(":", 1)
-                    total = totals[work(op, node) if by_work else op]
-                    total[0] += event.duration_ps / 1e9
-                    total[1] += 1
-    return {key: (ms / steps, count / steps) for key, (ms, count) in totals.items()}
+                    kernels.append((node, op, event.duration_ps / 1e9))
+    return kernels
 
 
-def torch_op_times(profile, steps: int, by_work: bool = False) -> dict[str, tuple[float, float]]:
-    """Operator name (or kind of work) -> (self ms per step, runs per step) from a finished torch profile."""
+def torch_ops(profile) -> list[tuple[str, str, float, int]]:
+    """`("", operator name, self ms, runs)` of each operator of a finished `torch.profiler.profile`."""
+    return [("", event.key, event.self_cpu_time_total / 1e3, event.count) for event in profile.key_averages()]
+
+
+def tally(records, steps: int, by_work: bool = False) -> dict[str, tuple[float, float]]:
+    """Op (or kind of work) -> (ms per step, runs per step) of `tf_kernels`' or `torch_ops`' records."""
     totals = collections.defaultdict(lambda: [0.0, 0])
-    for event in profile.key_averages():
-        total = totals[work(event.key) if by_work else event.key]
-        total[0] += event.self_cpu_time_total / 1e3
-        total[1] += event.count
+    for node, op, ms, *runs in records:
+        total = totals[work(op, node) if by_work else op]
+        total[0] += ms
+        total[1] += runs[0] if runs else 1
     return {key: (ms / steps, count / steps) for key, (ms, count) in totals.items()}
+
+
+def tf_op_times(logdir: str, steps: int, by_work: bool = False) -> dict[str, tuple[float, float]]:
+    """Op type (or kind of work) -> (ms per step, runs per step) from the profile in `logdir`."""
+    return tally(tf_kernels(logdir), steps, by_work)
 
 
 def print_table(profiles: dict[str, dict[str, tuple[float, float]]], rows: int = 25, order=None,

@@ -33,13 +33,24 @@ MODELS = {"resnet20": (20, 32, 10), "resnet50": (50, 224, 1000)}  # depth, input
 CALLS = {"resnet20": (100, 20), "resnet50": (20, 3)}  # batch-1 calls, batch-32 calls per round
 
 
-def cpu_flags() -> str:
+# The CPU flags every benchmark figure names (the vector units the kernels choose between).
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile", "avx_vnni")
+
+
+def cpu_info(field: str) -> str:
+    """The first /proc/cpuinfo line's value for `field` ("flags", "model name", ...), "" where none."""
     with open("/proc/cpuinfo") as handle:
-        flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
-        handle.seek(0)
-        name = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "?")
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "avx_vnni")
-    return f"{name}, {len(os.sched_getaffinity(0))} cores, flags: {' '.join(f for f in wanted if f in flags)}"
+        return next((line.split(":", 1)[1].strip() for line in handle if line.startswith(field)), "")
+
+
+def vector_flags() -> str:
+    """The VECTOR_FLAGS this CPU has, space-separated."""
+    flags = cpu_info("flags").split()
+    return " ".join(f for f in VECTOR_FLAGS if f in flags)
+
+
+def cpu_flags() -> str:
+    return f"{cpu_info('model name') or '?'}, {len(os.sched_getaffinity(0))} cores, flags: {vector_flags()}"
 
 
 def build(depth: int, size: int, classes: int):

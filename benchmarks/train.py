@@ -52,6 +52,7 @@ import keras_resnet_v2 as krv2  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.serve import cpu_info, vector_flags  # noqa: E402
 from benchmarks.timing import fit_step_seconds  # noqa: E402
 
 CONFIGS = {  # model -> (depth, input side, classes, batch, peers)
@@ -78,25 +79,14 @@ def forward_macs(model: keras.Model) -> int:
     return total
 
 
-VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile")
-
-
-def cpu_flags() -> set[str]:
-    with open("/proc/cpuinfo") as handle:
-        for line in handle:
-            if line.startswith("flags"):
-                return set(line.split(":")[1].split())
-    return set()
-
-
 def isa_note() -> str:
     """The CPU's vector flags, oneDNN's ISA cap if any, and whether TensorFlow's oneDNN kernels are on."""
-    flags = " ".join(f for f in VECTOR_FLAGS if f in cpu_flags())
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
-    from tensorflow.python.util import _pywrap_util_port
+    from keras_resnet_v2.plumbing.onednn import onednn_enabled
 
-    onednn = "on" if _pywrap_util_port.IsMklEnabled() else "off"
-    note = f"CPU flags {flags}" + (f", ONEDNN_MAX_CPU_ISA={cap}" if cap else "") + f"; TensorFlow oneDNN {onednn}"
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    onednn = {True: "on", False: "off"}.get(onednn_enabled(), "unknown")
+    note = (f"CPU flags {vector_flags()}" + (f", ONEDNN_MAX_CPU_ISA={cap}" if cap else "")
+            + f"; TensorFlow oneDNN {onednn}")
     if "torch" in sys.modules:
         note += f"; PyTorch CPU capability {sys.modules['torch'].backends.cpu.get_cpu_capability()}"
     return note
@@ -108,7 +98,7 @@ def fp32_peak_gflops() -> tuple[float, str]:
         for line in handle:
             if line.startswith("cpu MHz"):
                 mhz = max(mhz, float(line.split(":")[1]))
-    flags = cpu_flags()
+    flags = cpu_info("flags").split()
     capped = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper().startswith("AVX2")
     lanes = 16 if "avx512f" in flags and not capped else 8 if "avx2" in flags else 4
     cores = len(os.sched_getaffinity(0))
@@ -249,7 +239,7 @@ def profile(runners: dict, steps: int) -> None:
     """One more `steps` of each peer under its framework's profiler: time per step by kind of work."""
     import tensorflow as tf
 
-    from benchmarks.profiles import WORK, print_table, tf_op_times, torch_op_times
+    from benchmarks.profiles import WORK, print_table, tally, tf_kernels, torch_ops
 
     tables, ops = {}, {}
     for peer, run in runners.items():
@@ -258,8 +248,7 @@ def profile(runners: dict, steps: int) -> None:
 
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as recorded:
                 run(steps)
-            tables[peer], ops[peer] = (torch_op_times(recorded, steps, by_work=True),
-                                       torch_op_times(recorded, steps))
+            records, profiled = torch_ops(recorded), steps
         else:
             logdir = tempfile.mkdtemp(prefix="train_profile_")
             tf.profiler.experimental.start(logdir)
@@ -267,8 +256,9 @@ def profile(runners: dict, steps: int) -> None:
                 run(steps + 1)  # `fit_step_seconds` times steps 2..: the profile holds steps + 1
             finally:
                 tf.profiler.experimental.stop()
-            tables[peer], ops[peer] = tf_op_times(logdir, steps + 1, by_work=True), tf_op_times(logdir, steps + 1)
+            records, profiled = tf_kernels(logdir), steps + 1
             shutil.rmtree(logdir, ignore_errors=True)
+        tables[peer], ops[peer] = tally(records, profiled, by_work=True), tally(records, profiled)
     print(f"\nTime per step by kind of work ({steps} profiled steps; see benchmarks/profiles.py for what counts)")
     print_table(tables, order=WORK, label="work")
     for peer, table in ops.items():
