@@ -13,216 +13,35 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import struct
 from typing import Any, Mapping, Union
 
 import keras
 import numpy as np
 
-from keras_resnet_v2.depths import IMAGENET_DEPTHS, IMAGENET_DEPTHS_TRAINED, TIMM_MODELS
+from keras_resnet_v2.depths import IMAGENET_DEPTHS_TRAINED, TIMM_MODELS  # noqa: F401 - TIMM_MODELS: public here
 from keras_resnet_v2.layers import Standardize
 from keras_resnet_v2.models import functional_like
 from keras_resnet_v2.names import short_repr
+from keras_resnet_v2.plumbing.files import file_sha256
 from keras_resnet_v2.resnet import ResNet
+from keras_resnet_v2.timm_checkpoint import (  # noqa: F401 - read_safetensors, timm_key: public here too
+    TIMM_MEAN,
+    TIMM_SERVING,
+    TIMM_STANDARDIZE,
+    TIMM_STD,
+    TOP_LAYERS,
+    UNIT_LAYER,
+    download,
+    load_state_dict,
+    read_safetensors,
+    timm_architecture,
+    timm_key,
+)
 from keras_resnet_v2.weights import assign_by_unit, slot_shape, weights_by_unit
 
-# Other timm names a user may try, and why they are not this network.
-_REFUSED: tuple[tuple[str, str], ...] = (
-    (r"_bit|x\d", "BiT (GroupNorm and weight-standardized convolutions)"),
-    (r"d_(gn|evos|frn)$", "a ResNet-D with GroupNorm, EvoNorm or FilterResponseNorm"),
-    (r"^resnetv2_\d+[dt]$", "a ResNet-D (deep 3x3 stem, average-pool downsampling)"),
-    (r"^resnet\d", "the original post-activation ResNet (v1, He et al. 2015)"),
-)
-# timm's preprocessing of these checkpoints (its pretrained config): pixels / 255, then these.
-TIMM_MEAN = (0.485, 0.456, 0.406)
-TIMM_STD = (0.229, 0.224, 0.225)
-# Their test-time sizing (timm's crop_pct 0.95, bicubic) for `serve_image_bytes` and evaluation
-# (keras_resnet_v2.plumbing.images): the shorter side to floor(224 / 0.95) = 235, then the centre 224 crop.
-TIMM_SERVING = {"mode": "shorter_side_crop", "crop_fraction": 0.95, "interpolation": "bicubic"}
-# The name of the Standardize layer from_timm puts in front; exports and evaluation of a model that
-# has it default to TIMM_SERVING (`timm_preprocessing`), so a converted `.keras` file needs no flags.
-TIMM_STANDARDIZE = "timm_standardize"
 # Builder arguments that keep the checkpoint's architecture (anything else would not fit it).
 _BUILDER_ARGUMENTS = ("include_top", "input_shape", "pooling", "classes", "classifier_activation", "dtype",
                       "name", "remat", "scan", "fused_batchnorm", "data_format")
-
-# Our per-unit layer suffix -> timm's module inside `stages.{s}.blocks.{u}` (PreActBottleneck/Basic).
-_UNIT_PARTS = {"preact_bn": "norm1", "1_conv": "conv1", "1_bn": "norm2", "2_conv": "conv2", "2_bn": "norm3",
-               "3_conv": "conv3", "shortcut_conv": "downsample.conv"}
-_TOP_LAYERS = {"stem_conv": "stem.conv", "post_bn": "norm", "predictions": "head.fc"}
-_FIELDS = {"kernel": "weight", "bias": "bias", "gamma": "weight", "beta": "bias",
-           "moving_mean": "running_mean", "moving_variance": "running_var"}
-_UNIT = re.compile(r"^stage(\d+)_unit(\d+)_(.+)$")
-_BLOCK = re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\.")
-
-
-def timm_key(layer: str, field: str) -> str:
-    """timm's name of one of our weights: ("stage2_unit1_shortcut_conv", "kernel") ->
-    "stages.1.blocks.0.downsample.conv.weight"."""
-    match = _UNIT.match(layer)
-    module = (f"stages.{int(match.group(1)) - 1}.blocks.{int(match.group(2)) - 1}.{_UNIT_PARTS[match.group(3)]}"
-              if match else _TOP_LAYERS[layer])
-    return f"{module}.{_FIELDS[field]}"
-
-
-def _check_name(name: str) -> str:
-    architecture = name.split(".")[0]
-    if architecture in TIMM_MODELS:
-        return architecture
-    for pattern, what in _REFUSED:
-        if re.search(pattern, architecture):
-            raise ValueError(f"`source` {name!r} is {what}, not the paper's pre-activation network: from_timm "
-                             f"converts {', '.join(TIMM_MODELS)}. Received: source={name!r}")
-    raise ValueError(f"`source` must be a timm model name ({', '.join(TIMM_MODELS)}, optionally with a tag such "
-                     f"as 'resnetv2_50.a1h_in1k'), a .safetensors or .pth file, or a state dict. "
-                     f"Received: source={short_repr(name)}")
-
-
-# ------------------------------------------------------------------ reading checkpoints
-
-_SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
-                       "I8": "i1", "U8": "u1", "BOOL": "?"}
-
-
-def read_safetensors(path: str) -> dict[str, np.ndarray]:
-    """A `.safetensors` file's tensors as NumPy arrays (the format: an 8-byte little-endian header
-    length, a JSON header of dtype, shape and byte offsets, then the data). BF16 via ml_dtypes."""
-    with open(path, "rb") as handle:
-        data = handle.read()
-    try:
-        (length,) = struct.unpack("<Q", data[:8])
-        if not 2 <= length <= len(data) - 8:
-            raise ValueError(f"header length {length} outside the file")
-        header = json.loads(data[8:8 + length])
-        body = memoryview(data)[8 + length:]
-        tensors = {}
-        for key, entry in header.items():
-            if key == "__metadata__":
-                continue
-            if entry["dtype"] == "BF16":
-                import ml_dtypes  # a Keras dependency
-
-                dtype = np.dtype(ml_dtypes.bfloat16)
-            else:
-                dtype = np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]])
-            start, end = entry["data_offsets"]
-            shape = tuple(entry["shape"])
-            if not 0 <= start <= end <= len(body) or end - start != dtype.itemsize * int(np.prod(shape)):
-                raise ValueError(f"tensor {key!r} lies outside the file")
-            tensors[key] = np.frombuffer(body[start:end], dtype).reshape(shape)
-        return tensors
-    except (struct.error, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"`source` is not a readable .safetensors file ({error}). Received: source={path!r}") \
-            from error
-
-
-def _read_torch(path: str) -> dict[str, Any]:
-    try:
-        import torch
-    except ImportError:
-        raise ValueError("`source` is a PyTorch file: reading it needs PyTorch (pip install torch), or convert it "
-                         f"to .safetensors. Received: source={path!r}") from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("state_dict", state) if isinstance(state, dict) else state
-
-
-def _download(name: str) -> str:
-    architecture = name.split(".")[0]
-    full = name if "." in name else f"{name}.{TIMM_MODELS[architecture]}"
-    if full.endswith("."):
-        raise ValueError(f"timm publishes no trained weights for {architecture!r}: pass a checkpoint file. "
-                         f"Received: source={name!r}")
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:
-        raise ValueError(f"Downloading {full!r} needs huggingface_hub (pip install huggingface_hub); or download "
-                         f"https://huggingface.co/timm/{full}/resolve/main/model.safetensors and pass that file. "
-                         f"Received: source={name!r}") from None
-    try:
-        return hf_hub_download(f"timm/{full}", "model.safetensors")
-    except Exception as error:  # noqa: BLE001 - offline, unknown tag, HTTP errors: one line each
-        raise ValueError(f"Could not download timm/{full} ({type(error).__name__}: {short_repr(str(error), 160)}); "
-                         f"with no network, download https://huggingface.co/timm/{full}/resolve/main/"
-                         f"model.safetensors elsewhere and pass that file. Received: source={name!r}") from None
-
-
-def load_state_dict(source: Union[str, os.PathLike, Mapping[str, Any]]) -> dict[str, np.ndarray]:
-    """timm's parameters and buffers as float32 NumPy arrays, from any `source` `from_timm` takes."""
-    if isinstance(source, Mapping):
-        state = source
-    elif isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        if path.endswith(".safetensors") or path.endswith((".pth", ".pt", ".bin")):
-            if not os.path.isfile(path):
-                raise ValueError(f"`source` file does not exist. Received: source={path!r}")
-            state = read_safetensors(path) if path.endswith(".safetensors") else _read_torch(path)
-        else:
-            _check_name(path)
-            state = read_safetensors(_download(path))
-    else:
-        raise ValueError("`source` must be a timm model name, a .safetensors or .pth path, or a state dict. "
-                         f"Received: source={short_repr(source)}")
-    arrays = {}
-    for key, value in state.items():
-        if key.endswith("num_batches_tracked"):  # a training counter, not a weight
-            continue
-        if hasattr(value, "detach"):  # a torch tensor
-            value = value.detach().cpu().float().numpy()
-        arrays[str(key)] = np.asarray(value, dtype="float32")
-    return arrays
-
-
-# ------------------------------------------------------------------ the architecture
-
-
-def _refuse(what: str) -> ValueError:
-    return ValueError(f"`source` holds {what}, not the paper's pre-activation network: from_timm converts timm's "
-                      f"{', '.join(TIMM_MODELS)}.")
-
-
-def timm_architecture(state: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """The `ResNet(...)` arguments of a timm ResNetV2 state dict (depth, widths, classes), or a
-    one-line ValueError naming what the checkpoint holds instead."""
-    if "conv1.weight" in state and "layer1.0.conv1.weight" in state:
-        raise _refuse("the original post-activation ResNet (v1: conv1, layer1..layer4)")
-    if "stem.conv1.weight" in state:
-        raise _refuse("a deep 3x3 stem (ResNet-D: stem.conv1..conv3)")
-    if "stem.conv.weight" not in state or "norm.weight" not in state:
-        raise _refuse("no timm ResNetV2 stem and final norm (stem.conv.weight, norm.weight)")
-    if "norm.running_mean" not in state:
-        raise _refuse("normalization layers without running statistics (BiT's GroupNorm)")
-    if tuple(state["stem.conv.weight"].shape[2:]) != (7, 7):
-        raise _refuse(f"a {state['stem.conv.weight'].shape[2]}x{state['stem.conv.weight'].shape[3]} stem")
-    blocks: dict[int, int] = {}
-    for key in state:
-        match = _BLOCK.match(key)
-        if match:
-            stage, block = int(match.group(1)), int(match.group(2))
-            blocks[stage] = max(blocks.get(stage, 0), block + 1)
-    units = tuple(blocks[s] for s in sorted(blocks))
-    bottleneck = "stages.0.blocks.0.conv3.weight" in state
-    depth = next((d for d, (b, u) in IMAGENET_DEPTHS.items()
-                  if u == units and b == ("bottleneck" if bottleneck else "basic")), None)
-    if depth is None:
-        raise _refuse(f"{'bottleneck' if bottleneck else 'basic'} units {units} per stage, which is no depth of "
-                      f"the paper's ImageNet table ({sorted(IMAGENET_DEPTHS)})")
-    widths = tuple(int(state[f"stages.{s}.blocks.0.conv1.weight"].shape[0]) for s in range(len(units)))
-    if bottleneck and any(state[f"stages.{s}.blocks.0.conv3.weight"].shape[0] != 4 * w for s, w in enumerate(widths)):
-        raise _refuse("bottleneck units whose output is not 4x their inner width")
-    stem = int(state["stem.conv.weight"].shape[0])
-    if stem != widths[0]:
-        raise _refuse(f"a stem of {stem} filters before a first stage of width {widths[0]} (ours are equal)")
-    head = state.get("head.fc.weight")
-    return {"depth": depth, "widths": widths, "classes": None if head is None else int(head.shape[0])}
-
-
-def _as_ours(key: str, value: np.ndarray) -> np.ndarray:
-    if value.ndim == 4 and key.startswith("head.fc"):  # a 1x1 conv classifier: a dense kernel
-        return value.reshape(value.shape[:2]).T
-    if value.ndim == 4:  # (out, in, kh, kw) -> (kh, kw, in, out)
-        return value.transpose(2, 3, 1, 0)
-    return value.T if value.ndim == 2 else value
 
 
 # ------------------------------------------------------------------ the converter
@@ -298,9 +117,17 @@ def timm_preprocessing(model: keras.Model) -> Union[dict, None]:
     return dict(TIMM_SERVING) if TIMM_STANDARDIZE in names else None
 
 
+def _as_ours(key: str, value: np.ndarray) -> np.ndarray:
+    if value.ndim == 4 and key.startswith("head.fc"):  # a 1x1 conv classifier: a dense kernel
+        return value.reshape(value.shape[:2]).T
+    if value.ndim == 4:  # (out, in, kh, kw) -> (kh, kw, in, out)
+        return value.transpose(2, 3, 1, 0)
+    return value.T if value.ndim == 2 else value
+
+
 def _copy_timm_weights(state: Mapping[str, np.ndarray], model: keras.Model, new_head: bool) -> None:
     want = {address: slot for address, slot in weights_by_unit(model).items()
-            if address[0] in _TOP_LAYERS or _UNIT.match(address[0])}
+            if address[0] in TOP_LAYERS or UNIT_LAYER.match(address[0])}
     has_head = any(address[0] == "predictions" for address in want)
     if new_head:
         want = {address: slot for address, slot in want.items() if address[0] != "predictions"}
@@ -336,16 +163,6 @@ def imagenet_cache_dir() -> str:
     return os.path.join(home, "models", "keras_resnet_v2")
 
 
-def _sha256(path: str) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def imagenet_weights(depth: int) -> str:
     """The cached `.keras` file of timm's ImageNet network of `depth`, converted and verified on first use.
 
@@ -364,14 +181,14 @@ def imagenet_weights(depth: int) -> str:
     cached, record = os.path.join(folder, f"{name}.keras"), os.path.join(folder, f"{name}.json")
     if os.path.isfile(cached) and os.path.isfile(record):
         try:
-            if read_json_object(record).get("keras_sha256") == _sha256(cached):
+            if read_json_object(record).get("keras_sha256") == file_sha256(cached):
                 return cached
         except ValueError:  # a damaged record: convert again
             pass
     source = os.path.join(folder, f"{name}.safetensors")
     if not os.path.isfile(source):
         try:
-            source = _download(name)
+            source = download(name)
         except ValueError as error:
             raise ValueError(f"weights='imagenet' converts timm's {name} once, and there is no copy of it in "
                              f"{folder} ({error}). Download https://huggingface.co/timm/{name}/resolve/main/"
@@ -388,8 +205,8 @@ def imagenet_weights(depth: int) -> str:
             raise ValueError(f"the converted {name} does not load back as it was saved: not cached")
 
     atomic_write(cached, write)
-    atomic_write_text(record, json.dumps({"source": f"timm/{name}", "source_sha256": _sha256(source),
-                                          "keras_sha256": _sha256(cached)}, indent=2))
+    atomic_write_text(record, json.dumps({"source": f"timm/{name}", "source_sha256": file_sha256(source),
+                                          "keras_sha256": file_sha256(cached)}, indent=2))
     return cached
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import socket
@@ -190,6 +191,15 @@ def read_json_object(path: str) -> dict:
     if not isinstance(value, dict):
         raise ValueError(f"{path} is damaged: it must hold a JSON object. Received: {type(value).__name__}")
     return value
+
+
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file's bytes, in hex (read 1 MiB at a time)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def model_file(path: str) -> str:

@@ -1,0 +1,237 @@
+"""timm's pre-activation ResNet checkpoints, read without Keras: their files, names and architecture.
+
+What `from_timm` (keras_resnet_v2/pretrained.py) and `resnet-v2-train --init` need before any
+network is built: `.safetensors` files read here (the header alone with `safetensors_shapes`), `.pth`
+with PyTorch, timm names downloaded through `huggingface_hub`; `timm_architecture` infers the
+`ResNet(...)` arguments from the tensor names and shapes. NumPy only, so the command lines check a
+checkpoint before TensorFlow starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from types import SimpleNamespace
+from typing import Any, Mapping, Union
+
+import numpy as np
+
+from keras_resnet_v2.depths import IMAGENET_DEPTHS, TIMM_MODELS
+from keras_resnet_v2.names import short_repr
+
+# Other timm names a user may try, and why they are not this network.
+_REFUSED: tuple[tuple[str, str], ...] = (
+    (r"_bit|x\d", "BiT (GroupNorm and weight-standardized convolutions)"),
+    (r"d_(gn|evos|frn)$", "a ResNet-D with GroupNorm, EvoNorm or FilterResponseNorm"),
+    (r"^resnetv2_\d+[dt]$", "a ResNet-D (deep 3x3 stem, average-pool downsampling)"),
+    (r"^resnet\d", "the original post-activation ResNet (v1, He et al. 2015)"),
+)
+# timm's preprocessing of these checkpoints (its pretrained config): pixels / 255, then these.
+TIMM_MEAN = (0.485, 0.456, 0.406)
+TIMM_STD = (0.229, 0.224, 0.225)
+# Their test-time sizing (timm's crop_pct 0.95, bicubic) for `serve_image_bytes` and evaluation
+# (keras_resnet_v2.plumbing.images): the shorter side to floor(224 / 0.95) = 235, then the centre 224 crop.
+TIMM_SERVING = {"mode": "shorter_side_crop", "crop_fraction": 0.95, "interpolation": "bicubic"}
+# The name of the Standardize layer from_timm puts in front; exports and evaluation of a model that
+# has it default to TIMM_SERVING (`timm_preprocessing`), so a converted `.keras` file needs no flags.
+TIMM_STANDARDIZE = "timm_standardize"
+# Our per-unit layer suffix -> timm's module inside `stages.{s}.blocks.{u}` (PreActBottleneck/Basic).
+_UNIT_PARTS = {"preact_bn": "norm1", "1_conv": "conv1", "1_bn": "norm2", "2_conv": "conv2", "2_bn": "norm3",
+               "3_conv": "conv3", "shortcut_conv": "downsample.conv"}
+TOP_LAYERS = {"stem_conv": "stem.conv", "post_bn": "norm", "predictions": "head.fc"}
+_FIELDS = {"kernel": "weight", "bias": "bias", "gamma": "weight", "beta": "bias",
+           "moving_mean": "running_mean", "moving_variance": "running_var"}
+UNIT_LAYER = re.compile(r"^stage(\d+)_unit(\d+)_(.+)$")
+_BLOCK = re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\.")
+
+
+def timm_key(layer: str, field: str) -> str:
+    """timm's name of one of our weights: ("stage2_unit1_shortcut_conv", "kernel") ->
+    "stages.1.blocks.0.downsample.conv.weight"."""
+    match = UNIT_LAYER.match(layer)
+    module = (f"stages.{int(match.group(1)) - 1}.blocks.{int(match.group(2)) - 1}.{_UNIT_PARTS[match.group(3)]}"
+              if match else TOP_LAYERS[layer])
+    return f"{module}.{_FIELDS[field]}"
+
+
+def check_timm_name(name: str, what: str = "source") -> str:
+    """The timm architecture a timm model name (`resnetv2_50.a1h_in1k`) names, or a one-line ValueError."""
+    architecture = name.split(".")[0]
+    if architecture in TIMM_MODELS:
+        return architecture
+    for pattern, kind in _REFUSED:
+        if re.search(pattern, architecture):
+            raise ValueError(f"`{what}` {name!r} is {kind}, not the paper's pre-activation network: from_timm "
+                             f"converts {', '.join(TIMM_MODELS)}. Received: {what}={name!r}")
+    raise ValueError(f"`{what}` must be a timm model name ({', '.join(TIMM_MODELS)}, optionally with a tag such "
+                     f"as 'resnetv2_50.a1h_in1k'), a .safetensors or .pth file, or a state dict. "
+                     f"Received: {what}={short_repr(name)}")
+
+
+# ------------------------------------------------------------------ reading checkpoints
+
+_SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
+                       "I8": "i1", "U8": "u1", "BOOL": "?"}
+
+
+def _safetensors_header(handle, size: int) -> tuple[dict, int]:
+    """(header, offset of the data) of an open `.safetensors` file of `size` bytes (the format: an
+    8-byte little-endian header length, a JSON header of dtype, shape and byte offsets, then the data)."""
+    (length,) = struct.unpack("<Q", handle.read(8))
+    if not 2 <= length <= size - 8:
+        raise ValueError(f"header length {length} outside the file")
+    header = json.loads(handle.read(length))
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    header.pop("__metadata__", None)
+    body = size - 8 - length
+    for key, entry in header.items():
+        dtype = _dtype(entry["dtype"])
+        start, end = entry["data_offsets"]
+        if not 0 <= start <= end <= body or end - start != dtype.itemsize * int(np.prod(entry["shape"])):
+            raise ValueError(f"tensor {key!r} lies outside the file")
+    return header, 8 + length
+
+
+def _dtype(name: str) -> np.dtype:
+    if name == "BF16":
+        import ml_dtypes  # a Keras dependency
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(_SAFETENSORS_DTYPES[name])
+
+
+def _read_safetensors(path: str, what: str, data: bool) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            header, offset = _safetensors_header(handle, os.fstat(handle.fileno()).st_size)
+            if not data:
+                return {key: SimpleNamespace(shape=tuple(entry["shape"])) for key, entry in header.items()}
+            handle.seek(offset)
+            body = handle.read()
+        return {key: np.frombuffer(body[entry["data_offsets"][0]:entry["data_offsets"][1]],
+                                   _dtype(entry["dtype"])).reshape(entry["shape"]) for key, entry in header.items()}
+    except (struct.error, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"`{what}` is not a readable .safetensors file ({error}). Received: {what}={path!r}") \
+            from error
+
+
+def read_safetensors(path: str, what: str = "source") -> dict[str, np.ndarray]:
+    """A `.safetensors` file's tensors as NumPy arrays (BF16 via ml_dtypes); a one-line ValueError naming
+    the argument `what` when the file is not one."""
+    return _read_safetensors(path, what, data=True)
+
+
+def safetensors_shapes(path: str, what: str = "source") -> dict[str, SimpleNamespace]:
+    """Each tensor of a `.safetensors` file as an object with its `shape` only: the header is read, the
+    data is not (what `timm_architecture` needs, in milliseconds for a 100 MB checkpoint).
+
+    Example:
+        >>> timm_architecture(safetensors_shapes("model.safetensors"))["depth"]
+        50
+    """
+    return _read_safetensors(path, what, data=False)
+
+
+def read_torch(path: str, what: str = "source") -> dict[str, Any]:
+    try:
+        import torch
+    except ImportError:
+        raise ValueError(f"`{what}` is a PyTorch file: reading it needs PyTorch (pip install torch), or convert it "
+                         f"to .safetensors. Received: {what}={path!r}") from None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def download(name: str, what: str = "source") -> str:
+    """The local path of timm's `model.safetensors` of a model name, downloaded through huggingface_hub."""
+    architecture = name.split(".")[0]
+    full = name if "." in name else f"{name}.{TIMM_MODELS[architecture]}"
+    if full.endswith("."):
+        raise ValueError(f"timm publishes no trained weights for {architecture!r}: pass a checkpoint file. "
+                         f"Received: {what}={name!r}")
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise ValueError(f"Downloading {full!r} needs huggingface_hub (pip install huggingface_hub); or download "
+                         f"https://huggingface.co/timm/{full}/resolve/main/model.safetensors and pass that file. "
+                         f"Received: {what}={name!r}") from None
+    try:
+        return hf_hub_download(f"timm/{full}", "model.safetensors")
+    except Exception as error:  # noqa: BLE001 - offline, unknown tag, HTTP errors: one line each
+        raise ValueError(f"Could not download timm/{full} ({type(error).__name__}: {short_repr(str(error), 160)}); "
+                         f"with no network, download https://huggingface.co/timm/{full}/resolve/main/"
+                         f"model.safetensors elsewhere and pass that file. Received: {what}={name!r}") from None
+
+
+def load_state_dict(source: Union[str, os.PathLike, Mapping[str, Any]], what: str = "source") -> dict[str, np.ndarray]:
+    """timm's parameters and buffers as float32 NumPy arrays, from any `source` `from_timm` takes (`what`: the
+    argument one-line errors name)."""
+    if isinstance(source, Mapping):
+        state = source
+    elif isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if path.endswith(".safetensors") or path.endswith((".pth", ".pt", ".bin")):
+            if not os.path.isfile(path):
+                raise ValueError(f"`{what}` file does not exist. Received: {what}={path!r}")
+            state = read_safetensors(path, what) if path.endswith(".safetensors") else read_torch(path, what)
+        else:
+            check_timm_name(path, what)
+            state = read_safetensors(download(path, what), what)
+    else:
+        raise ValueError(f"`{what}` must be a timm model name, a .safetensors or .pth path, or a state dict. "
+                         f"Received: {what}={short_repr(source)}")
+    arrays = {}
+    for key, value in state.items():
+        if key.endswith("num_batches_tracked"):  # a training counter, not a weight
+            continue
+        if hasattr(value, "detach"):  # a torch tensor
+            value = value.detach().cpu().float().numpy()
+        arrays[str(key)] = np.asarray(value, dtype="float32")
+    return arrays
+
+
+# ------------------------------------------------------------------ the architecture
+
+
+def _refuse(holds: str, what: str) -> ValueError:
+    return ValueError(f"`{what}` holds {holds}, not the paper's pre-activation network: keras_resnet_v2 converts "
+                      f"timm's {', '.join(TIMM_MODELS)}.")
+
+
+def timm_architecture(state: Mapping[str, Any], what: str = "source") -> dict[str, Any]:
+    """The `ResNet(...)` arguments of a timm ResNetV2 state dict (depth, widths, classes), or a
+    one-line ValueError naming what the checkpoint holds instead."""
+    if "conv1.weight" in state and "layer1.0.conv1.weight" in state:
+        raise _refuse("the original post-activation ResNet (v1: conv1, layer1..layer4)", what)
+    if "stem.conv1.weight" in state:
+        raise _refuse("a deep 3x3 stem (ResNet-D: stem.conv1..conv3)", what)
+    if "stem.conv.weight" not in state or "norm.weight" not in state:
+        raise _refuse("no timm ResNetV2 stem and final norm (stem.conv.weight, norm.weight)", what)
+    if "norm.running_mean" not in state:
+        raise _refuse("normalization layers without running statistics (BiT's GroupNorm)", what)
+    if tuple(state["stem.conv.weight"].shape[2:]) != (7, 7):
+        raise _refuse(f"a {state['stem.conv.weight'].shape[2]}x{state['stem.conv.weight'].shape[3]} stem", what)
+    blocks: dict[int, int] = {}
+    for key in state:
+        match = _BLOCK.match(key)
+        if match:
+            stage, block = int(match.group(1)), int(match.group(2))
+            blocks[stage] = max(blocks.get(stage, 0), block + 1)
+    units = tuple(blocks[s] for s in sorted(blocks))
+    bottleneck = "stages.0.blocks.0.conv3.weight" in state
+    depth = next((d for d, (b, u) in IMAGENET_DEPTHS.items()
+                  if u == units and b == ("bottleneck" if bottleneck else "basic")), None)
+    if depth is None:
+        raise _refuse(f"{'bottleneck' if bottleneck else 'basic'} units {units} per stage, which is no depth of "
+                      f"the paper's ImageNet table ({sorted(IMAGENET_DEPTHS)})")
+    widths = tuple(int(state[f"stages.{s}.blocks.0.conv1.weight"].shape[0]) for s in range(len(units)))
+    if bottleneck and any(state[f"stages.{s}.blocks.0.conv3.weight"].shape[0] != 4 * w for s, w in enumerate(widths)):
+        raise _refuse("bottleneck units whose output is not 4x their inner width", what)
+    stem = int(state["stem.conv.weight"].shape[0])
+    if stem != widths[0]:
+        raise _refuse(f"a stem of {stem} filters before a first stage of width {widths[0]} (ours are equal)", what)
+    head = state.get("head.fc.weight")
+    return {"depth": depth, "widths": widths, "classes": None if head is None else int(head.shape[0])}
