@@ -7,11 +7,12 @@ every file answers the same inputs (float32 pixels 0-255, [N, H, W, 3]) with the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import tempfile
 import warnings
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import keras
 import tensorflow as tf
@@ -200,21 +201,27 @@ def load_model(path: str) -> keras.Model:
         ) from error
 
 
-TRAINING_KEYS = ("model", "unit", "shortcut", "variant_options", "dataset", "precision", "recipe", "image_size")
+TRAINING_KEYS = ("model", "unit", "shortcut", "variant_options", "dataset", "precision", "recipe", "image_size",
+                 "init", "freeze")
 
 
 def training_metadata(run_config: dict) -> dict:
     """What metadata.json says about how the model was trained, from a run's config.json."""
     recipe = run_config.get("recipe_values") or {}
     return {"training": {k: run_config.get(k) for k in TRAINING_KEYS if k in run_config},
-            "normalization": recipe.get("normalization", "none (raw pixels)")}
+            "normalization": run_config.get("normalization") or recipe.get("normalization", "none (raw pixels)")}
 
 
-def run_preprocessing(run_config: dict) -> str:
+def run_preprocessing(run_config: dict) -> Union[str, dict]:
     """How `serve_image_bytes` should size images for a model trained by this run (its config.json):
-    ImageNet-style data (images of varying sizes) was tested on centre crops, the rest resized."""
-    if run_config.get("preprocessing") in image_ops.MODES:
-        return run_config["preprocessing"]
+    ImageNet-style data (images of varying sizes) was tested on centre crops, the rest resized; a run
+    fine-tuned from timm's checkpoint records timm's sizing (bicubic, 0.95 crop) as a dict of
+    `plumbing.images.Preprocessing` fields."""
+    recorded = run_config.get("preprocessing")
+    if recorded in image_ops.MODES:
+        return recorded
+    if isinstance(recorded, dict):
+        return dataclasses.asdict(image_ops.as_preprocessing(recorded))  # checked
     info = run_config.get("dataset_info") or {}
     return "shorter_side_crop" if "image_shape" in info and info["image_shape"] is None else "resize"
 

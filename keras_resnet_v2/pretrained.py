@@ -94,7 +94,7 @@ def from_timm(source: Union[str, os.PathLike, Mapping[str, Any]], *, standardize
         model = functional_like(network, inputs, network.output, name or network.name)
     else:
         model = ResNet(architecture["depth"], **arguments)
-    _copy_timm_weights(state, model, new_head=arguments["classes"] != architecture["classes"])
+    copy_timm_weights(state, model, new_head=arguments["classes"] != architecture["classes"])
     return model
 
 
@@ -125,7 +125,11 @@ def _as_ours(key: str, value: np.ndarray) -> np.ndarray:
     return value.T if value.ndim == 2 else value
 
 
-def _copy_timm_weights(state: Mapping[str, np.ndarray], model: keras.Model, new_head: bool) -> None:
+def copy_timm_weights(state: Mapping[str, np.ndarray], model: keras.Model, new_head: bool,
+                      what: str = "source") -> None:
+    """Copies timm's `state` (`load_state_dict`) into `model`, our network of its architecture, by unit
+    address; `new_head`: the model's classifier is new (timm's is left out). Every tensor must find its
+    place and every weight its tensor: one-line ValueErrors naming the argument `what` otherwise."""
     want = {address: slot for address, slot in weights_by_unit(model).items()
             if address[0] in TOP_LAYERS or UNIT_LAYER.match(address[0])}
     has_head = any(address[0] == "predictions" for address in want)
@@ -136,17 +140,17 @@ def _copy_timm_weights(state: Mapping[str, np.ndarray], model: keras.Model, new_
     used = set(keys.values()) | ({"head.fc.weight", "head.fc.bias"} if new_head or not has_head else set())
     missing = sorted(set(keys.values()) - set(state))
     if missing:
-        raise ValueError(f"`source` has no {missing[0]!r}, which this network needs ({len(missing)} missing).")
+        raise ValueError(f"`{what}` has no {missing[0]!r}, which this network needs ({len(missing)} missing).")
     unused = sorted(set(state) - used)
     if unused:
-        raise ValueError(f"`source` holds {unused[0]!r}, which this network has no place for ({len(unused)} left "
+        raise ValueError(f"`{what}` holds {unused[0]!r}, which this network has no place for ({len(unused)} left "
                          "over): it is not the paper's pre-activation layout.")
     values = {}
     for address, slot in want.items():
         value = _as_ours(keys[address], state[keys[address]])
         shape = slot_shape(slot)
         if value.shape != shape:
-            raise ValueError(f"`source` {keys[address]!r} has shape {value.shape} as ours, this network needs "
+            raise ValueError(f"`{what}` {keys[address]!r} has shape {value.shape} as ours, this network needs "
                              f"{shape}.")
         values[address] = value
     assign_by_unit(want, values)

@@ -206,7 +206,7 @@ class UnitStack(keras.layers.Layer):
     # ------------------------------------------------------------------ the loop
 
     def call(self, inputs, training=None):
-        training = bool(training)
+        training = bool(training) and self.trainable  # frozen (trainable=False): inference mode, as Keras' BatchNorm
         inputs = ops.cast(inputs, self._stream)
         weights = {v.name: v.value for v in self.weights}
         xs = {"weights": weights}

@@ -63,7 +63,7 @@ def check_timm_name(name: str, what: str = "source") -> str:
         return architecture
     for pattern, kind in _REFUSED:
         if re.search(pattern, architecture):
-            raise ValueError(f"`{what}` {name!r} is {kind}, not the paper's pre-activation network: from_timm "
+            raise ValueError(f"`{what}` {name!r} is {kind}, not the paper's pre-activation network: keras_resnet_v2 "
                              f"converts {', '.join(TIMM_MODELS)}. Received: {what}={name!r}")
     raise ValueError(f"`{what}` must be a timm model name ({', '.join(TIMM_MODELS)}, optionally with a tag such "
                      f"as 'resnetv2_50.a1h_in1k'), a .safetensors or .pth file, or a state dict. "

@@ -145,23 +145,28 @@ def _feature_width(model: keras.Model) -> int:
     return int(model.output_shape[1 if channels_first else -1])
 
 
-def _copy_all_but_head(source: keras.Model, target: keras.Model, path: str) -> None:
+def copy_all_but_head(source: keras.Model, target: keras.Model, path: str, what: str = "weights") -> None:
+    """Copies every weight of `target` but its classifier from `source`, a network of the same architecture
+    in either form (plain or stacked), by address (layer name, variable; a unit's in a stack too): a
+    `Standardize` in front of both is copied too when it has the same name. One-line ValueErrors naming
+    the argument `what` (= `path`) when an address or a shape is missing; a warning when only `source`
+    standardizes its inputs."""
     have, want = weights_by_unit(source), weights_by_unit(target)
     want = {key: value for key, value in want.items() if key[0] != CLASSIFIER}
     missing = [key for key in want if key not in have]
     if missing:
-        raise ValueError(f"`weights` file does not hold {'/'.join(missing[0])}, which this model has: build the "
-                         f"architecture it was saved from. Received: weights={path!r}")
+        raise ValueError(f"`{what}` file does not hold {'/'.join(missing[0])}, which this model has: build the "
+                         f"architecture it was saved from. Received: {what}={path!r}")
     values = {key: unit_value(*have[key]) for key in want}
     for key, value in values.items():
         shape = slot_shape(want[key])
         if value.shape != shape:
-            raise ValueError(f"`weights` file holds {'/'.join(key)} of shape {value.shape}, this model's is "
-                             f"{shape}. Received: weights={path!r}")
+            raise ValueError(f"`{what}` file holds {'/'.join(key)} of shape {value.shape}, this model's is "
+                             f"{shape}. Received: {what}={path!r}")
     assign_by_unit(want, values)
     standardize = [layer for layer in source.layers if isinstance(layer, Standardize)]
     if standardize and not any(isinstance(layer, Standardize) for layer in target.layers):
-        warnings.warn(f"`weights` file's model standardizes its inputs ({standardize[0].name!r}, a Standardize "
+        warnings.warn(f"`{what}` file's model standardizes its inputs ({standardize[0].name!r}, a Standardize "
                       "layer), this model does not: feed it standardized images, or build it on "
                       "`input_tensor=keras_resnet_v2.Standardize(mean, variance)(inputs)` with the file's statistics.",
                       UserWarning, stacklevel=4)
@@ -192,7 +197,7 @@ def load_weights(model: keras.Model, path: str,
         return
     if path.endswith(".keras"):  # the whole model is in the file: copy by unit, from either form
         source = keras.models.load_model(path, compile=False)
-        _copy_all_but_head(source, model, path)
+        copy_all_but_head(source, model, path)
         return
     stacked_file, stacked_model = (any(len(s) == 5 for s in shapes) for shapes in (found, expected))
     if stacked_file != stacked_model:
@@ -206,7 +211,7 @@ def load_weights(model: keras.Model, path: str,
     if classes is not None and with_head is not None:
         source = with_head(classes)
         load_weights(source, path)
-        _copy_all_but_head(source, model, path)
+        copy_all_but_head(source, model, path)
         return
     raise ValueError(
         f"`weights` file does not fit this architecture: it holds {len(found)} arrays "

@@ -6,6 +6,7 @@ Example (what `resnet-v2-train --dataset digits --model resnet20 --epochs 30` do
     >>> from keras_resnet_v2.training import TrainConfig, run
     >>> result = run(TrainConfig(dataset="digits", model="resnet20", epochs=30, batch_size=64,
     ...                          run_dir="runs/digits"))
+    >>> run(TrainConfig(init="runs/digits", dataset="my_images/", freeze="backbone", run_dir="runs/mine"))  # fine-tune
 
 Needs the `train` extra: `pip install "keras_resnet_v2[train]"` (TensorFlow, TFDS, scikit-learn,
 matplotlib, PyYAML, TensorBoard).
@@ -25,7 +26,7 @@ EXPORTS = {
     "config": ("TrainConfig", "check_settings"),
     "data": ("DatasetError", "load", "normalization_layer", "normalization_statistics", "pipeline"),
     "loop": ("NonFiniteLossError", "Trainer"),
-    "optimizers": ("SGD", "StepSchedule", "make_optimizer"),
+    "optimizers": ("SGD", "StepSchedule", "WarmupCosine", "make_optimizer"),
     "recipes": ("RECIPES", "Recipe", "get_recipe", "resolve"),
     "evaluation": ("evaluate",),
     "runner": ("run",),

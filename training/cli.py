@@ -1,6 +1,7 @@
 """`resnet-v2-train`: train a paper configuration, evaluate a saved model, or sweep a paper table.
 
     resnet-v2-train --dataset digits --model resnet20 --epochs 30 --batch-size 64 --run-dir runs/digits
+    resnet-v2-train --init runs/digits --dataset my_images/ --freeze backbone --run-dir runs/mine
     resnet-v2-train evaluate --model runs/digits --dataset digits
     resnet-v2-train sweep --table 2 --dataset cifar10 --model resnet110 --run-dir runs/table2
 
@@ -57,6 +58,8 @@ subcommands:
 
 Unset recipe values (lr, momentum, weight decay, warm-up, boundaries, normalization, batch size,
 length) come from --recipe; RUN_DIR/config.json records every effective value.
+Fine-tuning (--init SOURCE): SOURCE decides the network and the preprocessing; the recipe defaults
+to finetune (warm-up, cosine decay, a tenth of the paper's lr); a resumed run never reads SOURCE again.
 """
 
 REQUIRED = ("dataset", "model", "run_dir")
@@ -88,8 +91,16 @@ def _command_line(argv: Sequence[str]) -> list[str]:
 def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="required: digits (offline), a TFDS name (cifar10, cifar100, imagenet2012) "
                                      "or an image folder")
-    p.add_argument("--model", help="required: resnet20 ... resnet1202, resnet164, resnet1001, resnet18 ... resnet200")
+    p.add_argument("--model", help="required (but with --init): resnet20 ... resnet1202, resnet164, resnet1001, "
+                                   "resnet18 ... resnet200")
     p.add_argument("--run-dir", help="required: run directory (rerun the same command to resume)")
+    p.add_argument("--init", metavar="SOURCE",
+                   help="fine-tune: start from a run directory, a .keras file, a timm checkpoint (.safetensors, "
+                        ".pth, .bin) or a timm name (resnetv2_50.a1h_in1k); the network and preprocessing are "
+                        "SOURCE's, the classifier new; default recipe finetune")
+    p.add_argument("--freeze", metavar="PARTS",
+                   help="with --init: none (default), backbone (only the new classifier trains) or parts, e.g. "
+                        "stem,stage1 (also stage2.., post); frozen BatchNorm runs in inference mode")
     p.add_argument("--unit", choices=UNITS, help="residual unit (Fig. 4), default full_preact")
     p.add_argument("--shortcut", choices=SHORTCUT_NAMES, help="shortcut (Fig. 2), default identity")
     p.add_argument("--block", choices=BLOCKS, help="CIFAR units; single is one 3x3 conv (Table 3's 1-layer "
@@ -235,13 +246,14 @@ def read_config_file(path: str) -> dict:
 
 def config_from_args(argv: Sequence[str], require: bool = False) -> TrainConfig:
     """The TrainConfig of a command line (and its --config file). `require`: a training run must name
-    its dataset, model and run directory (flags or --config), else usage and exit 2. Needs no Keras."""
+    its dataset, model (or --init) and run directory (flags or --config), else usage and exit 2. Needs no Keras."""
     parser = _parser()
     return _train_config(parser.parse_args(["train", *argv]), require, parser)[0]
 
 
-def _train_config(namespace: argparse.Namespace, require: bool, parser) -> tuple[TrainConfig, bool]:
-    """(TrainConfig, --verbose) of the parsed `train` command: flags over its --config file over the recipe."""
+def _train_config(namespace: argparse.Namespace, require: bool, parser) -> tuple[TrainConfig, bool, set]:
+    """(TrainConfig, --verbose, the settings given) of the parsed `train` command: flags over its --config
+    file over the recipe."""
     args = vars(namespace)
     args.pop("command")
     verbose = args.pop("verbose", False)
@@ -259,11 +271,11 @@ def _train_config(namespace: argparse.Namespace, require: bool, parser) -> tuple
         values.pop("steps", None)
     values.update(args)
     config = TrainConfig.from_dict(values, source)  # values and types first, then what is missing
-    missing = [name for name in REQUIRED if name not in values]
+    missing = [name for name in REQUIRED if name not in values and not (name == "model" and values.get("init"))]
     if require and missing:
         parser.commands["train"].error("the following arguments are required: "
                      + ", ".join("--" + name.replace("_", "-") for name in missing) + " (as flags or in --config)")
-    return config, verbose
+    return config, verbose, set(values)
 
 
 def _stopped_training(config: TrainConfig) -> str:
@@ -298,11 +310,16 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _plan_training(args: argparse.Namespace, parser) -> tuple[TrainConfig, bool, str]:
-    config, verbose = _train_config(args, True, parser)
+    from keras_resnet_v2.training import finetune
+
+    config, verbose, given = _train_config(args, True, parser)
+    source = finetune.prepare(config, given)  # --init: SOURCE's network and preprocessing, before any TensorFlow
     check_settings(config)
     block = f", {config.block} units" if config.block else ""
-    return config, verbose, (f"training {config.model} ({config.unit}, {config.shortcut}{block}) on {config.dataset} "
-                             f"into {config.run_dir}")
+    what = (f"fine-tuning {config.model} from {config.init}" + (f" (frozen: {config.freeze})" if config.freeze != "none"
+                                                                 else "")
+            if source else f"training {config.model} ({config.unit}, {config.shortcut}{block})")
+    return config, verbose, f"{what} on {config.dataset} into {config.run_dir}"
 
 
 def _plan_evaluation(args: argparse.Namespace, parser) -> tuple[argparse.Namespace, bool, str]:

@@ -22,7 +22,8 @@ JIT_COMPILE = ("auto", "true", "false")
 MODEL_PATTERN = re.compile(r"resnet(\d+)")
 # Fields that must match to resume a run directory (the rest, e.g. epochs, may change).
 IDENTITY_FIELDS = ("dataset", "model", "block", "unit", "shortcut", "variant_options", "scan", "padding",
-                   "batch_size", "precision", "seed", "recipe", "image_size", "normalization")
+                   "batch_size", "precision", "seed", "recipe", "image_size", "normalization", "widths", "init",
+                   "freeze")
 
 
 @dataclass
@@ -54,6 +55,9 @@ class TrainConfig:
     jit_compile: str = "auto"  # XLA for each replica's step: auto = on with one replica on a GPU (runtime)
     steps_per_execution: int = 1  # train steps per tf.function call (one host sync each)
     skip_bad_images: bool = False  # image folders: leave out files that do not decode (default: refuse)
+    widths: tuple | None = None  # per stage (ResNet's `widths`); None: the paper's. A fine-tuning run: --init's
+    init: str | None = None  # fine-tune from a run directory, .keras file, timm checkpoint or timm name (finetune.py)
+    freeze: str = "none"  # with init: none, backbone, or parts (stem,stage1,...,post) that keep init's weights
     verbose: int = 1
     recipe_overrides: dict = field(default_factory=dict)  # any `recipes.Recipe` field
 

@@ -25,24 +25,27 @@ def check_formats(text: str) -> tuple:
     return names
 
 
-def _images(dataset, info, image_size: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """Up to `limit` (image, label) of `dataset` prepared as the run's test images are."""
-    batches = data_lib.pipeline(dataset.take(limit), info, 256, training=False, image_size=image_size, cache=False)
+def _images(dataset, info, image_size: int, limit: int, sizing=None) -> tuple[np.ndarray, np.ndarray]:
+    """Up to `limit` (image, label) of `dataset` prepared as the run's test images are (`sizing`: a
+    `plumbing.images.Preprocessing`; default the data's own)."""
+    sized = {} if sizing is None else {"resize_side": sizing.side(image_size), "interpolation": sizing.interpolation}
+    batches = data_lib.pipeline(dataset.take(limit), info, 256, training=False, image_size=image_size, cache=False,
+                                **sized)
     pairs = [(np.asarray(x), np.asarray(y)) for x, y in batches]
     if not pairs:
         return np.zeros((0, image_size, image_size, 3), "float32"), np.zeros((0,), "int64")
     return np.concatenate([x for x, _ in pairs]), np.concatenate([y for _, y in pairs])
 
 
-def write_sample(run_dir: str, splits: data_lib.Splits, image_size: int) -> dict:
+def write_sample(run_dir: str, splits: data_lib.Splits, image_size: int, sizing=None) -> dict:
     """`RUN/deploy_sample.npz` (keras_resnet_v2.plumbing.samples): shuffled training images for int8
     calibration and the test split (bounded), as the model sees them at test time; returns them."""
     info = splits.info
     shape = info.image_shape or (image_size, image_size, 3)
     calibration_limit, test_limit = samples.sample_limits(shape)
     train = splits.train.shuffle(min(info.train_examples, 10_000), seed=0, reshuffle_each_iteration=False)
-    calibration, _ = _images(train, info, image_size, calibration_limit)
-    test_images, test_labels = _images(splits.test, info, image_size, test_limit)
+    calibration, _ = _images(train, info, image_size, calibration_limit, sizing)
+    test_images, test_labels = _images(splits.test, info, image_size, test_limit, sizing)
     return samples.write_sample(run_dir, calibration, test_images, test_labels)
 
 

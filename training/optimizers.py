@@ -1,4 +1,4 @@
-"""The Keras side of a recipe: the step learning-rate schedule and SGD with the paper's weight decay.
+"""The Keras side of a recipe: the learning-rate schedules and SGD with the paper's weight decay.
 
 `make_optimizer(recipe, schedule)` turns a `recipes.Recipe` resolved for a run
 (`recipes.resolve`) into the optimizer. Kept apart from the recipes, which are plain data, so
@@ -6,6 +6,8 @@ the command line reads and checks them without importing Keras.
 """
 
 from __future__ import annotations
+
+import math
 
 import keras
 from keras import ops
@@ -49,6 +51,36 @@ class StepSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from `warmup_lr` to `lr` over `warmup_steps`, then cosine decay to 0 at `total_steps`
+    (the `finetune` recipe; timm's `--sched cosine` with `--min-lr 0`). Serializable, as `StepSchedule`.
+
+    Example:
+        >>> sched = WarmupCosine(lr=0.01, total_steps=100, warmup_steps=10, warmup_lr=1e-5)
+        >>> float(sched(0)), float(sched(10)), float(sched(55)), float(sched(100))
+        (1e-05, 0.01, 0.005, 0.0)
+    """
+
+    def __init__(self, lr: float, total_steps: int, warmup_steps: int = 0, warmup_lr: float = 0.0):
+        lr, warmup_lr, total_steps, warmup_steps = float(lr), float(warmup_lr), int(total_steps), int(warmup_steps)
+        if not 0 <= warmup_steps < total_steps:
+            raise ValueError(f"`warmup_steps` must be in [0, total_steps). Received: warmup_steps={warmup_steps}, "
+                             f"total_steps={total_steps}")
+        self.lr, self.total_steps, self.warmup_steps, self.warmup_lr = lr, total_steps, warmup_steps, warmup_lr
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        ramp = self.warmup_lr + (self.lr - self.warmup_lr) * step / max(self.warmup_steps, 1)
+        progress = ops.clip((step - self.warmup_steps) / (self.total_steps - self.warmup_steps), 0.0, 1.0)
+        cosine = 0.5 * self.lr * (1.0 + ops.cos(math.pi * progress))
+        return ops.where(step < self.warmup_steps, ramp, cosine)
+
+    def get_config(self):
+        return {"lr": self.lr, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
+                "warmup_lr": self.warmup_lr}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class SGD(keras.optimizers.SGD):
     """SGD with momentum and *coupled* weight decay: `g <- g + weight_decay * w` before momentum.
 
@@ -86,7 +118,14 @@ class SGD(keras.optimizers.SGD):
         return {**super().get_config(), "weight_decay": self.coupled_weight_decay, "decay": self.decay}
 
 
+def make_schedule(schedule: Schedule) -> keras.optimizers.schedules.LearningRateSchedule:
+    """The Keras schedule of a run's `recipes.Schedule` (its `kind`: "step" or "cosine")."""
+    if schedule.kind == "cosine":
+        return WarmupCosine(schedule.lr, schedule.total_steps, schedule.warmup_steps, schedule.warmup_lr)
+    return StepSchedule(schedule.boundaries, schedule.values)
+
+
 def make_optimizer(recipe: Recipe, schedule: Schedule) -> SGD:
     """The recipe's optimizer over the run's schedule."""
-    return SGD(StepSchedule(schedule.boundaries, schedule.values), momentum=recipe.momentum,
+    return SGD(make_schedule(schedule), momentum=recipe.momentum,
                nesterov=recipe.nesterov, weight_decay=recipe.weight_decay, decay=recipe.decay)

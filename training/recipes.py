@@ -6,6 +6,16 @@ Sources (the paper's Appendix and the authors' code, resnet-pre-act.lua in fb.re
   iterations, stop at 64k.
 - ImageNet: batch 256, lr 0.1, divided by 10 at epochs 30 and 60, 90 epochs, no warm-up.
 
+`finetune` is not the paper's: it starts from a trained network (`resnet-v2-train --init`). SGD with
+Nesterov momentum 0.9 as above, at a tenth of the paper's learning rate (0.01 at batch 256, 0.0025
+at its batch of 64), a linear warm-up from 1e-5 (timm's train.py `--warmup-lr`) over the first 5%
+of the run (at most 500 iterations), then cosine decay to 0 (timm's `--sched cosine`, `--min-lr 0`),
+weight decay 2e-5 on kernels only (timm's train.py default `--weight-decay`, coupled as in
+torch.optim.SGD and as here; timm's optimizer factory leaves BatchNorm and biases undecayed too),
+10 epochs. keras-hub's ImageClassifier fine-tunes
+with Adam at 5e-5 and no weight decay by default; SGD keeps the optimizer of the paper (and of this
+package) and its coupled weight decay.
+
 The learning rate scales linearly with the global batch (lr x batch / recipe batch). A run
 shorter or longer than the recipe (`--epochs`/`--steps`) stretches the schedule to its length:
 every boundary keeps its fraction of the run (32k/64k = 50%, 48k/64k = 75%); the warm-up keeps
@@ -28,6 +38,7 @@ import math
 from dataclasses import dataclass
 
 DECAY_TARGETS = ("kernels", "all")
+SCHEDULES = ("step", "cosine")  # the paper's divisions by 10 (warm-up held flat), or linear warm-up + cosine
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,7 @@ class Recipe:
     lr_factor: float
     normalization: str
     scale_augmentation: bool  # image folders kept at native size, ImageNet-style pipeline (else resized)
+    schedule: str = "step"  # SCHEDULES; "cosine" ignores boundaries and lr_factor
     note: str = ""
 
 
@@ -61,6 +73,11 @@ RECIPES: dict[str, Recipe] = {
                              epochs=90, boundaries=(30, 60), lr_factor=0.1,
                              normalization="per_channel", scale_augmentation=True,
                              note="He et al. 2016, Appendix: ImageNet"),
+    "finetune": Recipe(batch_size=64, lr=0.0025, momentum=0.9, nesterov=True, weight_decay=2e-5,
+                       decay="kernels", warmup_steps=500, warmup_lr=1e-5, total_steps=None, epochs=10,
+                       boundaries=(), lr_factor=1.0, normalization="per_channel", scale_augmentation=False,
+                       schedule="cosine", note="fine-tuning a trained network: timm's train.py warm-up, cosine "
+                                               "and weight decay at a tenth of the paper's lr"),
 }
 RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(Recipe) if f.name != "note")
 
@@ -95,11 +112,15 @@ def _check_recipe(r: Recipe) -> None:
          "increasing positive numbers")
     need(r.normalization in ("per_pixel", "per_channel"), "normalization", "'per_pixel' or 'per_channel'")
     need(isinstance(r.scale_augmentation, bool), "scale_augmentation", "true or false")
+    need(r.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}")
 
 
 @dataclass(frozen=True)
 class Schedule:
-    """Effective schedule for one run, in iterations of the run's global batch."""
+    """Effective schedule for one run, in iterations of the run's global batch.
+
+    "step": `values[i]` from `boundaries[i-1]`; "cosine": from `warmup_lr` up to `lr` over `warmup_steps`
+    (boundaries `(warmup_steps,)`, values `(warmup_lr, lr)`), then cosine decay to 0 at `total_steps`."""
 
     total_steps: int
     lr: float
@@ -107,6 +128,7 @@ class Schedule:
     warmup_lr: float
     boundaries: tuple
     values: tuple
+    kind: str = "step"
 
 
 def resolve(recipe: Recipe, global_batch: int, steps_per_epoch: int, *, epochs: int | None = None,
@@ -133,6 +155,11 @@ def resolve(recipe: Recipe, global_batch: int, steps_per_epoch: int, *, epochs: 
     lr = recipe.lr * scale
     values = [lr * recipe.lr_factor**i for i in range(len(decay_at) + 1)]
     warmup = min(recipe.warmup_steps, int(0.05 * total)) if total != recipe_steps else recipe.warmup_steps
+    if recipe.schedule == "cosine":  # fine-tuning: warm-up never past 5% of the run, whatever its length
+        warmup = min(recipe.warmup_steps, int(0.05 * total))
+        lr_6g, warmup_lr = float(f"{lr:.6g}"), float(f"{recipe.warmup_lr * scale:.6g}") if warmup else 0.0
+        return Schedule(total, lr_6g, warmup, warmup_lr, (warmup,) if warmup else (),
+                        (warmup_lr, lr_6g) if warmup else (lr_6g,), kind="cosine")
     if warmup and recipe.warmup_lr > 0:
         decay_at = [warmup] + decay_at
         values = [recipe.warmup_lr * scale] + values

@@ -29,11 +29,12 @@ import keras
 import tensorflow as tf
 
 import keras_resnet_v2
+from keras_resnet_v2.plumbing import images as image_ops
 from keras_resnet_v2.plumbing.files import DirectoryLock, atomic_write_text
 from keras_resnet_v2.resnet import resolve_config
 from keras_resnet_v2.training import callbacks as cb
 from keras_resnet_v2.training import data as data_lib
-from keras_resnet_v2.training import deploy, evaluation, optimizers, recipes, resume, runtime
+from keras_resnet_v2.training import deploy, evaluation, finetune, optimizers, recipes, resume, runtime
 from keras_resnet_v2.training.config import (
     TrainConfig,
     check_settings,
@@ -43,7 +44,8 @@ from keras_resnet_v2.training.loop import Trainer
 
 
 def check_config(config: TrainConfig) -> recipes.Recipe:
-    """Validates everything that needs no data or devices; returns the effective recipe."""
+    """Validates everything that needs no data or devices; returns the effective recipe. A fine-tuning
+    run (`init`) has its architecture and preprocessing from SOURCE by then (`finetune.prepare`)."""
     # The builder's own checks (depth, unit, shortcut, variant options), before any data is read;
     # then the settings' own (`config.check_settings`, which the command line runs first).
     resolved = resolve_config(parse_model(config.model), **model_arguments(config))
@@ -54,11 +56,14 @@ def check_config(config: TrainConfig) -> recipes.Recipe:
     return recipe
 
 
-def build_model(config: TrainConfig, info: data_lib.DatasetInfo, image_size: int, mean, variance) -> keras.Model:
-    """The network with a normalization layer in front (raw 0..255 pixels in)."""
+def build_model(config: TrainConfig, info: data_lib.DatasetInfo, image_size: int, mean, variance,
+                source: finetune.Source | None = None) -> keras.Model:
+    """The network with a normalization layer in front (raw 0..255 pixels in): the training split's
+    statistics, or for a fine-tuning run SOURCE's front (`finetune.front_layer`, filled by `initialize`)."""
     shape = info.image_shape[:2] + (3,) if info.image_shape else (image_size, image_size, 3)
     inputs = keras.Input(shape=shape, name="images")
-    x = data_lib.normalization_layer(mean, variance)(inputs)
+    front = finetune.front_layer(source) if source else data_lib.normalization_layer(mean, variance)
+    x = front(inputs) if front is not None else inputs
     block = f"_{config.block}" if config.block else ""
     return keras_resnet_v2.ResNet(parse_model(config.model), input_tensor=x, classes=info.num_classes,
                                   name=f"{config.model}{block}_{config.unit}", **model_arguments(config))
@@ -68,8 +73,15 @@ def model_arguments(config: TrainConfig) -> dict:
     """The `ResNet` arguments a run's settings choose (the rest: the builder's defaults, the data's)."""
     # channels_last whatever keras.config says: the input pipeline gives [N, H, W, C] batches.
     return dict(unit=config.unit, shortcut=config.shortcut, block=config.block, remat=config.remat, scan=config.scan,
-                fused_batchnorm=config.fused_batchnorm, padding=config.padding, data_format="channels_last",
-                **config.variant_options)
+                fused_batchnorm=config.fused_batchnorm, padding=config.padding, widths=config.widths,
+                data_format="channels_last", **config.variant_options)
+
+
+def _describe_schedule(schedule: recipes.Schedule) -> str:
+    if schedule.kind == "cosine":
+        warmup = f"warm-up from {schedule.warmup_lr} over {schedule.warmup_steps} steps, " * bool(schedule.warmup_steps)
+        return f"lr {schedule.lr}: {warmup}cosine to 0 at step {schedule.total_steps}"
+    return f"lr {schedule.values} at {schedule.boundaries}"
 
 
 class DiskFullError(RuntimeError):
@@ -109,9 +121,18 @@ class _Plan:
     steps_per_epoch: int
     epochs: int
     effective: dict  # what config.json records: the settings, the recipe resolved, the data, the versions
+    source: finetune.Source | None  # a fine-tuning run's SOURCE (`init`)
+    sizing: image_ops.Preprocessing  # how test images of any size reach the network (and serve_image_bytes)
+
+    def test_pipeline(self, dataset, image_size: int | None = None, **kwargs):
+        """`dataset` batched for testing at `image_size` (default the run's), sized as the run's test images."""
+        size = image_size or self.image_size
+        return data_lib.pipeline(dataset, self.splits.info, self.global_batch, training=False, image_size=size,
+                                 resize_side=self.sizing.side(size), interpolation=self.sizing.interpolation, **kwargs)
 
 
 def _plan(config: TrainConfig) -> _Plan:
+    source = finetune.prepare(config)  # SOURCE's architecture and preprocessing (a fine-tuning run)
     recipe = check_config(config)
     runtime.set_precision(config.precision)  # before any model is built
     strategy = runtime.make_strategy(config.strategy)
@@ -129,12 +150,20 @@ def _plan(config: TrainConfig) -> _Plan:
         raise ValueError(f"`eval_size` sets the test crop of variable-size (ImageNet-style) images; {info.name!r} "
                          f"images are all {info.image_shape[0]}x{info.image_shape[1]}. Received: "
                          f"eval_size={config.eval_size}")
+    if source is not None and source.fixed_size and (info.image_shape or (None,))[0] != source.image_size:
+        sizes = "of varying sizes" if info.image_shape is None else f"{info.image_shape[0]}x{info.image_shape[1]}"
+        raise ValueError(f"--init subtracts a per-pixel mean image of {source.image_size}x{source.image_size}; "
+                         f"{info.name!r} images are {sizes}. Received: dataset={config.dataset!r}")
     steps_per_epoch = recipes.steps_per_epoch(info.train_examples, global_batch)
     schedule = recipes.resolve(recipe, global_batch, steps_per_epoch, epochs=config.epochs, steps=config.steps)
     epochs = max(1, -(-schedule.total_steps // steps_per_epoch))
     if config.steps is not None:
         steps_per_epoch = min(steps_per_epoch, config.steps)
         epochs = -(-config.steps // steps_per_epoch)
+    # How test images of any size reach the network: SOURCE's for a fine-tuning run (timm's bicubic 0.95 crop).
+    mode = "resize" if info.image_shape is not None else "shorter_side_crop"
+    sizing = image_ops.as_preprocessing(source.preprocessing if source and source.preprocessing["mode"] == mode
+                                        else mode)
     effective = {**dataclasses.asdict(config), "recipe_values": dataclasses.asdict(recipe),
                  "schedule": dataclasses.asdict(schedule), "global_batch": global_batch,
                  "batch_size": global_batch, "replicas": strategy.num_replicas_in_sync,
@@ -142,13 +171,15 @@ def _plan(config: TrainConfig) -> _Plan:
                  "steps_per_epoch": steps_per_epoch, "image_size": image_size,
                  "dataset_info": {k: v for k, v in dataclasses.asdict(info).items() if k != "class_names"},
                  "class_names": list(info.class_names),
-                 "normalization": recipe.normalization,  # the input statistics' kind: part of the run's identity
+                 # the input statistics' kind: part of the run's identity (a fine-tuning run: SOURCE's)
+                 "normalization": source.normalization if source else recipe.normalization,
                  # how images of any size reach the network at test time (and in serve_image_bytes)
-                 "preprocessing": "resize" if info.image_shape is not None else "shorter_side_crop",
+                 "preprocessing": mode if sizing == image_ops.Preprocessing(mode) else dataclasses.asdict(sizing),
+                 "init_source": finetune.record(source) if source else None,
                  "keras_resnet_v2": keras_resnet_v2.__version__,
                  "tensorflow": tf.__version__, "keras": keras.__version__}
     return _Plan(recipe, strategy, jit_compile, global_batch, splits, image_size, schedule, steps_per_epoch, epochs,
-                 effective)
+                 effective, source, sizing)
 
 
 def _restore(plan: _Plan, checkpoint, manager, run_dir: str, backup_dir: str, chief: bool) -> int:
@@ -222,10 +253,18 @@ def _run(config: TrainConfig, held: contextlib.ExitStack) -> dict:
     _say(f"strategy {runtime.strategy_name(strategy)}, {strategy.num_replicas_in_sync} replica(s), "
          f"precision {config.precision}, XLA {'on' if plan.jit_compile else 'off'}, global batch {global_batch} "
          f"({global_batch // strategy.num_replicas_in_sync} per replica), {plan.steps_per_epoch} steps x "
-         f"{plan.epochs} epochs, lr {plan.schedule.values} at {plan.schedule.boundaries}")
-    mean, variance = data_lib.normalization_statistics(plan.splits.train, plan.recipe.normalization)
+         f"{plan.epochs} epochs, {_describe_schedule(plan.schedule)}")
+    source = plan.source
+    # A fine-tuning run standardizes as SOURCE did (its front layer); otherwise the training split's statistics.
+    mean, variance = (None, None) if source else data_lib.normalization_statistics(plan.splits.train,
+                                                                                   plan.recipe.normalization)
     with strategy.scope():
-        model = build_model(config, info, plan.image_size, mean, variance)  # fused BatchNorm unless turned off
+        model = build_model(config, info, plan.image_size, mean, variance, source)  # fused BatchNorm unless turned off
+        if source is not None and not resuming:  # a resumed run has SOURCE's weights in its backup
+            digest = plan.effective["init_source"]["sha256"] = finetune.initialize(model, source)
+            _say(f"initialized from {source.spec} ({source.kind}, sha256 {digest[:12]}): all but the classifier")
+        if source is not None:  # before the optimizer is built: frozen layers have no slots
+            finetune.freeze(model, finetune.frozen_parts(config.freeze, source))
         optimizer = runtime.wrap_optimizer(optimizers.make_optimizer(plan.recipe, plan.schedule), config.precision)
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="completed_epochs")
     trainer = Trainer(model, optimizer, strategy, global_batch, jit_compile=plan.jit_compile,
@@ -252,7 +291,7 @@ def _run(config: TrainConfig, held: contextlib.ExitStack) -> dict:
     callbacks = _callbacks(config, plan, run_dir, chief, best_previous, _Backup(checkpoint, manager, backup_dir))
     train_ds = data_lib.pipeline(plan.splits.train, info, global_batch, training=True, seed=config.seed,
                                  start_step=initial_epoch * plan.steps_per_epoch, image_size=plan.image_size)
-    test_ds = data_lib.pipeline(plan.splits.test, info, global_batch, training=False, image_size=plan.image_size)
+    test_ds = plan.test_pipeline(plan.splits.test)
     try:
         trainer.fit(train_ds, epochs=plan.epochs, steps_per_epoch=plan.steps_per_epoch, validation_data=test_ds,
                     callbacks=callbacks, initial_epoch=initial_epoch, verbose=config.verbose,
@@ -279,7 +318,8 @@ def _finish(config: TrainConfig, plan: _Plan, model: keras.Model, metrics: dict,
     """The final test (and at `eval_size`), `model.keras`, the last line, and the export of `--export-dir`."""
     result = {"run_dir": run_dir, **{f"test_{k}": v for k, v in metrics.items()}}
     if config.eval_size and config.eval_size != plan.image_size:
-        at_size = evaluation.eval_at(model, plan.splits, config.eval_size, plan.global_batch, plan.strategy)
+        at_size = evaluation.eval_at(model, plan.splits, config.eval_size, plan.global_batch, plan.strategy,
+                                     interpolation=plan.sizing.interpolation)
         result.update({f"test_{config.eval_size}_{k}": v for k, v in at_size.items()})
     if not chief:
         shutil.rmtree(write_dir, ignore_errors=True)
@@ -292,7 +332,7 @@ def _finish(config: TrainConfig, plan: _Plan, model: keras.Model, metrics: dict,
     _say(f"test error {error(result['test_accuracy'])} (top-5 {error(result['test_top5_accuracy'])}) "
          f"at {plan.image_size}x{plan.image_size}{at_size}; model {model_path}; "
          f"history {os.path.join(run_dir, 'history.csv')}")
-    sample = deploy.write_sample(run_dir, plan.splits, plan.image_size)
+    sample = deploy.write_sample(run_dir, plan.splits, plan.image_size, plan.sizing)
     if config.export_dir:
         result["export"] = deploy.export_run(model, config.export_dir, list(plan.splits.info.class_names),
                                              plan.effective, config.export_formats, sample)
