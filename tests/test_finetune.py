@@ -140,9 +140,15 @@ def test_the_finetune_recipe_warms_up_then_decays_by_a_cosine():
     assert (doubled.lr, doubled.warmup_lr, doubled.total_steps, doubled.warmup_steps) == (0.005, 2e-5, 100, 5)
 
 
-def test_each_kind_of_source_is_described_without_reading_its_weights(tmp_path):
+def test_each_kind_of_source_is_described_without_reading_its_weights(tmp_path, monkeypatch):
     state = timm_resnetv2_state(widths=(8, 16, 32, 64), classes=7)
-    timm = finetune.describe(write_safetensors(tmp_path / "model.safetensors", state))
+    path = write_safetensors(tmp_path / "model.safetensors", state)
+    timm = finetune.describe(path)
+    asked = []
+    monkeypatch.setattr(finetune, "download", lambda name, what: asked.append((name, what)) or path)
+    by_name = finetune.describe("resnetv2_50.a1h_in1k")  # a timm name: the file huggingface_hub would fetch
+    assert asked == [("resnetv2_50.a1h_in1k", "init")] and by_name.file == timm.file
+    assert by_name.architecture == timm.architecture and by_name.spec == "resnetv2_50.a1h_in1k"
     assert timm.kind == "timm" and timm.architecture == {
         "model": "resnet50", "unit": "full_preact", "shortcut": "identity", "block": None, "padding": "symmetric",
         "variant_options": {}, "widths": [8, 16, 32, 64]}

@@ -124,11 +124,11 @@ class _Plan:
     source: finetune.Source | None  # a fine-tuning run's SOURCE (`init`)
     sizing: image_ops.Preprocessing  # how test images of any size reach the network (and serve_image_bytes)
 
-    def test_pipeline(self, dataset, image_size: int | None = None, **kwargs):
-        """`dataset` batched for testing at `image_size` (default the run's), sized as the run's test images."""
-        size = image_size or self.image_size
-        return data_lib.pipeline(dataset, self.splits.info, self.global_batch, training=False, image_size=size,
-                                 resize_side=self.sizing.side(size), interpolation=self.sizing.interpolation, **kwargs)
+    def test_pipeline(self, dataset):
+        """`dataset` batched for testing: images of any size sized as `sizing` says."""
+        return data_lib.pipeline(dataset, self.splits.info, self.global_batch, training=False,
+                                 image_size=self.image_size, resize_side=self.sizing.side(self.image_size),
+                                 interpolation=self.sizing.interpolation)
 
 
 def _plan(config: TrainConfig) -> _Plan:
