@@ -56,6 +56,24 @@ def message_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.strip() and not ANNOUNCEMENT.match(line)]
 
 
+def kill_after_first_epoch(process, run_dir, timeout: float = 240) -> None:
+    """SIGKILLs a training `process` (a Popen with stderr piped) once `run_dir` holds a backup and a history
+    row: a kill between epochs, as a preempted machine's; fails if the process ended before that."""
+    import signal
+    import time
+
+    from keras_resnet_v2.training.callbacks import read_history
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if (run_dir / "backup" / "checkpoint").exists() and read_history(str(run_dir / "history.csv")):
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, f"training ended before it could be killed: {process.stderr.read()[-2000:]}"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
 KINDS = {"Conv2D": "conv", "BatchNormalization": "bn", "ReLU": "relu", "Add": "add"}
 
 

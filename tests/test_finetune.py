@@ -7,18 +7,16 @@ so no timm or network is needed; SOURCE runs are trained here on scikit-learn's 
 import json
 import os
 import shutil
-import signal
 import struct
 import subprocess
 import sys
-import time
 
 import keras
 import numpy as np
 import pytest
 
 import keras_resnet_v2
-from conftest import message_lines
+from conftest import kill_after_first_epoch, message_lines
 from keras_resnet_v2.plumbing.files import file_sha256
 from keras_resnet_v2.training import callbacks as cb
 from keras_resnet_v2.training import cli, finetune, optimizers, recipes
@@ -281,14 +279,7 @@ def test_a_digits_run_fine_tunes_on_a_three_class_folder_survives_a_kill_and_exp
     command = [sys.executable, "-m", "keras_resnet_v2.training", "--quiet", "--init", str(source), "--dataset",
                folder, "--epochs", "6", "--run-dir", str(run_dir), "--export-dir", str(export_dir)]
     process = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        if (run_dir / "backup" / "checkpoint").exists() and cb.read_history(str(run_dir / "history.csv")):
-            break
-        time.sleep(0.2)
-    assert process.poll() is None, f"fine-tuning ended before it could be killed: {process.stderr.read()[-2000:]}"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_after_first_epoch(process, run_dir, timeout=300)
     shutil.move(str(source), str(tmp_path / "moved"))  # the resumed run must not need SOURCE
 
     resumed = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)

@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -10,6 +9,7 @@ import time
 import keras
 import pytest
 
+from conftest import kill_after_first_epoch
 from keras_resnet_v2.training import callbacks as cb
 from keras_resnet_v2.training import cli
 
@@ -33,14 +33,7 @@ def test_sigkill_then_rerun_resumes_and_keeps_history(tmp_path):
     run_dir = tmp_path / "run"
     process = subprocess.Popen(_train_command(run_dir), env=_env(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and process.poll() is None:
-        if (run_dir / "backup" / "checkpoint").exists() and cb.read_history(str(run_dir / "history.csv")):
-            break
-        time.sleep(0.2)
-    assert process.poll() is None, f"training ended before it could be killed: {process.stderr.read()[-2000:]}"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_after_first_epoch(process, run_dir)
     killed_rows = cb.read_history(str(run_dir / "history.csv"))
     assert 1 <= len(killed_rows) < 4
 
@@ -181,7 +174,6 @@ def test_help_names_the_subcommands_and_defaults(capsys):
 
 
 def test_images_per_second_excludes_the_first_step():
-    import time
 
     import numpy as np
 
