@@ -136,13 +136,24 @@ def safetensors_shapes(path: str, what: str = "source") -> dict[str, SimpleNames
 
 
 def read_torch(path: str, what: str = "source") -> dict[str, Any]:
+    """A PyTorch state dict file (`torch.save` of a dict of tensors, or of {"state_dict": ...}), loaded with
+    `weights_only=True` (no code runs); a one-line ValueError naming `what` when it is not one."""
     try:
         import torch
     except ImportError:
         raise ValueError(f"`{what}` is a PyTorch file: reading it needs PyTorch (pip install torch), or convert it "
                          f"to .safetensors. Received: {what}={path!r}") from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("state_dict", state) if isinstance(state, dict) else state
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - truncated, not a zip/pickle, a refused global: one line each
+        raise ValueError(f"`{what}` is not a readable PyTorch state dict ({type(error).__name__}: "
+                         f"{short_repr(str(error).splitlines()[0] if str(error) else '', 160)}). Received: "
+                         f"{what}={path!r}") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not all(isinstance(key, str) for key in state):
+        raise ValueError(f"`{what}` holds a {type(state).__name__}, not a state dict (names -> tensors). Received: "
+                         f"{what}={path!r}")
+    return state
 
 
 def download(name: str, what: str = "source") -> str:

@@ -302,6 +302,10 @@ def test_a_resnetv2_50_state_dict_fine_tunes_with_timms_preprocessing_to_a_verif
     torch = pytest.importorskip("torch")
     state = timm_resnetv2_state()  # resnetv2_50 itself: 25.5M parameters, 1000 classes
     checkpoint = tmp_path / "resnetv2_50.pth"
+    (tmp_path / "garbage.pth").write_bytes(os.urandom(300))
+    refused = _train("--init", str(tmp_path / "garbage.pth"), "--dataset", "digits", "--run-dir", str(tmp_path / "r"))
+    assert refused.returncode == 2 and "`init` is not a readable PyTorch state dict" in refused.stderr
+    assert refused.stderr.count("\n") <= 2 and not (tmp_path / "r").exists()  # the start line and the error
     torch.save({key: torch.from_numpy(value) for key, value in state.items()}, str(checkpoint))
     folder = digits_folder(tmp_path / "folder", per_class=16, size=80)
     run_dir, export_dir = tmp_path / "fine", tmp_path / "export"

@@ -111,7 +111,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     length.add_argument("--epochs", type=int, help="default: the recipe's length (paper_cifar: 64k iterations)")
     length.add_argument("--steps", type=int, help="iterations (instead of --epochs)")
     p.add_argument("--batch-size", type=int, help="global batch (default: the recipe's, 128 for paper_cifar)")
-    p.add_argument("--recipe", choices=tuple(RECIPES), help="default paper_cifar")
+    p.add_argument("--recipe", choices=tuple(RECIPES), help="default paper_cifar; finetune with --init")
     p.add_argument("--precision", choices=PRECISIONS, help="default float32")
     p.add_argument("--strategy", choices=STRATEGIES, help="default auto")
     p.add_argument("--data-dir", help="TFDS data directory")
