@@ -315,10 +315,12 @@ def _plan_training(args: argparse.Namespace, parser) -> tuple[TrainConfig, bool,
     config, verbose, given = _train_config(args, True, parser)
     source = finetune.prepare(config, given)  # --init: SOURCE's network and preprocessing, before any TensorFlow
     check_settings(config)
-    block = f", {config.block} units" if config.block else ""
-    what = (f"fine-tuning {config.model} from {config.init}" + (f" (frozen: {config.freeze})" if config.freeze != "none"
-                                                                 else "")
-            if source else f"training {config.model} ({config.unit}, {config.shortcut}{block})")
+    if source is not None:
+        frozen = f" (frozen: {config.freeze})" if config.freeze != "none" else ""
+        what = f"fine-tuning {config.model} from {config.init}{frozen}"
+    else:
+        block = f", {config.block} units" if config.block else ""
+        what = f"training {config.model} ({config.unit}, {config.shortcut}{block})"
     return config, verbose, f"{what} on {config.dataset} into {config.run_dir}"
 
 
