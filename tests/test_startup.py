@@ -151,6 +151,8 @@ FAST = {
     "train_bad_precision": ("keras_resnet_v2.training.cli", ["--dataset", "digits", "--model", "resnet20",
                                                              "--run-dir", "r", "--precision", "fp16"], 2,
                             "invalid choice: 'fp16'"),
+    "train_missing_init": ("keras_resnet_v2.training.cli", ["--dataset", "digits", "--init", "nothing.safetensors",
+                                                            "--run-dir", "r"], 2, "`init` file does not exist"),
     "evaluate_help": ("keras_resnet_v2.training.cli", ["evaluate", "--help"], 0, "--eval-size"),
     "evaluate_missing_model": ("keras_resnet_v2.training.cli", ["evaluate", "--model", "nothing.keras", "--dataset",
                                                                 "digits"], 2, "MODEL must be a .keras file"),
