@@ -17,7 +17,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from keras_resnet_v2.names import BLOCKS, PADDINGS, SHORTCUT_NAMES, UNITS
 from keras_resnet_v2.plumbing import interrupts
@@ -278,10 +278,18 @@ def _train_config(namespace: argparse.Namespace, require: bool, parser) -> tuple
     return config, verbose, set(values)
 
 
-def _stopped_training(config: TrainConfig) -> str:
+class Training(NamedTuple):
+    """A checked training run: its settings and, for a fine-tuning run, SOURCE as the checks read it."""
+
+    config: TrainConfig
+    source: Any  # finetune.Source | None (finetune is imported with the plan: --help stays light)
+
+
+def _stopped_training(job: Training) -> str:
     """Where a Ctrl-C or SIGTERM left a training run, and how to go on."""
     from keras_resnet_v2.training.callbacks import read_history
 
+    config = job.config
     try:
         rows = read_history(os.path.join(config.run_dir, "history.csv"))
     except ValueError:
@@ -291,10 +299,10 @@ def _stopped_training(config: TrainConfig) -> str:
             f"{os.path.join(config.run_dir, 'backup')}")
 
 
-def _train(config: TrainConfig) -> int:
+def _train(job: Training) -> int:
     from keras_resnet_v2.training.runner import run
 
-    print(json.dumps(run(config), indent=2, default=str))
+    print(json.dumps(run(job.config, job.source), indent=2, default=str))
     return 0
 
 
@@ -309,7 +317,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plan_training(args: argparse.Namespace, parser) -> tuple[TrainConfig, bool, str]:
+def _plan_training(args: argparse.Namespace, parser) -> tuple[Training, bool, str]:
     from keras_resnet_v2.training import finetune
 
     config, verbose, given = _train_config(args, True, parser)
@@ -321,7 +329,7 @@ def _plan_training(args: argparse.Namespace, parser) -> tuple[TrainConfig, bool,
     else:
         block = f", {config.block} units" if config.block else ""
         what = f"training {config.model} ({config.unit}, {config.shortcut}{block})"
-    return config, verbose, f"{what} on {config.dataset} into {config.run_dir}"
+    return Training(config, source), verbose, f"{what} on {config.dataset} into {config.run_dir}"
 
 
 def _plan_evaluation(args: argparse.Namespace, parser) -> tuple[argparse.Namespace, bool, str]:

@@ -43,6 +43,7 @@ from keras_resnet_v2.timm_checkpoint import (
     timm_architecture,
 )
 from keras_resnet_v2.training.config import TrainConfig, parse_model
+from keras_resnet_v2.training.resume import recorded_run
 
 TIMM_FILES = (".safetensors", ".pth", ".pt", ".bin")
 # The settings SOURCE decides (TrainConfig fields): its network, then how its images are prepared.
@@ -168,9 +169,9 @@ def describe(spec: str) -> Source:
             last = os.path.join(spec, "checkpoints", "last.keras")
             raise ValueError(f"`init` run {spec!r} has no model.keras: it has not finished. Finish it, or pass {last} "
                              f"(or best.keras). Received: init={spec!r}")
-        return _keras(spec, _init_file(os.path.join(path, "model.keras")), read_json_object(config))
+        return _keras(spec, model_file(os.path.join(path, "model.keras"), "`init`"), read_json_object(config))
     if path.endswith(".keras"):
-        return _keras(spec, _init_file(path), _enclosing_run(path))
+        return _keras(spec, model_file(path, "`init`"), _enclosing_run(path))
     if path.endswith(TIMM_FILES):
         if not os.path.isfile(path):
             raise ValueError(f"`init` file does not exist. Received: init={spec!r}")
@@ -182,13 +183,6 @@ def describe(spec: str) -> Source:
     check_timm_name(spec, "init")
     path = download(spec, "init")
     return _timm(spec, path, safetensors_shapes(path, "init"))
-
-
-def _init_file(path: str) -> str:
-    try:
-        return model_file(path)
-    except ValueError as error:  # model_file names MODEL, the argument of the commands that load a model
-        raise ValueError(str(error).replace("MODEL", "`init`", 1)) from None
 
 
 def frozen_parts(text: str, source: Source) -> tuple[str, ...]:
@@ -220,16 +214,6 @@ def _same(a: Any, b: Any) -> bool:
     return listed(a) == listed(b)
 
 
-def _resumable(run_dir: str) -> Optional[dict]:
-    """The config.json of a run directory that holds a run to resume (a backup), else None."""
-    if not os.path.exists(os.path.join(run_dir, "backup", "checkpoint")):
-        return None
-    try:
-        return read_json_object(os.path.join(run_dir, "config.json"))
-    except FileNotFoundError:
-        return None  # resume.check_resume refuses it, saying why
-
-
 def prepare(config: TrainConfig, given: Optional[Iterable[str]] = None) -> Optional[Source]:
     """Puts SOURCE's architecture and preprocessing into `config` (a run with `init`); returns the `Source`,
     or None for a run from random weights. Needs no Keras.
@@ -242,7 +226,7 @@ def prepare(config: TrainConfig, given: Optional[Iterable[str]] = None) -> Optio
     defaults = TrainConfig()
     given = set(given) if given is not None else {f.name for f in dataclasses.fields(TrainConfig)
                                                   if getattr(config, f.name) != getattr(defaults, f.name)}
-    previous = _resumable(config.run_dir) if isinstance(config.run_dir, str) and config.run_dir else None
+    previous = recorded_run(config.run_dir) if isinstance(config.run_dir, str) and config.run_dir else None
     if config.init is None:
         if previous is not None and previous.get("init") is not None:
             raise ValueError(f"Run directory {config.run_dir!r} holds a run fine-tuned from init={previous['init']!r}: "

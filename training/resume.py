@@ -7,21 +7,29 @@ import dataclasses
 import glob
 import os
 import shutil
+from typing import Optional
 
 from keras_resnet_v2.plumbing.files import read_json_object
 from keras_resnet_v2.training.config import IDENTITY_FIELDS, TrainConfig, changed_settings
 
 
-def check_resume(run_dir: str, effective: dict) -> bool:
-    """True if run_dir holds a run to resume; refuses one made by a different configuration."""
-    path = os.path.join(run_dir, "config.json")
+def recorded_run(run_dir: str) -> Optional[dict]:
+    """The config.json of a run directory that holds a run to resume (a backup), or None when it holds no
+    backup; a one-line ValueError when it holds a backup but no (readable) config.json."""
     if not os.path.exists(os.path.join(run_dir, "backup", "checkpoint")):
-        return False
+        return None
     try:
-        previous = read_json_object(path)
+        return read_json_object(os.path.join(run_dir, "config.json"))
     except FileNotFoundError:
         raise ValueError(f"Run directory {run_dir!r} holds a backup but no config.json, so it cannot be resumed "
                          "safely; move its backup/ aside to start over, or use another --run-dir.") from None
+
+
+def check_resume(run_dir: str, effective: dict) -> bool:
+    """True if run_dir holds a run to resume; refuses one made by a different configuration."""
+    previous = recorded_run(run_dir)
+    if previous is None:
+        return False
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # runs saved before a field existed
     defaults["normalization"] = (previous.get("recipe_values") or {}).get("normalization")
     defaults["padding"] = "same"  # runs saved before the field existed were built with Keras' "same"

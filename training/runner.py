@@ -97,14 +97,16 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
-def run(config: TrainConfig) -> dict:
+def run(config: TrainConfig, source: finetune.Source | None = None) -> dict:
     """Trains (or resumes) one run; returns the final test metrics and paths.
 
+    `source`: a fine-tuning run's SOURCE as `finetune.prepare(config)` returned it, for a caller that has
+    it already (the command line, from its checks); None: prepared here when `config.init` is set.
     The run directory is locked for the run (`RUN_DIR/.lock`): a second run into it is refused at
     once, naming the first; the kernel releases the lock however the run ends, SIGKILL included.
     """
     with contextlib.ExitStack() as held:
-        return _run(config, held)
+        return _run(config, held, source)
 
 
 @dataclasses.dataclass
@@ -131,8 +133,8 @@ class _Plan:
                                  interpolation=self.sizing.interpolation)
 
 
-def _plan(config: TrainConfig) -> _Plan:
-    source = finetune.prepare(config)  # SOURCE's architecture and preprocessing (a fine-tuning run)
+def _plan(config: TrainConfig, source: finetune.Source | None) -> _Plan:
+    source = source or finetune.prepare(config)  # SOURCE's architecture and preprocessing (a fine-tuning run)
     recipe = check_config(config)
     runtime.set_precision(config.precision)  # before any model is built
     strategy = runtime.make_strategy(config.strategy)
@@ -237,8 +239,8 @@ def _callbacks(config: TrainConfig, plan: _Plan, run_dir: str, chief: bool, best
     return found
 
 
-def _run(config: TrainConfig, held: contextlib.ExitStack) -> dict:
-    plan = _plan(config)
+def _run(config: TrainConfig, held: contextlib.ExitStack, source: finetune.Source | None) -> dict:
+    plan = _plan(config, source)
     strategy, info, global_batch = plan.strategy, plan.splits.info, plan.global_batch
     run_dir = os.path.abspath(config.run_dir)
     chief = runtime.is_chief(strategy)

@@ -202,18 +202,19 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def model_file(path: str) -> str:
+def model_file(path: str, what: str = "MODEL") -> str:
     """The `.keras` archive MODEL names (a file, or `model.keras` in a training run directory).
 
-    A one-line ValueError otherwise; checked by the command lines before Keras is imported.
+    A one-line ValueError naming the argument `what` otherwise; checked by the command lines before Keras is
+    imported.
     """
     candidate = os.path.join(path, "model.keras") if os.path.isdir(path) else path
     if not (os.path.isfile(candidate) and candidate.endswith(".keras")):
-        raise ValueError(f"MODEL must be a .keras file or a directory holding model.keras. Received: {path!r}")
+        raise ValueError(f"{what} must be a .keras file or a directory holding model.keras. Received: {path!r}")
     if not zipfile.is_zipfile(candidate):  # Keras would say "File not found" of an existing file
-        raise ValueError(f"MODEL {candidate!r} exists but is not a .keras archive (a .keras file is a zip "
+        raise ValueError(f"{what} {candidate!r} exists but is not a .keras archive (a .keras file is a zip "
                          "archive; this one is truncated, damaged or of another format)")
-    _check_not_a_bomb(candidate)
+    _check_not_a_bomb(candidate, what)
     return candidate
 
 
@@ -223,15 +224,15 @@ MAX_INFLATION = 50
 MAX_INFLATED_BYTES = 8 << 30  # a whole archive: well above any network of this package (ResNet-200: ~260 MB)
 
 
-def _check_not_a_bomb(path: str) -> None:
+def _check_not_a_bomb(path: str, what: str) -> None:
     with zipfile.ZipFile(path) as archive:
         members = archive.infolist()
     total = sum(member.file_size for member in members)
     for member in members:
         if member.file_size > (64 << 20) and member.file_size > MAX_INFLATION * max(member.compress_size, 1):
-            raise ValueError(f"MODEL {path!r}: member {member.filename!r} inflates {member.compress_size:,} bytes to "
+            raise ValueError(f"{what} {path!r}: member {member.filename!r} inflates {member.compress_size:,} bytes to "
                              f"{member.file_size:,} (ratio {member.file_size // max(member.compress_size, 1):,}; "
                              f"weights compress about 1.1x); not loaded, as a decompression bomb")
     if total > MAX_INFLATED_BYTES:
-        raise ValueError(f"MODEL {path!r} inflates to {total:,} bytes, more than the {MAX_INFLATED_BYTES:,} any "
+        raise ValueError(f"{what} {path!r} inflates to {total:,} bytes, more than the {MAX_INFLATED_BYTES:,} any "
                          "network of this package needs; not loaded")
