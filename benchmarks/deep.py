@@ -96,7 +96,7 @@ else:
             float(logs["loss"]); times.append(time.perf_counter() - self.t)
             if b == 0: out["first_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    krv2.resnet.SCAN_UNROLL = args["unroll"] or krv2.resnet.SCAN_UNROLL
+    krv2.builder.SCAN_UNROLL = args["unroll"] or krv2.builder.SCAN_UNROLL
     model = krv2.ResNet(depth, scan=mode.startswith("stacked"), remat=mode.endswith("remat"))
     out["build_s"] = time.perf_counter() - t0
     model.compile(optimizer=keras.optimizers.SGD(args["lr"], momentum=0.9, nesterov=True),

@@ -1,10 +1,10 @@
-"""`resnet-v2-export MODEL [--savedmodel BASE_DIR] [--onnx FILE] [--litert FILE] [--openvino FILE.xml]
+"""`resnet-v2-export [export] MODEL [--savedmodel BASE_DIR] [--onnx FILE] [--litert FILE] [--openvino FILE.xml]
 [--int8-onnx FILE] [--int8-litert FILE] ...` and `resnet-v2-export verify MODEL [the same flags]`.
 
 MODEL is a `.keras` file or a directory holding `model.keras` (a training run directory).
 Every export is verified against the Keras model and a `verification.json` report is written
-beside the first (`BASE_DIR/<version>.verification.json`, `FILE.verification.json`). The flags
-are `keras_resnet_v2.export.formats.FORMATS`, one per format.
+beside the first (`BASE_DIR/<version>.verification.json`, `FILE.verification.json`). The format
+flags, their arguments and help lines are `keras_resnet_v2.export.formats.FORMATS`, one per format.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import sys
 import warnings
 from typing import Optional, Sequence
 
+from keras_resnet_v2.export import formats
 from keras_resnet_v2.names import short_repr
 from keras_resnet_v2.plumbing.files import describe_os_error, model_file, read_json_object
 from keras_resnet_v2.plumbing.startup import VERBOSE_HELP, announce, start_backend
@@ -38,41 +39,30 @@ def _run_details(path: str) -> dict:
             "preprocessing": export.run_preprocessing(config)}
 
 
-def _check_version_dir(path: str) -> None:
+def _check_version_dir(path: str, flag: str) -> None:
     """`verify --savedmodel` takes one version (BASE/N), not the base directory TF Serving reads."""
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
         return
     versions = sorted((n for n in os.listdir(path) if n.isdigit()), key=int) if os.path.isdir(path) else []
     hint = (f"; {path} is a base directory: give a version, e.g. {os.path.join(path, versions[-1])}" if versions
             else "")
-    raise ValueError(f"--savedmodel must be a SavedModel version directory (holding saved_model.pb){hint}. "
+    raise ValueError(f"{flag} must be a SavedModel version directory (holding saved_model.pb){hint}. "
                      f"Received: {path!r}")
 
 
-# The formats' flags (keras_resnet_v2.export.formats.FORMATS, whose import starts TensorFlow; a test
-# keeps the two in step): name -> (export target, verify target, help).
-FORMAT_FLAGS = {
-    "savedmodel": ("BASE_DIR", "VERSION_DIR", "SavedModel for TF Serving (export: its base directory; verify: "
-                   "a version, e.g. serving/1)"),
-    "onnx": ("FILE", "FILE", "ONNX file, float32"),
-    "litert": ("FILE", "FILE", "LiteRT (.tflite) file, float32"),
-    "openvino": ("FILE.xml", "FILE.xml", "OpenVINO IR FILE.xml (+ FILE.bin), float32"),
-    "int8_onnx": ("FILE", "FILE", "int8 ONNX file (QDQ), calibrated"),
-    "int8_litert": ("FILE", "FILE", "int8 LiteRT file, calibrated"),
-}
 CALIBRATION_HELP = ("int8: a folder of images to calibrate on (default: a training run's deploy_sample.npz, "
                     "its training images; its test split checks the accuracy)")
 
 
 def _wants_int8(targets: dict) -> bool:
-    """Whether any of the requested formats is an int8 one (FORMAT_FLAGS' names, as `Format.int8` says)."""
-    return any(name.startswith("int8_") for name in targets)
+    """Whether any of the requested formats (by name) is an int8 one (`Format.int8`)."""
+    return any(formats.BY_NAME[name].int8 for name in targets)
 
 
 def _add_format_flags(parser: argparse.ArgumentParser, verify_only: bool) -> None:
-    for name, (target, version, text) in FORMAT_FLAGS.items():
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, metavar=version if verify_only else target,
-                            help=text)
+    for entry in formats.FORMATS:
+        parser.add_argument(entry.flag, dest=entry.name, metavar=entry.verify_target if verify_only else entry.target,
+                            help=entry.purpose)
     parser.add_argument("--calibration", metavar="DIR", help=CALIBRATION_HELP)
     parser.add_argument("--max-accuracy-drop", type=float, metavar="P", default=1.0,
                         help="int8: refuse (publish nothing) when it loses more than P points of accuracy (default 1)")
@@ -119,9 +109,31 @@ def _preprocessing_for(args, model, default: Optional[str]):
                            getattr(args, "interpolation", None))
 
 
+COMMANDS = ("export", "verify")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="resnet-v2-export", description=__doc__.split("\n\n")[0],
-                                     epilog="resnet-v2-export verify --help: check existing exports against a model")
+    """One parser, a sub-parser per command (`parser.commands[name]`); `export` is the default
+    (`_command_line` names it)."""
+    parser = argparse.ArgumentParser(prog="resnet-v2-export", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    parser.commands = commands.choices
+    _export_arguments(commands.add_parser(
+        "export", prog="resnet-v2-export", description=__doc__.split("\n\n")[0],
+        epilog="resnet-v2-export verify --help: check existing exports against a model"))
+    _verify_arguments(commands.add_parser(
+        "verify", prog="resnet-v2-export verify",
+        description="Run one batch through the Keras model and existing exports; fail above the float32 bound. "
+                    "Writes VERSION_DIR.verification.json (or FILE.verification.json)."))
+    return parser
+
+
+def _command_line(argv: Sequence[str]) -> list:
+    """`resnet-v2-export MODEL ...` is `resnet-v2-export export MODEL ...`."""
+    return list(argv) if argv[:1] and argv[0] in COMMANDS else ["export", *argv]
+
+
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a .keras file or a directory holding model.keras (a training run)")
     _add_format_flags(parser, verify_only=False)
     parser.add_argument("--calibration-images", type=int, default=256, metavar="N",
@@ -142,7 +154,13 @@ def _parser() -> argparse.ArgumentParser:
                         help="class names, one a line, in class order (default: a training run's own); written "
                              "to the SavedModel's labels.txt and the ONNX metadata")
     parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
-    return parser
+
+
+def _verify_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="a .keras file or a directory holding model.keras (a training run)")
+    _add_format_flags(parser, verify_only=True)
+    parser.add_argument("--input-scale", type=float, metavar="S", help="the --input-scale the exports were made with")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
 
 
 def _read_labels(path: str) -> list:
@@ -153,27 +171,13 @@ def _read_labels(path: str) -> list:
         raise ValueError(f"--labels {path!r} is not a readable text file ({error})") from None
 
 
-def _verify_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="resnet-v2-export verify",
-        description="Run one batch through the Keras model and existing exports; fail above the float32 bound. "
-                    "Writes VERSION_DIR.verification.json (or FILE.verification.json).")
-    parser.add_argument("model", help="a .keras file or a directory holding model.keras (a training run)")
-    _add_format_flags(parser, verify_only=True)
-    parser.add_argument("--input-scale", type=float, metavar="S", help="the --input-scale the exports were made with")
-    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
-    return parser
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Arguments checked first (no TensorFlow yet), one line saying what runs, then TensorFlow, quietly."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    verify_only = bool(argv) and argv[0] == "verify"
-    args = (_verify_parser() if verify_only else _parser()).parse_args(argv[1:] if verify_only else argv)
-    targets = {name: getattr(args, name) for name in FORMAT_FLAGS if getattr(args, name)}
+    args = _parser().parse_args(_command_line(sys.argv[1:] if argv is None else argv))
+    verify_only = args.command == "verify"
+    targets = {entry.name: getattr(args, entry.name) for entry in formats.FORMATS if getattr(args, entry.name)}
     if not targets:
-        print(f"error: give at least one of {', '.join('--' + n.replace('_', '-') for n in FORMAT_FLAGS)}",
-              file=sys.stderr)
+        print(f"error: give at least one of {', '.join(entry.flag for entry in formats.FORMATS)}", file=sys.stderr)
         return 2
     try:
         model_file(args.model)
@@ -190,8 +194,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ValueError("--crop-fraction and --interpolation apply to --preprocessing shorter_side_crop, not "
                              f"resize. Received: --crop-fraction {args.crop_fraction}, --interpolation "
                              f"{args.interpolation}")
-        if verify_only and args.savedmodel:
-            _check_version_dir(args.savedmodel)
+        for name, target in targets.items():
+            if verify_only and formats.BY_NAME[name].versioned:
+                _check_version_dir(target, formats.BY_NAME[name].flag)
         labels = None if verify_only or not args.labels else _read_labels(args.labels)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -221,7 +226,6 @@ def _int8_images(args, model, targets: dict, preprocessing) -> dict:
 
 def _export_or_verify(args, verify_only: bool, targets: dict, labels: Optional[list] = None) -> int:
     from keras_resnet_v2 import export
-    from keras_resnet_v2.export import formats
     from keras_resnet_v2.export.serving import with_input_scale
 
     try:
@@ -245,11 +249,8 @@ def _export_or_verify(args, verify_only: bool, targets: dict, labels: Optional[l
             for entry in formats.FORMATS:
                 if result.get(entry.name):
                     print(f"{entry.title}: {result[entry.name]} ({report[entry.name + '_s']} s)")
-            if result.get("savedmodel"):
-                base = os.path.dirname(result["savedmodel"])
-                print(f"TF Serving: signatures serving_default, serve_uint8, serve_image_bytes, classify; "
-                      f"{report['savedmodel']['warmup_records']} warmup records; "
-                      f"{os.path.join(base, 'models.config')}, {os.path.join(base, 'batching_parameters.txt')}")
+                    if hasattr(entry.writer, "summary"):
+                        print(entry.writer.summary(result[entry.name], report[entry.name]))
         print(json.dumps(report, indent=2))
         print(f"verification passed; report: {report_path}")
     except (ValueError, FileExistsError, export.VerificationError, export.DirectoryBusyError) as error:

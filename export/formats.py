@@ -1,24 +1,28 @@
-"""The table of export formats: each one entry saying how it is checked, written, locked and run.
+"""The table of export formats: each one entry of data, and one writer module that does the work.
 
-`export_and_verify`, `verify`, `resnet-v2-export` (its flags and summary) and `resnet-v2-train
---export-dir` iterate over `FORMATS`; a new format is one module (write, stage, `answer`) plus
-its entry here.
+`export_and_verify`, `verify`, `resnet-v2-export` (its flags, help lines and summary) and
+`resnet-v2-train --export-formats` (its choices and help) read `FORMATS`. Reading the table imports
+no TensorFlow, so the command lines build their parsers from it before TensorFlow starts.
+
+A new format is one module under `keras_resnet_v2.export` plus its entry here. The module defines
+
+    stage(entry, model, target, options) -> staging.Staged   # written to a hidden temporary
+    answer(path) -> (images -> (probabilities, classes))     # the written file, run by its runtime
+
+and may define `check_options(options)` (one-line ValueErrors, before anything is written),
+`companions(path)` (files published beside the target), `summary(path, report) -> str` (a line
+`resnet-v2-export` prints after the path) and, for a target that is no single file,
+`check_target(entry, model, target, options) -> absolute target` and `lock(target)`.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
-from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
-
-import keras
-import numpy as np
-
-from keras_resnet_v2.export import litert, onnx, openvino, savedmodel
-from keras_resnet_v2.export.serving import check_classifier, check_labels
-from keras_resnet_v2.export.staging import Staged, check_file_target, file_lock
-from keras_resnet_v2.plumbing.files import DirectoryLock
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Optional, Sequence
 
 
 @dataclass
@@ -30,32 +34,35 @@ class Options:
     opset: Optional[int] = None  # ONNX
     labels: Optional[Sequence[str]] = None
     extra_metadata: Optional[dict] = None
-    preprocessing: savedmodel.Preprocessing = "resize"  # SavedModel's serve_image_bytes
-    calibration: Optional[np.ndarray] = None  # int8: float32 pixels 0-255, [N, H, W, C]
+    preprocessing: Any = "resize"  # SavedModel's serve_image_bytes (a mode, or `plumbing.images.Preprocessing`)
+    calibration: Any = None  # int8: float32 pixels 0-255, [N, H, W, C]
 
 
 @dataclass(frozen=True)
 class Format:
     """One export format. `name` is its keyword (`export_and_verify(model, litert=PATH)`), its key in the
-    verification report and, dashed, its command-line flag (`--int8-onnx`)."""
+    verification report and, dashed, its command-line flag (`--int8-onnx`); `purpose` is the flag's help."""
 
     name: str
     title: str
     suffix: str  # the file name's ending ("" for the SavedModel's base directory)
     run_file: str  # its name under `resnet-v2-train --export-dir`
     purpose: str
-    stage: Callable[[keras.Model, str, Options], Staged]
-    # path -> images -> (probabilities, classes); the callable may have `check(keras_fn, allowed) -> dict`,
-    # further checks that `verify` runs (the SavedModel's through TF Serving's rules: `stand_in.Answer`)
-    answer: Callable[[str], Callable]
+    module: str  # keras_resnet_v2.export.<module>: its writer and reader (the protocol above)
+    target: str = "FILE"  # what its flag takes, for an export
+    verify_target: str = "FILE"  # and for `resnet-v2-export verify`
     runtime: tuple = ()  # (module, pip package) its writer and runtime need beyond the `export` extra
-    int8: bool = False
-    companions: Callable[[str], Sequence[str]] = field(default=lambda path: ())  # files published beside it
-    check_options: Callable[[Options], object] = field(default=lambda options: None)  # one-line ValueErrors
+    int8: bool = False  # calibrated on images; verified by accuracy, not by a tolerance
+    versioned: bool = False  # a TF Serving base directory: an export adds a version, verify reads one
 
     @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
+
+    @property
+    def writer(self) -> ModuleType:
+        """Its module, imported on first use (it imports TensorFlow)."""
+        return importlib.import_module(f"keras_resnet_v2.export.{self.module}")
 
     def check_runtime(self) -> None:
         """A one-line ValueError if the packages this format needs are not installed."""
@@ -63,16 +70,19 @@ class Format:
         if missing:
             raise ValueError(f"{self.flag} needs {', '.join(missing)}: pip install \"keras_resnet_v2[deploy]\"")
 
-    def check(self, model: keras.Model, target: str, options: Options) -> str:
+    def check(self, model, target: str, options: Options) -> str:
         """Every check that needs no writing; returns the absolute target. One-line ValueErrors."""
         self.check_runtime()
-        self.check_options(options)
+        if hasattr(self.writer, "check_options"):
+            self.writer.check_options(options)
         if self.int8 and options.calibration is None:
             raise ValueError(f"{self.flag} needs calibration images: a training run directory (its deploy sample) "
                              "or --calibration DIR of images. Received: neither")
-        if self.name == "savedmodel":
-            return savedmodel.check_savedmodel_arguments(model, target, options.version, options.labels,
-                                                         options.preprocessing)
+        if hasattr(self.writer, "check_target"):
+            return self.writer.check_target(self, model, target, options)
+        from keras_resnet_v2.export.serving import check_classifier, check_labels
+        from keras_resnet_v2.export.staging import check_file_target
+
         check_classifier(model)
         if options.labels is not None:
             check_labels(options.labels, model.output_shape[-1])
@@ -81,32 +91,46 @@ class Format:
             check_file_target(companion, os.path.splitext(companion)[1], self.title)
         return path
 
-    def lock(self, target: str) -> DirectoryLock:
-        return DirectoryLock(target, "an export") if self.name == "savedmodel" else file_lock(target, self.title)
+    def stage(self, model, target: str, options: Options):
+        """The export written to a hidden temporary (`staging.Staged`), not yet published."""
+        return self.writer.stage(self, model, target, options)
+
+    def answer(self, path: str):
+        """`images -> (probabilities, classes)` of the written export."""
+        return self.writer.answer(path)
+
+    def companions(self, path: str) -> tuple:
+        """The files published beside `path` (OpenVINO's `.bin`)."""
+        return tuple(self.writer.companions(path)) if hasattr(self.writer, "companions") else ()
+
+    def lock(self, target: str):
+        """The lock one writer of `target` holds."""
+        if hasattr(self.writer, "lock"):
+            return self.writer.lock(target)
+        from keras_resnet_v2.export.staging import file_lock
+
+        return file_lock(target, self.title)
+
+    def describe(self, path: str) -> str:
+        """`The ONNX file m.onnx`: how a verification message names the export."""
+        return f"The {self.title} {path}" if self.versioned else f"The {self.title} file {path}"
 
 
 FORMATS = (
-    Format("savedmodel", "SavedModel", "", "savedmodel", "TF Serving (gRPC/REST), TensorFlow: predict signatures "
-           "for float pixels, uint8 pixels and encoded images, a classify signature, warmup records",
-           lambda m, t, o: savedmodel.stage_savedmodel(m, t, o.version, o.overwrite, labels=o.labels,
-                                                       extra_metadata=o.extra_metadata, preprocessing=o.preprocessing),
-           savedmodel.answer),
-    Format("onnx", "ONNX", ".onnx", "model.onnx", "ONNX Runtime and every ONNX tool, float32",
-           lambda m, t, o: onnx.stage_onnx(m, t, onnx.check_opset(o.opset), o.labels, o.extra_metadata), onnx.answer,
-           check_options=lambda o: onnx.check_opset(o.opset)),
-    Format("litert", "LiteRT", ".tflite", "model.tflite", "phones and edge devices (ai-edge-litert, Android, "
-           "iOS), float32", lambda m, t, o: litert.stage_litert(m, t, o.labels, o.extra_metadata), litert.answer,
-           runtime=(("ai_edge_litert", "ai-edge-litert"),)),
-    Format("openvino", "OpenVINO", ".xml", "model.xml", "Intel CPUs and GPUs (OpenVINO Runtime), float32",
-           lambda m, t, o: openvino.stage_openvino(m, t, o.labels, o.extra_metadata), openvino.answer,
-           runtime=(("openvino", "openvino"),), companions=lambda path: (openvino.weights_path(path),)),
-    Format("int8_onnx", "int8 ONNX", ".onnx", "model.int8.onnx", "int8 on CPUs with ONNX Runtime (QDQ, float32 "
-           "interface)", lambda m, t, o: onnx.stage_int8_onnx(m, t, onnx.check_opset(o.opset), o.calibration,
-                                                               o.labels, o.extra_metadata),
-           onnx.answer, int8=True, check_options=lambda o: onnx.check_opset(o.opset)),
-    Format("int8_litert", "int8 LiteRT", ".tflite", "model.int8.tflite", "int8 on phones and edge devices "
-           "(float32 interface)", lambda m, t, o: litert.stage_litert(m, t, o.labels, o.extra_metadata, o.calibration),
-           litert.answer, runtime=(("ai_edge_litert", "ai-edge-litert"),), int8=True),
+    Format("savedmodel", "SavedModel", "", "savedmodel", "SavedModel for TF Serving (gRPC/REST) and TensorFlow: "
+           "predict signatures for float pixels, uint8 pixels and encoded images, a classify signature, warmup "
+           "records (export: its base directory; verify: a version, e.g. serving/1)", "savedmodel",
+           target="BASE_DIR", verify_target="VERSION_DIR", versioned=True),
+    Format("onnx", "ONNX", ".onnx", "model.onnx", "ONNX file for ONNX Runtime and every ONNX tool, float32", "onnx"),
+    Format("litert", "LiteRT", ".tflite", "model.tflite", "LiteRT (.tflite) file for phones and edge devices "
+           "(ai-edge-litert, Android, iOS), float32", "litert", runtime=(("ai_edge_litert", "ai-edge-litert"),)),
+    Format("openvino", "OpenVINO", ".xml", "model.xml", "OpenVINO IR FILE.xml (+ FILE.bin) for Intel CPUs and GPUs "
+           "(OpenVINO Runtime), float32", "openvino", target="FILE.xml", verify_target="FILE.xml",
+           runtime=(("openvino", "openvino"),)),
+    Format("int8_onnx", "int8 ONNX", ".onnx", "model.int8.onnx", "int8 ONNX file (QDQ, float32 interface) for CPUs "
+           "with ONNX Runtime, calibrated", "onnx", int8=True),
+    Format("int8_litert", "int8 LiteRT", ".tflite", "model.int8.tflite", "int8 LiteRT file (float32 interface) for "
+           "phones and edge devices, calibrated", "litert", runtime=(("ai_edge_litert", "ai-edge-litert"),), int8=True),
 )
 BY_NAME = {entry.name: entry for entry in FORMATS}
 
@@ -118,6 +142,11 @@ def targets(paths: dict) -> dict:
         raise ValueError(f"Unknown export format(s) {', '.join(unknown)}: the formats are "
                          f"{', '.join(BY_NAME)}. Received: {unknown}")
     return {entry: paths[entry.name] for entry in FORMATS if paths.get(entry.name)}
+
+
+def names_help() -> str:
+    """The formats as `--export-formats` spells them: `savedmodel, onnx, ..., int8-onnx, int8-litert`."""
+    return ", ".join(entry.name.replace("_", "-") for entry in FORMATS)
 
 
 def parse_names(text: str) -> tuple:

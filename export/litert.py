@@ -110,3 +110,12 @@ def answer(path: str, threads: Optional[int] = None):
         return out["probabilities"], out["classes"]
 
     return run
+
+
+# ---------------------------------------------------------------- its entries' protocol (formats.py)
+
+
+def stage(entry, model: keras.Model, path: str, options) -> Staged:
+    """The float32 file, or the int8 one (`entry.int8`) calibrated on `options.calibration`."""
+    return stage_litert(model, path, options.labels, options.extra_metadata,
+                        options.calibration if entry.int8 else None)

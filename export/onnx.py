@@ -172,3 +172,18 @@ def export_onnx(model: keras.Model, path: str, opset: Optional[int] = None,
     model = with_input_scale(model, input_scale)
     with onnx_lock(path):
         return stage_onnx(model, path, opset, labels, extra_metadata).publish()
+
+
+# ---------------------------------------------------------------- its entries' protocol (formats.py)
+
+
+def check_options(options) -> None:
+    check_opset(options.opset)
+
+
+def stage(entry, model: keras.Model, path: str, options) -> Staged:
+    """The float32 file, or the int8 one (`entry.int8`) calibrated on `options.calibration`."""
+    opset = check_opset(options.opset)
+    if entry.int8:
+        return stage_int8_onnx(model, path, opset, options.calibration, options.labels, options.extra_metadata)
+    return stage_onnx(model, path, opset, options.labels, options.extra_metadata)

@@ -78,3 +78,15 @@ def answer(xml_path: str, options: Optional[dict] = None):
 
     run.precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
     return run
+
+
+# ---------------------------------------------------------------- its entry's protocol (formats.py)
+
+
+def stage(entry, model: keras.Model, path: str, options) -> Staged:
+    return stage_openvino(model, path, options.labels, options.extra_metadata)
+
+
+def companions(path: str) -> tuple:
+    """`NAME.bin`, published beside `NAME.xml`."""
+    return (weights_path(path),)

@@ -247,3 +247,29 @@ def export_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] 
     with DirectoryLock(base_dir, "an export"):
         return stage_savedmodel(model, base_dir, version, overwrite, labels, keep_mixed_precision,
                                 extra_metadata, preprocessing).publish()
+
+
+# ---------------------------------------------------------------- its entry's protocol (formats.py)
+
+
+def check_target(entry, model: keras.Model, base_dir: str, options) -> str:
+    """A base directory, not a file: `check_savedmodel_arguments`."""
+    return check_savedmodel_arguments(model, base_dir, options.version, options.labels, options.preprocessing)
+
+
+def stage(entry, model: keras.Model, base_dir: str, options) -> Staged:
+    return stage_savedmodel(model, base_dir, options.version, options.overwrite, labels=options.labels,
+                            extra_metadata=options.extra_metadata, preprocessing=options.preprocessing)
+
+
+def lock(base_dir: str) -> DirectoryLock:
+    """One export at a time into a base directory (its versions are numbered there)."""
+    return DirectoryLock(base_dir, "an export")
+
+
+def summary(version_dir: str, report: dict) -> str:
+    """What `resnet-v2-export` says of a published version besides its path: what TF Serving gets."""
+    base = os.path.dirname(version_dir)
+    return (f"TF Serving: signatures serving_default, serve_uint8, serve_image_bytes, classify; "
+            f"{report['warmup_records']} warmup records; {os.path.join(base, 'models.config')}, "
+            f"{os.path.join(base, 'batching_parameters.txt')}")

@@ -117,7 +117,7 @@ def verify(model: keras.Model, savedmodel_dir: Optional[str] = None, onnx_path: 
             report["keras_accuracy"] = float(np.mean(keras_classes == np.asarray(labels)))
     allowed, failed = report["max_relative_error_allowed"], []
     for entry, path in chosen.items():
-        what = f"The {entry.title} {path}" if entry.name == "savedmodel" else f"The {entry.title} file {path}"
+        what = entry.describe(path)
         run = _readable(report, report_path, what, entry.answer, path)
         if entry.int8:
             report[entry.name] = _int8_check(run, images, labels, keras_classes, max_accuracy_drop)

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 
 from keras_resnet_v2.export import formats
+from keras_resnet_v2.export.savedmodel import Preprocessing
 from keras_resnet_v2.export.serving import float32_copy, with_input_scale
 from keras_resnet_v2.export.verification import MAX_ACCURACY_DROP, verify
 
@@ -25,7 +26,7 @@ def check_max_accuracy_drop(value) -> float:
 def export_and_verify(model: keras.Model, savedmodel: Optional[str] = None, onnx: Optional[str] = None, *,
                       version: Optional[int] = None, overwrite: bool = False, opset: Optional[int] = None,
                       labels: Optional[Sequence[str]] = None, extra_metadata: Optional[dict] = None,
-                      preprocessing: formats.savedmodel.Preprocessing = "resize", input_scale: Optional[float] = None,
+                      preprocessing: Preprocessing = "resize", input_scale: Optional[float] = None,
                       calibration: Optional[np.ndarray] = None, evaluation: Optional[tuple] = None,
                       max_accuracy_drop: float = MAX_ACCURACY_DROP, **paths: Optional[str]) -> dict:
     """Each requested format of `keras_resnet_v2.export.formats` written, verified, then published.

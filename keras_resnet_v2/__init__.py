@@ -52,20 +52,21 @@ EXPORTS = {
     "layers": ("ConstantScale", "EdgePadding2D", "GatedSum", "Rematerialized", "Standardize"),
     "models": ("ResNetModel", "StackedModel"),
     "names": ("BLOCKS", "FAMILIES", "PADDINGS", "POOLINGS", "SHORTCUT_NAMES", "STRIDE_IN", "UNITS"),
-    "pretrained": ("TIMM_MODELS", "TIMM_SERVING", "from_timm"),
+    "pretrained": ("TIMM_MODELS", "TIMM_SERVING"),
     "resnet": ("ResNet", "ResNet18", "ResNet20", "ResNet32", "ResNet34", "ResNet44", "ResNet50",
                "ResNet56", "ResNet101", "ResNet110", "ResNet152", "ResNet164", "ResNet200", "ResNet1001", "ResNet1202",
                "ensure_recursion_limit"),
     "scaled": ("ScaledConv2D",),
     "speed": ("build_optimizer",),
     "stack": ("UnitStack",),
+    "timm_model": ("from_timm",),
     "variants": ("SHORTCUTS", "UNIT_SPECS"),
 }
 
 
 def _keras_loaded() -> None:
     # Saved ResNet-1202s load with `keras.models.load_model` once this package is imported.
-    from keras_resnet_v2.resnet import ensure_recursion_limit
+    from keras_resnet_v2.builder import ensure_recursion_limit
 
     ensure_recursion_limit()
 

@@ -57,11 +57,7 @@ def describe(depth: int, unit: str, shortcut: str, family: Optional[str] = None,
     }
     if summary:
         model.summary()
-    stages = {}
-    for layer in model.layers:
-        stage = layer.name.split("_")[0]
-        if stage.startswith("stage"):
-            stages.setdefault(stage, set()).add(layer.name.split("_")[1])
+    stages = {stage.name: stage.units for stage in model.resnet_config.stages}
     print(f"{model.name}: {len(model.layers)} layers, {trainable:,} trainable parameters "
           f"({trainable / 1e6:.2f}M), {model.count_params():,} in all")
     print("units per stage: " + ", ".join(f"{s}={len(u)}" for s, u in stages.items()))

@@ -66,6 +66,11 @@ class Stage:
 
 
 _NOT_SAVED = ("weights", "fused_batchnorm")
+# The arguments of `ResNet` that decide a network's weights, their shapes and places (with the shortcut's
+# options); the others say what it is built on, how it runs and which head it ends in.
+ARCHITECTURE = ("depth", "family", "block", "unit", "shortcut", "stride_in", "padding", "widths")
+# Fields that are no argument of `ResNet`: worked out from `depth`, the options spread as keywords, a file loaded.
+_NOT_ARGUMENTS = ("units_per_stage", "shortcut_options", "weights")
 
 
 @dataclass(frozen=True)
@@ -138,16 +143,9 @@ class Config:
         Example:
             >>> ResNet(**model.resnet_config.arguments())  # the same network, new weights
         """
-        return {
-            "depth": self.depth, "unit": self.unit, "shortcut": self.shortcut, "family": self.family,
-            "block": self.block, "stride_in": self.stride_in, "include_top": self.include_top,
-            "input_shape": self.input_shape, "pooling": self.pooling,
-            "classes": self.classes if self.include_top else None,
-            "classifier_activation": self.classifier_activation, "dtype": self.dtype, "name": self.name,
-            "remat": self.remat, "scan": self.scan, "fused_batchnorm": self.fused_batchnorm,
-            "padding": self.padding, "widths": self.widths, "stream_dtype": self.stream_argument,
-            "data_format": self.data_format, **self.shortcut_options,
-        }
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _NOT_ARGUMENTS}
+        values.update(classes=self.classes if self.include_top else None, stream_dtype=self.stream_argument)
+        return {**values, **self.shortcut_options}
 
     @property
     def stream_argument(self) -> Optional[str]:
@@ -390,12 +388,9 @@ def check_arguments(a: dict[str, Any]) -> Config:
     name = a["name"]
     if name is not None and not (isinstance(name, str) and name):
         raise ValueError(f"`name` must be a non-empty string or None. Received: name={name!r}")
-    return Config(
-        depth=a["depth"], family=family, block=block, units_per_stage=units, unit=a["unit"],
-        shortcut=a["shortcut"], shortcut_options=options, stride_in=a["stride_in"],
-        include_top=a["include_top"],
+    resolved = dict(
+        family=family, block=block, units_per_stage=units, shortcut_options=options,
         input_shape=_input_shape(a["input_shape"], a["input_tensor"], spec, a["include_top"], data_format),
-        pooling=a["pooling"], classes=classes, classifier_activation=a["classifier_activation"], dtype=dtype,
-        name=name, remat=a["remat"], scan=scan, fused_batchnorm=a["fused_batchnorm"], padding=a["padding"],
-        widths=widths, stream_dtype=stream_dtype, weights=a["weights"], data_format=data_format,
-    )
+        classes=classes, dtype=dtype, scan=scan, widths=widths, stream_dtype=stream_dtype, data_format=data_format)
+    # Every other field is the argument of the same name, as given.
+    return Config(**{f.name: a[f.name] for f in dataclasses.fields(Config) if f.name not in resolved}, **resolved)

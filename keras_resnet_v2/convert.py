@@ -17,12 +17,13 @@ from typing import Any, Optional
 
 import keras
 
+from keras_resnet_v2.builder import build
 from keras_resnet_v2.config import Config
 from keras_resnet_v2.depths import CIFAR_LAYERS_PER_UNIT, IMAGENET_DEPTHS
 from keras_resnet_v2.layers import ConstantScale, GatedSum, Rematerialized
 from keras_resnet_v2.models import functional_like
 from keras_resnet_v2.names import UNIT_NAME as _UNIT_NAME
-from keras_resnet_v2.resnet import build, resolve_config
+from keras_resnet_v2.resnet import resolve_config
 from keras_resnet_v2.scaled import ScaledConv2D
 from keras_resnet_v2.stack import UnitStack
 from keras_resnet_v2.variants import UNIT_SPECS

@@ -1,16 +1,20 @@
-"""Starting from a trained network: timm's pre-activation ResNets, converted to ours.
+"""timm's pre-activation ResNets as ours: the conversion, and `weights="imagenet"`.
 
 timm's `resnetv2_50` / `resnetv2_101` (and the basic-unit `resnetv2_18` / `resnetv2_34`) are the
 paper's ImageNet networks with our `ResNet50()` layout (`stride_in="first"`, Fig. 4(e) units,
 identity shortcuts, 1x1 projections reading the pre-activated input without BatchNorm, a final
 BN-ReLU): only the names differ, and the padding, which is PyTorch's (`padding="symmetric"`, our
-default). `from_timm` infers the network from the checkpoint, builds it, copies every weight and
-checks that none is left over or missing. Reads `.safetensors` itself (no PyTorch needed), `.pth`
-with PyTorch, and downloads by timm name through `huggingface_hub` when that is installed.
+default). `copy_timm_weights` copies a checkpoint (read by timm_checkpoint.py, without Keras) into a
+built network, checking that no tensor is left over or missing and every shape fits.
+
+This module sits below `ResNet` and above the builder: `ResNet(weights="imagenet")` calls
+`imagenet_model`, which builds through `builder.build` from the caller's checked `Config`.
+`from_timm` (a user's checkpoint with `ResNet`'s arguments) is in timm_model.py, above `ResNet`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Mapping, Union
@@ -18,12 +22,12 @@ from typing import Any, Mapping, Union
 import keras
 import numpy as np
 
+from keras_resnet_v2.builder import build
+from keras_resnet_v2.config import Config
 from keras_resnet_v2.depths import IMAGENET_DEPTHS_TRAINED, TIMM_MODELS  # noqa: F401 - TIMM_MODELS: public here
 from keras_resnet_v2.layers import Standardize
 from keras_resnet_v2.models import functional_like
-from keras_resnet_v2.names import short_repr
-from keras_resnet_v2.plumbing.files import file_sha256
-from keras_resnet_v2.resnet import ResNet
+from keras_resnet_v2.plumbing.files import atomic_write, atomic_write_text, file_sha256, read_json_object
 from keras_resnet_v2.timm_checkpoint import (  # noqa: F401 - read_safetensors, timm_key: public here too
     TIMM_MEAN,
     TIMM_SERVING,
@@ -39,63 +43,7 @@ from keras_resnet_v2.timm_checkpoint import (  # noqa: F401 - read_safetensors, 
 )
 from keras_resnet_v2.weights import assign_by_unit, slot_shape, weights_by_unit
 
-# Builder arguments that keep the checkpoint's architecture (anything else would not fit it).
-_BUILDER_ARGUMENTS = ("include_top", "input_shape", "pooling", "classes", "classifier_activation", "dtype",
-                      "name", "remat", "scan", "fused_batchnorm", "data_format")
-
-
 # ------------------------------------------------------------------ the converter
-
-
-def from_timm(source: Union[str, os.PathLike, Mapping[str, Any]], *, standardize: bool = True,
-              **builder_arguments: Any) -> keras.Model:
-    """Our network with the weights of timm's pre-activation ResNet (`resnetv2_50`, `resnetv2_101`, ...).
-
-    Args:
-        source: a timm model name (`"resnetv2_50.a1h_in1k"`, or `"resnetv2_50"` for its default tag;
-            downloaded with `huggingface_hub`), a `.safetensors` or `.pth` checkpoint, or a state dict
-            (name -> array or torch tensor).
-        standardize: put `Standardize` with timm's mean and std (times 255) in front, so the model takes
-            RGB pixels 0..255 as the package's trained models do; False: inputs already normalized as timm
-            expects (pixels / 255, minus mean, over std).
-        **builder_arguments: `include_top`, `input_shape` (default 224x224x3), `pooling`, `classes` (another
-            count gets a new, untrained head), `classifier_activation` (default softmax; timm's model gives
-            logits: pass None), `dtype`, `name`, `remat`, `scan`, `fused_batchnorm`, `data_format`, as for
-            `ResNet`.
-
-    Returns:
-        A `keras.Model` built by `ResNet` with padding="symmetric", whose inference outputs equal timm's
-        `model.eval()(x)` on the same images (tests/test_pretrained.py).
-
-    Example:
-        >>> model = keras_resnet_v2.from_timm("resnetv2_50.a1h_in1k")  # needs huggingface_hub and a network
-        >>> model = keras_resnet_v2.from_timm("model.safetensors", include_top=False, pooling="avg")
-    """
-    if not isinstance(standardize, bool):
-        raise ValueError(f"`standardize` must be True or False. Received: standardize={standardize!r}")
-    for key, value in builder_arguments.items():
-        if key not in _BUILDER_ARGUMENTS:
-            raise ValueError(f"from_timm takes the checkpoint's architecture; of ResNet's arguments it accepts "
-                             f"{', '.join(_BUILDER_ARGUMENTS)}. Received: {key}={short_repr(value)}")
-    state = load_state_dict(source)
-    architecture = timm_architecture(state)
-    arguments = {"family": "imagenet", "padding": "symmetric", "widths": architecture["widths"],
-                 "classes": architecture["classes"], **builder_arguments}
-    if arguments.get("include_top", True) and arguments["classes"] is None:
-        raise ValueError("`source` has no classifier (head.fc): pass include_top=False, or classes=N for a new "
-                         "head. Received: classes=None")
-    if standardize:
-        data_format = arguments.get("data_format") or keras.config.image_data_format()
-        default_shape = (3, 224, 224) if data_format == "channels_first" else (224, 224, 3)
-        inputs = keras.Input(shape=arguments.pop("input_shape", None) or default_shape, name="input")
-        x = timm_standardize(data_format)(inputs)
-        name = arguments.pop("name", None)
-        network = ResNet(architecture["depth"], input_tensor=x, **arguments)
-        model = functional_like(network, inputs, network.output, name or network.name)
-    else:
-        model = ResNet(architecture["depth"], **arguments)
-    copy_timm_weights(state, model, new_head=arguments["classes"] != architecture["classes"])
-    return model
 
 
 def timm_standardize(data_format: str = "channels_last") -> Standardize:
@@ -167,20 +115,26 @@ def imagenet_cache_dir() -> str:
     return os.path.join(home, "models", "keras_resnet_v2")
 
 
-def imagenet_weights(depth: int) -> str:
-    """The cached `.keras` file of timm's ImageNet network of `depth`, converted and verified on first use.
+def imagenet_config(cfg: Config) -> Config:
+    """The network timm trained, as `cfg`'s depth describes it: what the cache holds, whatever the caller
+    asked for around it (head, input size, dtype, form), since those do not change the weights."""
+    return dataclasses.replace(cfg, include_top=True, pooling=None, classes=1000, classifier_activation="softmax",
+                               input_shape=(224, 224, 3), dtype=keras.dtype_policies.get("float32"), name=None,
+                               remat=False, scan=False, stream_dtype=None, weights=None, data_format="channels_last")
 
-    The cache (`imagenet_cache_dir()`) holds `NAME.keras` (the network `from_timm` builds: timm's
-    `Standardize` in front, 224x224, 1000 classes) and `NAME.json` (the source checkpoint's and the
-    file's SHA-256). A cached file whose checksum no longer matches is converted again. The source is
-    `NAME.safetensors` in the cache folder when a user put it there (no network needed), else downloaded
-    through `huggingface_hub`; offline with neither, one line says what to download and where to put it.
-    The conversion is verified before it is cached: the saved file, loaded back, answers a batch as the
-    converted model does.
+
+def imagenet_weights(cfg: Config) -> str:
+    """The cached `.keras` file of timm's ImageNet network of `cfg.depth`, converted and verified on first use.
+
+    The cache (`imagenet_cache_dir()`) holds `NAME.keras` (`imagenet_config(cfg)` on timm's `Standardize`:
+    224x224, 1000 classes) and `NAME.json` (the source checkpoint's and the file's SHA-256). A cached file
+    whose checksum no longer matches is converted again. The source is `NAME.safetensors` in the cache
+    folder when a user put it there (no network needed), else downloaded through `huggingface_hub`;
+    offline with neither, one line says what to download and where to put it. The source must hold the
+    named network (depth, widths, 1000 classes) before anything is converted, and the conversion is
+    verified before it is cached: the saved file, loaded back, answers a batch as the converted model does.
     """
-    from keras_resnet_v2.plumbing.files import atomic_write, atomic_write_text, read_json_object
-
-    name = IMAGENET_DEPTHS_TRAINED[depth]
+    name = IMAGENET_DEPTHS_TRAINED[cfg.depth]
     folder = imagenet_cache_dir()
     cached, record = os.path.join(folder, f"{name}.keras"), os.path.join(folder, f"{name}.json")
     if os.path.isfile(cached) and os.path.isfile(record):
@@ -197,15 +151,31 @@ def imagenet_weights(depth: int) -> str:
             raise ValueError(f"weights='imagenet' converts timm's {name} once, and there is no copy of it in "
                              f"{folder} ({error}). Download https://huggingface.co/timm/{name}/resolve/main/"
                              f"model.safetensors and save it as {source}. Received: weights='imagenet'") from None
-    model = from_timm(source)
+    trained = imagenet_config(cfg)
+    state = load_state_dict(source)
+    expected = {"depth": cfg.depth, "widths": trained.widths, "classes": 1000}
+    try:
+        found = timm_architecture(state)
+    except ValueError as error:  # not a ResNetV2 of the paper's table at all
+        found = {"architecture": str(error)}
+        expected = {"architecture": f"ResNet-{cfg.depth}"}
+    differ = [f"{key} {found[key]!r} (timm's {name}: {value!r})" for key, value in expected.items()
+              if found[key] != value]
+    if differ:
+        raise ValueError(f"{source} is not timm's {name}: it has {', '.join(differ)}; nothing was converted or "
+                         "cached. Replace or delete it. Received: weights='imagenet'")
+    inputs = keras.Input(shape=trained.input_shape, name="input")
+    network = build(trained, input_tensor=timm_standardize()(inputs))
+    model = functional_like(network, inputs, network.output, network.name)
+    copy_timm_weights(state, model, new_head=False)
     batch = np.random.default_rng(0).uniform(0, 255, (2, *model.input_shape[1:])).astype("float32")
-    expected = np.asarray(model(batch, training=False))
+    expected_answer = np.asarray(model(batch, training=False))
 
     def write(tmp: str) -> None:
         model.save(tmp)
         reloaded = keras.models.load_model(tmp, compile=False)
         got = np.asarray(reloaded(batch, training=False))
-        if not np.array_equal(got, expected):  # the same weights and kernels: the same numbers
+        if not np.array_equal(got, expected_answer):  # the same weights and kernels: the same numbers
             raise ValueError(f"the converted {name} does not load back as it was saved: not cached")
 
     atomic_write(cached, write)
@@ -214,16 +184,11 @@ def imagenet_weights(depth: int) -> str:
     return cached
 
 
-
-def imagenet_model(cfg, input_tensor: Any = None) -> keras.Model:
+def imagenet_model(cfg: Config, input_tensor: Any = None) -> keras.Model:
     """`ResNet(..., weights="imagenet")`: the network `cfg` describes (checked by `check_arguments`) on timm's
-    `Standardize`, as `from_timm` builds it (pixels 0..255 in), with the cached trained weights loaded (all
-    but the classifier with include_top=False)."""
-    import dataclasses
-
-    from keras_resnet_v2.resnet import build
-
-    path = imagenet_weights(cfg.depth)
+    `Standardize` (pixels 0..255 in), with the cached trained weights loaded (all but the classifier with
+    include_top=False)."""
+    path = imagenet_weights(cfg)
     if input_tensor is None:
         inputs = keras.Input(shape=cfg.input_shape, name="input")
     else:

@@ -237,7 +237,7 @@ def timm_architecture(state: Mapping[str, Any], what: str = "source") -> dict[st
                   if u == units and b == ("bottleneck" if bottleneck else "basic")), None)
     if depth is None:
         raise _refuse(f"{'bottleneck' if bottleneck else 'basic'} units {units} per stage, which is no depth of "
-                      f"the paper's ImageNet table ({sorted(IMAGENET_DEPTHS)})")
+                      f"the paper's ImageNet table ({sorted(IMAGENET_DEPTHS)})", what)
     widths = tuple(int(state[f"stages.{s}.blocks.0.conv1.weight"].shape[0]) for s in range(len(units)))
     if bottleneck and any(state[f"stages.{s}.blocks.0.conv3.weight"].shape[0] != 4 * w for s, w in enumerate(widths)):
         raise _refuse("bottleneck units whose output is not 4x their inner width", what)

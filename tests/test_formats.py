@@ -13,7 +13,7 @@ import keras_resnet_v2 as krv2
 from conftest import message_lines
 from keras_resnet_v2 import export
 from keras_resnet_v2.export import formats, litert, openvino
-from keras_resnet_v2.export.__main__ import FORMAT_FLAGS, _wants_int8, main
+from keras_resnet_v2.export.__main__ import _parser, _wants_int8, main
 
 LABELS = ["cat", "dog", "bird"]
 
@@ -150,9 +150,18 @@ def test_verify_names_a_damaged_file_of_each_format_in_one_line(tmp_path):
         assert "\n" not in str(raised.value), name
 
 
+def _format_flags(command: str) -> dict:
+    """flag -> (metavar, help) of a resnet-v2-export command's parser, for the table's formats."""
+    actions = _parser().commands[command]._actions
+    return {action.option_strings[0]: (action.metavar, action.help) for action in actions
+            if action.option_strings and action.dest in formats.BY_NAME}
+
+
 def test_the_command_line_has_one_flag_per_format_and_refuses_int8_without_images(tmp_path, capsys):
-    assert list(FORMAT_FLAGS) == list(formats.BY_NAME)  # the parser's light copy is in step with the table
-    assert [name for name in FORMAT_FLAGS if _wants_int8({name: 1})] == [e.name for e in formats.FORMATS if e.int8]
+    for command in ("export", "verify"):  # flags, arguments and help lines are the table's
+        target = "target" if command == "export" else "verify_target"
+        assert _format_flags(command) == {e.flag: (getattr(e, target), e.purpose) for e in formats.FORMATS}
+    assert [name for name in formats.BY_NAME if _wants_int8({name: 1})] == [e.name for e in formats.FORMATS if e.int8]
     _model().save(tmp_path / "model.keras")
     code = main([str(tmp_path / "model.keras"), "--int8-litert", str(tmp_path / "q.tflite")])
     err = message_lines(capsys.readouterr().err)
@@ -246,3 +255,50 @@ def test_a_deploy_sample_round_trips_and_a_damaged_one_is_one_line(tmp_path):
     assert "\n" not in str(raised.value)
     with pytest.raises(ValueError, match="has no deploy_sample.npz"):
         samples.read_sample(str(tmp_path / "elsewhere"))
+
+
+def test_a_new_format_is_its_module_and_its_table_entry(tmp_path, monkeypatch, capsys):
+    """A `.keras` copy as a format: its module (stage, answer) and one entry, and nothing else changes. The
+    command lines (flags, help, --export-formats), export_and_verify and verify take it from the table."""
+    import sys
+    import types
+
+    from keras_resnet_v2.export.staging import stage_file
+    from keras_resnet_v2.training import cli as train_cli
+
+    writer = types.ModuleType("keras_resnet_v2.export.keras_copy")
+
+    def stage(entry, model, path, options):
+        return stage_file(path, lambda tmp: model.save(tmp), ".keras")
+
+    def answer(path):
+        reloaded = keras.models.load_model(path, compile=False)
+
+        def run(images):
+            probabilities = np.asarray(reloaded(images, training=False))
+            return probabilities, probabilities.argmax(-1)
+
+        return run
+
+    writer.stage, writer.answer = stage, answer
+    entry = formats.Format("keras_copy", "Keras copy", ".keras", "copy.keras", "a .keras copy, for the test",
+                           "keras_copy")
+    monkeypatch.setitem(sys.modules, writer.__name__, writer)
+    monkeypatch.setattr(formats, "FORMATS", (*formats.FORMATS, entry))
+    monkeypatch.setattr(formats, "BY_NAME", {**formats.BY_NAME, entry.name: entry})
+
+    assert _format_flags("export")["--keras-copy"] == ("FILE", "a .keras copy, for the test")
+    assert "keras-copy" in train_cli._export_formats_help()
+    assert formats.parse_names("onnx,keras-copy") == ("onnx", "keras_copy")
+    model = _model()
+    result = export.export_and_verify(model, keras_copy=str(tmp_path / "m.keras"), onnx=str(tmp_path / "m.onnx"))
+    assert result["keras_copy"] == str(tmp_path / "m.keras") and os.path.isfile(result["keras_copy"])
+    assert result["report"]["keras_copy"]["max_abs_error"] == 0.0  # the same weights, the same kernels
+    assert export.verify(model, keras_copy=result["keras_copy"])["passed"]
+    model.save(tmp_path / "model.keras")
+    capsys.readouterr()
+    assert main([str(tmp_path / "model.keras"), "--keras-copy", str(tmp_path / "cli.keras")]) == 0
+    out = capsys.readouterr().out
+    assert f"Keras copy: {tmp_path / 'cli.keras'}" in out and os.path.isfile(tmp_path / "cli.keras")
+    assert main(["verify", str(tmp_path / "model.keras"), "--keras-copy", str(tmp_path / "cli.keras")]) == 0
+

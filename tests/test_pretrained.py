@@ -303,6 +303,30 @@ def test_weights_imagenet_converts_timms_checkpoint_once_and_then_reads_the_cach
         krv2.ResNet18(weights="imagenet")
 
 
+@pytest.mark.parametrize("change,fragment", [
+    (lambda state: {**state, "head.fc.weight": state["head.fc.weight"][:10],
+                    "head.fc.bias": state["head.fc.bias"][:10]},
+     "classes 10 (timm's resnetv2_18.ra4_e3600_r224_in1k: 1000)"),
+    (lambda state: {key: value for key, value in state.items() if not key.startswith("stages.3.blocks.1.")},
+     "depth"),
+])
+def test_weights_imagenet_refuses_a_cached_source_of_another_network(change, fragment, tmp_path, monkeypatch):
+    # Issue 50: a NAME.safetensors in the cache that is not the named network (another head, another
+    # depth) is refused in one line naming the file, before anything is converted or cached.
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache = pretrained.imagenet_cache_dir()
+    os.makedirs(cache)
+    source = os.path.join(cache, "resnetv2_18.ra4_e3600_r224_in1k.safetensors")
+    _write_safetensors(source, change(_timm_resnetv2_18_state()))
+    with pytest.raises(ValueError) as caught:
+        krv2.ResNet18(weights="imagenet")
+    message = str(caught.value)
+    assert "\n" not in message and source in message and fragment in message, message
+    assert "nothing was converted or cached" in message
+    assert sorted(os.listdir(cache)) == ["resnetv2_18.ra4_e3600_r224_in1k.safetensors"]
+
+
 @pytest.mark.parametrize("arguments,fragments", [
     ({"depth": 152}, ["ResNet18, ResNet34, ResNet50, ResNet101", "depth=152"]),
     ({"depth": 20}, ["ResNet18", "depth=20", "family='cifar'"]),

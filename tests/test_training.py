@@ -51,6 +51,22 @@ def test_short_run_stretches_schedule():
     assert s.values == (0.005, 0.05, 0.005, 0.0005)
 
 
+def test_study_records_cite_the_paper_and_hold_the_recipe_they_name():
+    # docs/study's run records are read by users without this project's notes: each recipe_values is the
+    # recipe its run named, as training/recipes.py defines it (its note cites the paper's Appendix).
+    import dataclasses
+    import json
+    import pathlib
+
+    records = sorted((pathlib.Path(__file__).parents[1] / "docs" / "study").glob("*/*/config.json"))
+    assert len(records) >= 45
+    for path in records:
+        saved = json.loads(path.read_text())
+        expected = json.loads(json.dumps(dataclasses.asdict(recipes.RECIPES[saved["recipe"]])))
+        assert saved["recipe_values"] == expected, path
+        assert "FACTS" not in path.read_text(), path
+
+
 def test_schedule_and_optimizer_serialize():
     sched = optimizers.StepSchedule([3, 5], [1.0, 0.5, 0.25])
     opt = optimizers.SGD(sched, momentum=0.9, nesterov=True, weight_decay=1e-4, decay="all")

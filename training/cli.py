@@ -65,6 +65,16 @@ to finetune (warm-up, cosine decay, a tenth of the paper's lr); a resumed run ne
 REQUIRED = ("dataset", "model", "run_dir")
 
 
+def _export_formats_help() -> str:
+    """--export-formats' help, from the export table (keras_resnet_v2.export.formats: no TensorFlow)."""
+    try:
+        from keras_resnet_v2.export import formats
+    except ImportError:  # the `export` extra is missing: the help says so rather than listing what cannot run
+        return 'comma-separated formats of --export-dir (needs the export extra: pip install "keras_resnet_v2[export]")'
+    return (f"comma-separated formats of --export-dir: {formats.names_help()} (default savedmodel,onnx; int8 ones "
+            "calibrated on the run's training images)")
+
+
 def _parser() -> argparse.ArgumentParser:
     """One parser, a sub-parser per command (`parser.commands[name]`); `train` is the default
     (`_command_line` names it)."""
@@ -117,9 +127,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="TFDS data directory")
     p.add_argument("--config", help="JSON or YAML file of settings")
     p.add_argument("--export-dir", help="export here at the end, verified (--export-formats)")
-    p.add_argument("--export-formats", metavar="LIST",
-                   help="comma-separated formats of --export-dir: savedmodel, onnx, litert, openvino, int8-onnx, "
-                        "int8-litert (default savedmodel,onnx; int8 ones calibrated on the run's training images)")
+    p.add_argument("--export-formats", metavar="LIST", help=_export_formats_help())
     p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--image-size", type=int, help="input size (default: the dataset's, or 224)")
     p.add_argument("--eval-size", type=int, help="also test at this crop, ImageNet-style data (the paper's 320)")

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 import keras_resnet_v2
+from keras_resnet_v2.convert import network_config
 
 
 def unit_inputs(model: keras.Model) -> list[tuple[str, keras.KerasTensor]]:
@@ -28,14 +29,16 @@ def unit_inputs(model: keras.Model) -> list[tuple[str, keras.KerasTensor]]:
         raise ValueError("Gradient diagnostics need the units' inputs as tensors of the model: pass "
                          "keras_resnet_v2.to_plain(model, remat=False). Received: a model with Rematerialized "
                          "segments or UnitStack loops")
-    found: dict[str, keras.KerasTensor] = {}
-    for layer in model.layers:  # topological order: a unit's first layer reads x_l
-        parts = layer.name.split("_")
-        if len(parts) > 2 and parts[0].startswith("stage") and parts[1].startswith("unit"):
-            found.setdefault(f"{parts[0]}_{parts[1]}", layer.input)
-    if not found:
-        raise ValueError(f"No residual units (layers named stage<S>_unit<U>_...) in model {model.name!r}")
-    return list(found.items())
+    try:
+        units = network_config(model).units
+    except ValueError:
+        raise ValueError(f"No residual units in model {model.name!r}: it is not a network of keras_resnet_v2.ResNet "
+                         "(or loaded from one)") from None
+    found: list[tuple[str, keras.KerasTensor]] = []
+    for unit in units:  # the unit's first layer, in topological order, reads x_l; its layers are `{unit.name}_...`
+        first = next(layer for layer in model.layers if layer.name.startswith(f"{unit.name}_"))
+        found.append((unit.name, first.input))
+    return found
 
 
 def unit_gradient_norms(model: keras.Model, images, labels, training: bool = True) -> list[tuple[str, float]]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import inspect
 import json
 import os
 import shutil
@@ -69,12 +70,17 @@ def build_model(config: TrainConfig, info: data_lib.DatasetInfo, image_size: int
                                   name=f"{config.model}{block}_{config.unit}", **model_arguments(config))
 
 
+# The run settings that are `ResNet` arguments of the same name (unit, shortcut, block, remat, scan, ...).
+_RESNET_KEYWORDS = {name for name, parameter in inspect.signature(keras_resnet_v2.ResNet).parameters.items()
+                    if parameter.kind is parameter.KEYWORD_ONLY}
+RESNET_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name in _RESNET_KEYWORDS)
+
+
 def model_arguments(config: TrainConfig) -> dict:
     """The `ResNet` arguments a run's settings choose (the rest: the builder's defaults, the data's)."""
     # channels_last whatever keras.config says: the input pipeline gives [N, H, W, C] batches.
-    return dict(unit=config.unit, shortcut=config.shortcut, block=config.block, remat=config.remat, scan=config.scan,
-                fused_batchnorm=config.fused_batchnorm, padding=config.padding, widths=config.widths,
-                data_format="channels_last", **config.variant_options)
+    return dict({name: getattr(config, name) for name in RESNET_FIELDS}, data_format="channels_last",
+                **config.variant_options)
 
 
 def _describe_schedule(schedule: recipes.Schedule) -> str:
