@@ -195,10 +195,8 @@ def load_model(path: str) -> keras.Model:
         # compile=False: serving and evaluation need no optimizer, and files a user compiled with
         # an optimizer of their own load without it.
         return keras.models.load_model(candidate, safe_mode=True, compile=False)
-    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise ValueError(
-            f"MODEL {candidate!r} is not a loadable Keras model ({type(error).__name__}: {error})"
-        ) from error
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same clear message, one line
+        raise ValueError(load_failure(f"MODEL {candidate!r}", error)) from None
 
 
 TRAINING_KEYS = ("model", "unit", "shortcut", "variant_options", "dataset", "precision", "recipe", "image_size",

@@ -22,6 +22,7 @@ import keras
 
 from keras_resnet_v2.depths import FAMILY_SPECS, IMAGENET_DEPTHS_TRAINED, Family, default_scan, resolve_depth
 from keras_resnet_v2.names import DATA_FORMATS, PADDINGS, POOLINGS, STRIDE_IN, UNITS, check_choice, short_repr
+from keras_resnet_v2.plumbing.files import check_keras_archive
 from keras_resnet_v2.variants import SHORTCUTS, resolve_shortcut_options
 
 # Above this many residual units, mixed_float16 training with a float16 residual stream overflows
@@ -216,6 +217,8 @@ def check_weights_path(weights) -> None:
         )
     if not os.path.isfile(path):
         raise ValueError(f"`weights` file does not exist. Received: weights={weights!r}")
+    if path.endswith(".keras"):  # a zip archive: refused before anything inflates (a decompression bomb)
+        check_keras_archive(path, "`weights`")
 
 
 # weights="imagenet" is timm's trained network: these arguments must keep its architecture.

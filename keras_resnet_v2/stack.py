@@ -139,69 +139,24 @@ class UnitStack(keras.layers.Layer):
         """The dtype of x_l: float32 with stream_dtype="float32", else the policy's compute dtype."""
         return self.stream_dtype or self.compute_dtype
 
-    def _batchnorm(self, x, w, key: str, training: bool, stats: dict, dtype: Optional[str] = None):
-        gamma, beta = w[f"{key}_gamma"], w[f"{key}_beta"]
-        if training and keras.backend.backend() == "tensorflow" and self._channels == -1:
-            from keras_resnet_v2._kernels import fused_batchnorm_training  # an NHWC kernel
-
-            y, mean, variance = fused_batchnorm_training(x, gamma, beta, self.epsilon)
-            stats[key] = (mean, variance)
-            return ops.cast(y, dtype or self.compute_dtype)
-        x32 = ops.cast(x, "float32")  # as Keras' BatchNormalization: statistics in float32
-        if training:
-            mean, variance = ops.moments(x32, axes=[0, 1, 2] if self._channels == -1 else [0, 2, 3])
-            stats[key] = (mean, variance)
-        else:
-            mean, variance = w[f"{key}_moving_mean"], w[f"{key}_moving_variance"]
-        y = ops.batch_normalization(x32, mean, variance, axis=self._channels, offset=beta, scale=gamma,
-                                    epsilon=self.epsilon)
-        return ops.cast(y, dtype or self.compute_dtype)
-
-    def _apply(self, x, todo, w, training, stats, dtype: Optional[str] = None):
-        """BN / ReLU in order; BatchNorm outputs `dtype` (default: the policy's compute dtype)."""
-        for op, key in todo:
-            x = self._batchnorm(x, w, key, training, stats, dtype) if op == "bn" else ops.relu(x)
-        return x
-
     @property
     def _scaled(self) -> bool:
         """A float32 stream under float16: the branch convolutions read rescaled operands (scaled.py)."""
         return rescales(self.stream_dtype, self.compute_dtype)
 
-    def _conv(self, x, w, key: str, dtype: Optional[str] = None):
-        dtype, kernel, scale = dtype or self.compute_dtype, w[f"{key}_kernel"], None
-        if self._scaled and dtype == "float16":
-            y, scale = scaled_conv(x, kernel, dtype, strides=1, padding="same", data_format=self.data_format)
-        else:
-            y = ops.conv(ops.cast(x, dtype), ops.cast(kernel, dtype), strides=1, padding="same",
-                         data_format=self.data_format)
-        if keras.backend.backend() == "jax":  # what the loop keeps for the backward pass (`_saving`)
-            from jax.ad_checkpoint import checkpoint_name
-
-            y = checkpoint_name(y, "unit_conv")  # float16 where scaled: rescaled in float32 where read
-        return y if scale is None else ops.cast(y, "float32") * scale
-
     def _unit(self, x, w, noise, training: bool):
-        """x_{l+1} = f(h(x_l) + F(x_l)) for one unit's weights `w`: the steps of `variants.unit_plan`."""
-        plan, stats, stream = self.plan, {}, self._stream
-        inner = stream if self._scaled else None  # the branch's BN-ReLU: float32 between scaled convolutions
-        activated = self._apply(x, plan.preact, w, training, stats, stream)  # reads x_l: the stream's dtype
+        """x_{l+1} = f(h(x_l) + F(x_l)) for one unit's weights `w`: the steps of `variants.unit_plan`, read
+        as `builder.residual_unit` reads them, each a function of the stacked weights (`OneUnit`)."""
+        plan, unit = self.plan, OneUnit(self, w, training)
+        activated = unit.apply(x, plan.preact, unit.stream)  # reads x_l: the stream's dtype
         residual = activated
         for conv in plan.convs:
-            residual = self._apply(self._conv(residual, w, conv.key), conv.after, w, training, stats, inner)
-        h = x
-        if plan.projection:
-            h = self._apply(self._conv(activated, w, plan.projection.key), plan.projection.after, w, training,
-                            stats, inner)
-        gate = None
-        if plan.gate:
-            key = plan.gate.key
-            bias = ops.cast(w[f"{key}_bias"], stream)
-            bias = bias if self._channels == -1 else ops.reshape(bias, (-1, 1, 1))  # per channel
-            gate = ops.sigmoid(self._conv(activated, w, key, stream) + bias)
-        h, residual = ops.cast(h, stream), ops.cast(residual, stream)  # the addition in the stream's dtype
+            residual = unit.step(residual, conv)
+        h = unit.step(activated, plan.projection) if plan.projection else x
+        gate = unit.gate(activated, plan.gate) if plan.gate else None
+        h, residual = ops.cast(h, unit.stream), ops.cast(residual, unit.stream)  # the addition in the stream's dtype
         y = plan.shortcut.combine(h, residual, gate, noise, self.shortcut_options)
-        return self._apply(y, plan.after_add, w, training, stats, stream), stats
+        return unit.apply(y, plan.after_add, unit.stream), unit.stats
 
     # ------------------------------------------------------------------ the loop
 
@@ -233,6 +188,76 @@ class UnitStack(keras.layers.Layer):
                 "unit": self.unit, "shortcut": self.shortcut, "shortcut_options": dict(self.shortcut_options),
                 "unroll": self.unroll, "remat": self.remat, "momentum": self.momentum, "epsilon": self.epsilon,
                 "stream_dtype": self.stream_dtype, "data_format": self.data_format}
+
+
+class OneUnit:
+    """The steps of one unit of a `UnitStack` (conv, bn, relu, step, gate: the plain builder's names) as
+    functions of that unit's weights `w` (`{key}_{field}`, one row of each stacked weight), not as layers.
+
+    Each computes what the per-unit layer of the same key computes: `conv` is a bias-free stride-1 "same"
+    `Conv2D`, `bn` Keras' `BatchNormalization` (statistics in float32, the batch's in training, recorded
+    in `stats` for the moving averages the stack assigns after its loop; TensorFlow's fused kernel where
+    it applies), `gate` the gating shortcuts' sigmoid 1x1 convolution with its bias (Fig. 2(c), (d)).
+    """
+
+    def __init__(self, stack: UnitStack, w: dict, training: bool):
+        self.stack, self.w, self.training = stack, w, training
+        self.stats: dict = {}  # bn key -> (batch mean, batch variance), in training
+        self.stream = stack._stream  # the dtype of x_l, of the additions and of the BN-ReLU that reads x_l
+        self.inner = self.stream if stack._scaled else None  # the branch's BN-ReLU: float32 between scaled convs
+
+    def conv(self, x, key: str, dtype: Optional[str] = None):
+        stack = self.stack
+        dtype, kernel, scale = dtype or stack.compute_dtype, self.w[f"{key}_kernel"], None
+        if stack._scaled and dtype == "float16":
+            y, scale = scaled_conv(x, kernel, dtype, strides=1, padding="same", data_format=stack.data_format)
+        else:
+            y = ops.conv(ops.cast(x, dtype), ops.cast(kernel, dtype), strides=1, padding="same",
+                         data_format=stack.data_format)
+        if keras.backend.backend() == "jax":  # what the loop keeps for the backward pass (`_saving`)
+            from jax.ad_checkpoint import checkpoint_name
+
+            y = checkpoint_name(y, "unit_conv")  # float16 where scaled: rescaled in float32 where read
+        return y if scale is None else ops.cast(y, "float32") * scale
+
+    def bn(self, x, key: str, dtype: Optional[str] = None):
+        """BatchNorm; its output in `dtype` (default: the policy's compute dtype)."""
+        stack, w = self.stack, self.w
+        gamma, beta = w[f"{key}_gamma"], w[f"{key}_beta"]
+        if self.training and keras.backend.backend() == "tensorflow" and stack._channels == -1:
+            from keras_resnet_v2._kernels import fused_batchnorm_training  # an NHWC kernel
+
+            y, mean, variance = fused_batchnorm_training(x, gamma, beta, stack.epsilon)
+            self.stats[key] = (mean, variance)
+            return ops.cast(y, dtype or stack.compute_dtype)
+        x32 = ops.cast(x, "float32")  # as Keras' BatchNormalization: statistics in float32
+        if self.training:
+            mean, variance = ops.moments(x32, axes=[0, 1, 2] if stack._channels == -1 else [0, 2, 3])
+            self.stats[key] = (mean, variance)
+        else:
+            mean, variance = w[f"{key}_moving_mean"], w[f"{key}_moving_variance"]
+        y = ops.batch_normalization(x32, mean, variance, axis=stack._channels, offset=beta, scale=gamma,
+                                    epsilon=stack.epsilon)
+        return ops.cast(y, dtype or stack.compute_dtype)
+
+    def relu(self, x, key: str, dtype: Optional[str] = None):
+        return ops.relu(x)
+
+    def apply(self, x, todo, dtype: Optional[str] = None):
+        """Runs ("bn" | "relu", key) steps in order; BatchNorm outputs `dtype`."""
+        for op, key in todo:
+            x = getattr(self, op)(x, key, dtype)
+        return x
+
+    def step(self, x, conv):
+        """One convolution of the unit's plan and the BN/ReLU after it."""
+        return self.apply(self.conv(x, conv.key), conv.after, self.inner)
+
+    def gate(self, x, conv):
+        """g(x) = sigmoid(W_g x + b_g) in the stream's dtype."""
+        bias = ops.cast(self.w[f"{conv.key}_bias"], self.stream)
+        bias = bias if self.stack._channels == -1 else ops.reshape(bias, (-1, 1, 1))  # per channel
+        return ops.sigmoid(self.conv(x, conv.key, self.stream) + bias)
 
 
 def _saving(step, remat: bool):

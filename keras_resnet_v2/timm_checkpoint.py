@@ -10,6 +10,7 @@ checkpoint before TensorFlow starts.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import struct
@@ -76,11 +77,22 @@ _SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "
                        "I8": "i1", "U8": "u1", "BOOL": "?"}
 
 
+# The safetensors format caps its JSON header at 100 MB; timm's ResNetV2 headers are 10-50 KB.
+MAX_HEADER_BYTES = 100 << 20
+
+
+def _is_count(value, minimum: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
 def _safetensors_header(handle, size: int) -> tuple[dict, int]:
     """(header, offset of the data) of an open `.safetensors` file of `size` bytes (the format: an
-    8-byte little-endian header length, a JSON header of dtype, shape and byte offsets, then the data)."""
+    8-byte little-endian header length, a JSON header of dtype, shape and byte offsets, then the data).
+
+    Every declared shape is checked before anything is believed: axes positive integers, the byte count
+    computed in Python integers (no overflow), and the data exactly that long, inside the file."""
     (length,) = struct.unpack("<Q", handle.read(8))
-    if not 2 <= length <= size - 8:
+    if not 2 <= length <= min(size - 8, MAX_HEADER_BYTES):
         raise ValueError(f"header length {length} outside the file")
     header = json.loads(handle.read(length))
     if not isinstance(header, dict):
@@ -88,10 +100,17 @@ def _safetensors_header(handle, size: int) -> tuple[dict, int]:
     header.pop("__metadata__", None)
     body = size - 8 - length
     for key, entry in header.items():
-        dtype = _dtype(entry["dtype"])
-        start, end = entry["data_offsets"]
-        if not 0 <= start <= end <= body or end - start != dtype.itemsize * int(np.prod(entry["shape"])):
-            raise ValueError(f"tensor {key!r} lies outside the file")
+        if not isinstance(entry, dict):
+            raise ValueError(f"tensor {key!r} has no dtype, shape and offsets")
+        dtype, shape, offsets = _dtype(entry["dtype"]), entry["shape"], entry["data_offsets"]
+        if not isinstance(shape, list) or not all(_is_count(axis, 1) for axis in shape):
+            raise ValueError(f"tensor {key!r} declares shape {short_repr(shape)}: axes must be positive integers")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
+            raise ValueError(f"tensor {key!r} declares data offsets {short_repr(offsets)}")
+        start, end = offsets
+        if not 0 <= start <= end <= body or end - start != dtype.itemsize * math.prod(shape):
+            raise ValueError(f"tensor {key!r} lies outside the file, or its data is not {short_repr(shape)} "
+                             f"{entry['dtype']} values")
     return header, 8 + length
 
 
@@ -113,9 +132,12 @@ def _read_safetensors(path: str, what: str, data: bool) -> dict[str, Any]:
             body = handle.read()
         return {key: np.frombuffer(body[entry["data_offsets"][0]:entry["data_offsets"][1]],
                                    _dtype(entry["dtype"])).reshape(entry["shape"]) for key, entry in header.items()}
-    except (struct.error, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"`{what}` is not a readable .safetensors file ({error}). Received: {what}={path!r}") \
-            from error
+    except RecursionError:  # a header nested deeper than Python's JSON reader goes
+        raise ValueError(f"`{what}` is not a readable .safetensors file (its header nests too deeply). Received: "
+                         f"{what}={path!r}") from None
+    except (struct.error, ValueError, KeyError, TypeError, OSError) as error:
+        raise ValueError(f"`{what}` is not a readable .safetensors file ({short_repr(str(error), 200)}). Received: "
+                         f"{what}={path!r}") from None
 
 
 def read_safetensors(path: str, what: str = "source") -> dict[str, np.ndarray]:
@@ -245,4 +267,56 @@ def timm_architecture(state: Mapping[str, Any], what: str = "source") -> dict[st
     if stem != widths[0]:
         raise _refuse(f"a stem of {stem} filters before a first stage of width {widths[0]} (ours are equal)", what)
     head = state.get("head.fc.weight")
-    return {"depth": depth, "widths": widths, "classes": None if head is None else int(head.shape[0])}
+    classes = None if head is None else int(head.shape[0])
+    expected = expected_shapes("bottleneck" if bottleneck else "basic", units, widths, classes)
+    for key, value in state.items():  # every tensor: in-channels as the layer before gives them, and so on
+        shape = tuple(value.shape)
+        if key.endswith("num_batches_tracked"):
+            continue
+        allowed = expected.get(key)
+        if allowed is None:
+            continue  # a tensor with no place: copy_timm_weights names it
+        if shape not in allowed:
+            raise ValueError(f"`{what}` holds {key!r} of shape {shape}; a {'bottleneck' if bottleneck else 'basic'} "
+                             f"ResNet-{depth} of widths {widths} has {allowed[0]} there: the checkpoint is damaged or "
+                             "not one network.")
+    return {"depth": depth, "widths": widths, "classes": classes}
+
+
+def expected_shapes(block: str, units: tuple, widths: tuple, classes: Union[int, None]) -> dict[str, tuple]:
+    """timm's key -> the shapes allowed there, for a pre-activation network of `block` units, `units` per
+    stage and `widths` (a bottleneck's inner width; its output is 4x), with `classes` outputs."""
+    shapes: dict[str, tuple] = {}
+
+    def norm(prefix: str, channels: int) -> None:
+        for field in ("weight", "bias", "running_mean", "running_var"):
+            shapes[f"{prefix}.{field}"] = ((channels,),)
+
+    def conv(key: str, out: int, inputs: int, kernel: int) -> None:
+        shapes[key] = ((out, inputs, kernel, kernel),)
+
+    conv("stem.conv.weight", widths[0], 3, 7)
+    channels = widths[0]
+    for stage, (width, count) in enumerate(zip(widths, units, strict=True)):
+        out = 4 * width if block == "bottleneck" else width
+        for index in range(count):
+            prefix = f"stages.{stage}.blocks.{index}"
+            norm(f"{prefix}.norm1", channels)
+            if block == "bottleneck":
+                conv(f"{prefix}.conv1.weight", width, channels, 1)
+                norm(f"{prefix}.norm2", width)
+                conv(f"{prefix}.conv2.weight", width, width, 3)
+                norm(f"{prefix}.norm3", width)
+                conv(f"{prefix}.conv3.weight", out, width, 1)
+            else:
+                conv(f"{prefix}.conv1.weight", width, channels, 3)
+                norm(f"{prefix}.norm2", width)
+                conv(f"{prefix}.conv2.weight", width, width, 3)
+            if index == 0:
+                conv(f"{prefix}.downsample.conv.weight", out, channels, 1)
+            channels = out
+    norm("norm", channels)
+    if classes is not None:
+        shapes["head.fc.weight"] = ((classes, channels, 1, 1), (classes, channels))
+        shapes["head.fc.bias"] = ((classes,),)
+    return shapes

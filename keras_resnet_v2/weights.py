@@ -20,7 +20,8 @@ import keras
 import numpy as np
 
 from keras_resnet_v2.layers import Rematerialized, Standardize
-from keras_resnet_v2.names import UNIT_NAME
+from keras_resnet_v2.names import UNIT_NAME, short_repr
+from keras_resnet_v2.plumbing.files import check_keras_archive
 from keras_resnet_v2.stack import UnitStack
 
 _FIELDS = ("moving_variance", "moving_mean", "kernel", "bias", "gamma", "beta")
@@ -172,6 +173,36 @@ def copy_all_but_head(source: keras.Model, target: keras.Model, path: str, what:
                       UserWarning, stacklevel=4)
 
 
+def _copy_same_head(source: keras.Model, target: keras.Model, path: str) -> None:
+    """The file's classifier into `target`'s when they have the same shapes: a head is new (initialised)
+    only where the caller asked for one (`include_top=False` or another `classes`); a file without a
+    classifier leaves `target`'s new, with a warning."""
+    head = leaf_layers(target).get(CLASSIFIER)
+    if head is None:
+        return
+    theirs = leaf_layers(source).get(CLASSIFIER)
+    if theirs is None:
+        warnings.warn(f"`weights` file {path!r} has no classifier: this model's ({head.units} classes) starts from its "
+                      "initialisation; train it before use.", UserWarning, stacklevel=4)
+        return
+    if [tuple(w.shape) for w in theirs.weights] == [tuple(w.shape) for w in head.weights]:
+        for mine, value in zip(head.weights, theirs.weights, strict=True):
+            mine.assign(value)
+
+
+def read_keras_file(path: str, what: str = "weights") -> keras.Model:
+    """The model of a `.keras` file a user hands over, loaded as Keras' safe mode allows (no `Lambda` code
+    runs) and uncompiled, after `plumbing.files.check_keras_archive`; anything Keras refuses is one line
+    naming the argument `what` (Keras' own messages run to many lines)."""
+    check_keras_archive(path, f"`{what}`")
+    try:
+        return keras.models.load_model(path, safe_mode=True, compile=False)
+    except Exception as error:  # noqa: BLE001 - a damaged, foreign or unsafe file fails in many ways: one line each
+        first = (str(error).strip().splitlines() or [""])[0]
+        raise ValueError(f"`{what}` {path!r} is not a loadable Keras model ({type(error).__name__}: "
+                         f"{short_repr(first, 300)}). Received: {what}={path!r}") from None
+
+
 def load_weights(model: keras.Model, path: str,
                  with_head: Optional[Callable[[int], keras.Model]] = None) -> None:
     """Loads `path` into `model`, first comparing the arrays' shapes so a mismatch is one line
@@ -196,8 +227,9 @@ def load_weights(model: keras.Model, path: str,
             ) from error
         return
     if path.endswith(".keras"):  # the whole model is in the file: copy by unit, from either form
-        source = keras.models.load_model(path, compile=False)
+        source = read_keras_file(path)
         copy_all_but_head(source, model, path)
+        _copy_same_head(source, model, path)
         return
     stacked_file, stacked_model = (any(len(s) == 5 for s in shapes) for shapes in (found, expected))
     if stacked_file != stacked_model:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import keras_resnet_v2 as krv2
-from keras_resnet_v2 import pretrained
+from keras_resnet_v2 import pretrained, timm_checkpoint
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 FIXTURES = ("timm_resnetv2_50_tiny", "timm_resnetv2_18_tiny")
@@ -229,6 +229,52 @@ def _write_safetensors(path, arrays: dict) -> None:
     text = json.dumps(header).encode()
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+
+
+def _write_header(path, header: dict, body: bytes = b"") -> None:
+    """A .safetensors file whose header declares what the test says, whatever its data holds."""
+    import json
+    import struct
+
+    text = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + body)
+
+
+@pytest.mark.parametrize("declared,fragment", [
+    ({"dtype": "F32", "shape": [2**32, 2**32, 7, 7], "data_offsets": [0, 0]}, "lies outside the file"),
+    ({"dtype": "F32", "shape": [2048, 0, 7, 7], "data_offsets": [0, 0]}, "axes must be positive integers"),
+    ({"dtype": "F32", "shape": [8, -3, 7, 7], "data_offsets": [0, 0]}, "axes must be positive integers"),
+    ({"dtype": "F32", "shape": [8, 3, 7, 7], "data_offsets": [0, 4]}, "lies outside the file"),
+    ({"dtype": "F32", "shape": "8x3", "data_offsets": [0, 4]}, "axes must be positive integers"),
+])
+def test_a_checkpoint_header_is_checked_before_anything_is_built(declared, fragment, tmp_path):
+    # Issue 50: a 2-8 KB header declaring an impossible tensor is refused in one line, header only.
+    path = str(tmp_path / "bad.safetensors")
+    _write_header(path, {"stem.conv.weight": declared}, b"\0" * 16)
+    for read in (krv2.pretrained.read_safetensors, timm_checkpoint.safetensors_shapes):
+        with pytest.raises(ValueError) as caught:
+            read(path, "init")
+        message = str(caught.value)
+        assert "\n" not in message and fragment in message and "init=" in message, message
+
+
+def test_a_deeply_nested_header_and_inconsistent_channels_are_one_line(tmp_path):
+    path = str(tmp_path / "deep.safetensors")
+    text = ("[" * 200_000 + "]" * 200_000).encode()
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text)
+    with pytest.raises(ValueError, match="nests too deeply") as caught:
+        timm_checkpoint.safetensors_shapes(path)
+    assert "\n" not in str(caught.value)
+    # Every declared shape is real data here, but stage 2's first conv reads 7 channels where stage 1 gives 8.
+    state = dict(timm_checkpoint.read_safetensors(_fixture("timm_resnetv2_18_tiny")[0]))
+    state["stages.1.blocks.0.conv1.weight"] = np.zeros((16, 7, 3, 3), "float32")
+    with pytest.raises(ValueError, match=r"stages\.1\.blocks\.0\.conv1\.weight' of shape \(16, 7, 3, 3\)") as caught:
+        timm_checkpoint.timm_architecture(state)
+    assert "(16, 8, 3, 3) there" in str(caught.value)
+    with pytest.raises(ValueError, match=r"\(16, 7, 3, 3\)"):
+        krv2.from_timm(state)
 
 
 def _timm_resnetv2_18_state(seed: int = 0) -> dict:

@@ -137,3 +137,21 @@ def test_files_of_release_0_1_load_describe_themselves_and_convert(name):
     for converted in (krv2.to_plain(model), krv2.to_stacked(model)):
         assert converted.resnet_config == dataclasses.replace(config, scan=converted.resnet_config.scan)
         np.testing.assert_allclose(_numpy(converted(data["images"])), data[name], rtol=1e-5, atol=1e-6)
+
+
+def test_resnets_signature_and_configs_fields_are_one_list():
+    # Issue 51: ResNet's signature spells the arguments once; Config holds the same list (less what it works
+    # out or spreads), and everything else derives from its fields (Config.arguments, check_arguments).
+    import dataclasses
+    import inspect
+
+    from keras_resnet_v2.config import Config
+
+    parameters = set(inspect.signature(krv2.ResNet).parameters)
+    fields = {field.name for field in dataclasses.fields(Config)}
+    assert parameters - fields == {"input_tensor", "variant_options"}
+    assert fields - parameters == {"units_per_stage", "shortcut_options"}
+    cfg = resolve_config(110, unit="original", shortcut="exclusive_gating", gate_bias=-3.0, stride_in="last",
+                         widths=(8, 16, 32), dtype="mixed_bfloat16", include_top=False, pooling="max")
+    again = resolve_config(**cfg.arguments())
+    assert again.to_dict() == cfg.to_dict() and again.shortcut_options == {"gate_bias": -3.0}

@@ -303,7 +303,7 @@ def initialize(model, source: Source) -> str:
         state = pretrained.load_state_dict(source.file, "init")
         pretrained.copy_timm_weights(state, model, new_head=True, what="init")
     else:
-        trained = keras.models.load_model(source.file, compile=False)
+        trained = weights.read_keras_file(source.file, "init")
         weights.copy_all_but_head(trained, model, source.file, what="init")
     for variable in model.get_layer(weights.CLASSIFIER).weights:
         variable.assign(keras.ops.zeros(variable.shape, variable.dtype))

@@ -211,11 +211,18 @@ def model_file(path: str, what: str = "MODEL") -> str:
     candidate = os.path.join(path, "model.keras") if os.path.isdir(path) else path
     if not (os.path.isfile(candidate) and candidate.endswith(".keras")):
         raise ValueError(f"{what} must be a .keras file or a directory holding model.keras. Received: {path!r}")
-    if not zipfile.is_zipfile(candidate):  # Keras would say "File not found" of an existing file
-        raise ValueError(f"{what} {candidate!r} exists but is not a .keras archive (a .keras file is a zip "
-                         "archive; this one is truncated, damaged or of another format)")
-    _check_not_a_bomb(candidate, what)
+    check_keras_archive(candidate, what)
     return candidate
+
+
+def check_keras_archive(path: str, what: str) -> None:
+    """A one-line ValueError naming the argument `what` unless the `.keras` file at `path` is a zip archive
+    whose members inflate as a network's weights do: every place that opens a `.keras` file a user hands
+    over (`weights=`, MODEL, `--init`) checks it so, before anything is inflated."""
+    if not zipfile.is_zipfile(path):  # Keras would say "File not found" of an existing file
+        raise ValueError(f"{what} {path!r} exists but is not a .keras archive (a .keras file is a zip "
+                         "archive; this one is truncated, damaged or of another format)")
+    _check_not_a_bomb(path, what)
 
 
 # Weights are float arrays, which deflate compresses little (ResNet files: ratio about 1.1); a member
