@@ -52,7 +52,8 @@ def imports(path: str, module: str, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
             for alias in node.names:
                 if f"{base}.{alias.name}" in known:
                     out.add(f"{base}.{alias.name}")
@@ -143,7 +144,7 @@ def main(argv=None) -> int:
         print("  circle: " + " <-> ".join(loop))
     names = resnet_keywords(args.root)
     places = defaultdict(list)
-    for module, path in sorted(found.items()):
+    for path in sorted(found.values()):
         for line, kind, count in spellings(path, names, args.min_names):
             places[os.path.relpath(path, args.root)].append(f"{line} {kind} ({count} of {len(names)})")
     total = sum(map(len, places.values()))
