@@ -266,6 +266,11 @@ def check_version(version_dir: str, keras_fn: Callable[[np.ndarray], np.ndarray]
         except ValueError as error:  # a damaged record, or one the version refuses: one line naming the file
             return {"error": str(error) if str(error).startswith("The TF Serving warmup file") else
                     f"The TF Serving warmup file {path} is refused by the version ({error})"}
+        kinds = {request.model_spec.signature_name for request, _ in answered}
+        if DEFAULT_SIGNATURE not in kinds:  # empty, truncated to nothing, or not the records this export writes
+            return {"error": f"The TF Serving warmup file {path} ({os.path.getsize(path):,} bytes) holds "
+                             f"{len(answered)} records and none of {DEFAULT_SIGNATURE}: it is damaged; export the "
+                             "model again"}
         worst, problems, bytes_probabilities = _predict_errors(server, answered, keras_fn, allowed)
         problems += _classify_problems(answered, bytes_probabilities, version_dir)
         rest_ok = _rest_matches(server, answered)

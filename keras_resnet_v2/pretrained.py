@@ -35,6 +35,7 @@ from keras_resnet_v2.timm_checkpoint import (  # noqa: F401 - read_safetensors, 
     TIMM_STD,
     TOP_LAYERS,
     UNIT_LAYER,
+    DownloadError,
     download,
     load_state_dict,
     read_safetensors,
@@ -146,10 +147,12 @@ def imagenet_weights(cfg: Config) -> str:
     source = os.path.join(folder, f"{name}.safetensors")
     if not os.path.isfile(source):
         try:
-            source = download(name)
-        except ValueError as error:
-            raise ValueError(f"weights='imagenet' converts timm's {name} once, and there is no copy of it in "
-                             f"{folder} ({error}). Download https://huggingface.co/timm/{name}/resolve/main/"
+            source = download(name, what="weights")
+        except DownloadError as error:
+            state = (f"the copy in {folder} no longer matches its recorded checksum" if os.path.isfile(cached)
+                     else f"there is no copy of it in {folder}")
+            raise ValueError(f"weights='imagenet' converts timm's {name} once, and {state}; the download failed "
+                             f"({error.reason}). Download https://huggingface.co/timm/{name}/resolve/main/"
                              f"model.safetensors and save it as {source}. Received: weights='imagenet'") from None
     trained = imagenet_config(cfg)
     state = load_state_dict(source)

@@ -178,6 +178,14 @@ def read_torch(path: str, what: str = "source") -> dict[str, Any]:
     return state
 
 
+class DownloadError(ValueError):
+    """A timm checkpoint could not be downloaded; `reason` says why in a few words."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 def download(name: str, what: str = "source") -> str:
     """The local path of timm's `model.safetensors` of a model name, downloaded through huggingface_hub."""
     architecture = name.split(".")[0]
@@ -188,15 +196,17 @@ def download(name: str, what: str = "source") -> str:
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:
-        raise ValueError(f"Downloading {full!r} needs huggingface_hub (pip install huggingface_hub); or download "
-                         f"https://huggingface.co/timm/{full}/resolve/main/model.safetensors and pass that file. "
-                         f"Received: {what}={name!r}") from None
+        raise DownloadError(f"Downloading {full!r} needs huggingface_hub (pip install huggingface_hub); or download "
+                            f"https://huggingface.co/timm/{full}/resolve/main/model.safetensors and pass that file. "
+                            f"Received: {what}={name!r}", "huggingface_hub is not installed") from None
     try:
         return hf_hub_download(f"timm/{full}", "model.safetensors")
     except Exception as error:  # noqa: BLE001 - offline, unknown tag, HTTP errors: one line each
-        raise ValueError(f"Could not download timm/{full} ({type(error).__name__}: {short_repr(str(error), 160)}); "
-                         f"with no network, download https://huggingface.co/timm/{full}/resolve/main/"
-                         f"model.safetensors elsewhere and pass that file. Received: {what}={name!r}") from None
+        first = (str(error).strip().splitlines() or [""])[0]
+        reason = f"{type(error).__name__}: {short_repr(first, 160)}"
+        raise DownloadError(f"Could not download timm/{full} ({reason}); with no network, download "
+                            f"https://huggingface.co/timm/{full}/resolve/main/model.safetensors elsewhere and pass "
+                            f"that file. Received: {what}={name!r}", reason) from None
 
 
 def load_state_dict(source: Union[str, os.PathLike, Mapping[str, Any]], what: str = "source") -> dict[str, np.ndarray]:

@@ -138,3 +138,76 @@ assert result['report']['passed'] and export.verify(model, openvino=result['open
     assert not any(name.startswith("intel") for name in written), written
     # What Keras and matplotlib write there, and nothing else (README, "What the package writes in HOME").
     assert {name.split(os.sep)[0] for name in written} <= {".keras", ".cache", ".config"}, written
+
+
+def _keras_with_config(path, config) -> None:
+    import json
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", json.dumps(config))
+        archive.writestr("model.weights.h5", b"")
+
+
+NETWORK = {"depth": 8, "family": "cifar", "block": "basic", "unit": "full_preact", "shortcut": "identity",
+           "padding": "symmetric", "widths": [16, 32, 64], "stride_in": "first", "shortcut_options": {}}
+
+
+@pytest.mark.parametrize("config,fragment", [
+    ({"config": {"resnet_config": {k: v for k, v in NETWORK.items() if k != "depth"}}}, "KeyError: 'depth'"),
+    ({"config": "resnet_config"}, "holds no network of keras_resnet_v2"),
+    ({"config": {"resnet_config": NETWORK, "layers": [{"class_name": "Standardize", "config": {"name": "s"}}]}},
+     "KeyError: 'shape'"),
+    ({"config": {"resnet_config": {**NETWORK, "widths": 16}}}, "TypeError"),
+])
+def test_init_a_malformed_keras_description_is_one_line(config, fragment, tmp_path):
+    from keras_resnet_v2.training import finetune
+
+    path = str(tmp_path / "edited.keras")
+    _keras_with_config(path, config)
+    with pytest.raises(ValueError) as caught:
+        finetune.describe(path)
+    message = str(caught.value)
+    assert "\n" not in message and fragment in message and "init=" in message, message
+
+
+def test_init_an_edited_init_source_and_a_spaced_freeze_are_one_line(tmp_path):
+    import json
+
+    from keras_resnet_v2.training import finetune
+    from keras_resnet_v2.training.config import TrainConfig
+
+    source = tmp_path / "source.keras"
+    _keras_with_config(source, {"config": {"resnet_config": NETWORK, "layers": []}})
+    recorded = finetune.record(finetune.describe(str(source)))
+    run = tmp_path / "run"
+    (run / "backup").mkdir(parents=True)
+    (run / "backup" / "checkpoint").write_text('model_checkpoint_path: "ckpt-1"\n')
+    for edit in ({"image_size": "224"}, {"architecture": {"depth": 8}}, {"color": "red"}):
+        (run / "config.json").write_text(json.dumps({"init": str(source), "init_source": {**recorded, **edit}}))
+        with pytest.raises(ValueError) as caught:
+            finetune.prepare(TrainConfig(init=str(source), run_dir=str(run)))
+        message = str(caught.value)
+        assert "\n" not in message and "init_source" in message and "config.json is damaged" in message, message
+    # " none" is none (was refused as a part named 'none', "or none, backbone"); none in a list is refused.
+    config = TrainConfig(init=str(source), run_dir=str(tmp_path / "new"), freeze=" none")
+    finetune.prepare(config)
+    assert config.freeze == "none"
+    with pytest.raises(ValueError, match="none or backbone alone"):
+        finetune.prepare(TrainConfig(init=str(source), run_dir=str(tmp_path / "new"), freeze="stem, none"))
+
+
+def test_a_stop_names_the_epoch_a_rerun_resumes_from(tmp_path):
+    # SIGTERM between epoch 3's history row and its backup: the rerun resumes from epoch 2's backup.
+    from keras_resnet_v2.training import cli
+    from keras_resnet_v2.training.config import TrainConfig
+
+    run = tmp_path / "run"
+    (run / "backup").mkdir(parents=True)
+    (run / "history.csv").write_text("epoch,step,loss\n1,22,2.0\n2,44,1.5\n3,66,1.2\n")
+    (run / "backup" / "checkpoint").write_text('model_checkpoint_path: "ckpt-2"\n'
+                                               'all_model_checkpoint_paths: "ckpt-1"\n'
+                                               'all_model_checkpoint_paths: "ckpt-2"\n')
+    message = cli._stopped_training(cli.Training(TrainConfig(run_dir=str(run)), None))
+    assert "after epoch 2 (step 44)" in message and "epoch 3" not in message, message
+    (run / "backup" / "checkpoint").unlink()
+    assert "before the first epoch ended" in cli._stopped_training(cli.Training(TrainConfig(run_dir=str(run)), None))

@@ -306,7 +306,8 @@ def test_weights_imagenet_converts_timms_checkpoint_once_and_then_reads_the_cach
                                          r"resnetv2_18\.ra4_e3600_r224_in1k/resolve/main/model\.safetensors and save "
                                          r"it as .*resnetv2_18\.ra4_e3600_r224_in1k\.safetensors") as offline:
         krv2.ResNet18(weights="imagenet")
-    assert "\n" not in str(offline.value)
+    assert "\n" not in str(offline.value) and "source=" not in str(offline.value)
+    assert str(offline.value).count("Received:") == 1  # one message, not one nested in another
     os.makedirs(cache)
     source = os.path.join(cache, "resnetv2_18.ra4_e3600_r224_in1k.safetensors")
     _write_safetensors(source, _timm_resnetv2_18_state())
@@ -345,8 +346,10 @@ def test_weights_imagenet_converts_timms_checkpoint_once_and_then_reads_the_cach
     with open(cached, "r+b") as f:  # a damaged cache with no source left: one line
         f.seek(1000)
         f.write(b"\0" * 64)
-    with pytest.raises(ValueError, match="no copy of it in"):
+    with pytest.raises(ValueError, match="no longer matches its recorded checksum; the download failed") as damaged:
         krv2.ResNet18(weights="imagenet")
+    assert "\n" not in str(damaged.value) and "source=" not in str(damaged.value)
+    assert str(damaged.value).count("Received:") == 1  # one message, not one nested in another
 
 
 @pytest.mark.parametrize("change,fragment", [

@@ -296,13 +296,19 @@ class Training(NamedTuple):
 def _stopped_training(job: Training) -> str:
     """Where a Ctrl-C or SIGTERM left a training run, and how to go on."""
     from keras_resnet_v2.training.callbacks import read_history
+    from keras_resnet_v2.training.resume import backup_epoch
 
     config = job.config
     try:
         rows = read_history(os.path.join(config.run_dir, "history.csv"))
     except ValueError:
         rows = []
-    done = f"after epoch {rows[-1]['epoch']} (step {rows[-1]['step']})" if rows else "before the first epoch ended"
+    # The rerun resumes from the newest backup: a stop between an epoch's history row and its backup
+    # trains that epoch again, so the message names the backup's epoch, not the last row's.
+    epoch = backup_epoch(config.run_dir)
+    steps = [row["step"] for row in rows if row["epoch"] == epoch]
+    done = (f"after epoch {epoch}" + (f" (step {steps[-1]})" if steps else "") if epoch is not None
+            else "before the first epoch ended")
     return (f"{interrupts.describe()} {done}; rerun the same command to resume from "
             f"{os.path.join(config.run_dir, 'backup')}")
 

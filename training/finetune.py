@@ -32,6 +32,7 @@ import zipfile
 from typing import Any, Iterable, Optional
 
 from keras_resnet_v2.depths import resolve_depth
+from keras_resnet_v2.names import short_repr
 from keras_resnet_v2.plumbing.files import model_file, read_json_object
 from keras_resnet_v2.timm_checkpoint import (
     TIMM_SERVING,
@@ -94,9 +95,11 @@ def _saved_model_config(path: str) -> dict:
     try:
         with zipfile.ZipFile(path) as archive:
             saved = json.loads(archive.read("config.json"))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
-        raise ValueError(f"`init` {path!r} is not a readable .keras file ({error}). Received: init={path!r}") from None
-    network = (saved.get("config") or {}).get("resnet_config") if isinstance(saved, dict) else None
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, RecursionError) as error:
+        reason = "its config.json nests too deeply" if isinstance(error, RecursionError) else error
+        raise ValueError(f"`init` {path!r} is not a readable .keras file ({reason}). Received: init={path!r}") from None
+    config = saved.get("config") if isinstance(saved, dict) else None
+    network = config.get("resnet_config") if isinstance(config, dict) else None
     if not isinstance(network, dict):
         raise ValueError(f"`init` {path!r} holds no network of keras_resnet_v2 (a ResNetModel keeps its arguments in "
                          "its config; files saved before version 0.2 do not): load it with keras_resnet_v2 and save "
@@ -105,8 +108,18 @@ def _saved_model_config(path: str) -> dict:
 
 
 def _keras(spec: str, path: str, run: Optional[dict]) -> Source:
-    """A `.keras` file of ours; `run`: the config.json of the run it belongs to, if any."""
+    """A `.keras` file of ours; `run`: the config.json of the run it belongs to, if any. A description
+    that lacks a key or holds a value of another type (an edited or damaged file) is one line."""
     saved = _saved_model_config(path)
+    try:
+        return _keras_source(spec, path, run, saved)
+    except (KeyError, TypeError, AttributeError, IndexError) as error:
+        raise ValueError(f"`init` {path!r} holds a damaged description of its network ({type(error).__name__}: "
+                         f"{str(error)[:120]} in its config.json): save it again with keras_resnet_v2, or "
+                         f"pass another SOURCE. Received: init={spec!r}") from None
+
+
+def _keras_source(spec: str, path: str, run: Optional[dict], saved: dict) -> Source:
     network, layers = saved["config"]["resnet_config"], saved["config"].get("layers", [])
     depth, family = network["depth"], network["family"]
     if resolve_depth(depth)[0] != family or network.get("stride_in", "first") != "first":
@@ -194,12 +207,15 @@ def frozen_parts(text: str, source: Source) -> tuple[str, ...]:
         ('stem', 'stage1')
     """
     parts = ("stem", *(f"stage{k}" for k in range(1, source.stages + 1)), "post")
-    if text == "none":
-        return ()
-    if text == "backbone":
-        return parts
     names = [name.strip() for name in str(text).split(",")]
+    if names == ["none"]:
+        return ()
+    if names == ["backbone"]:
+        return parts
     for name in names:
+        if name in FREEZE_WORDS:
+            raise ValueError(f"`freeze` is {' or '.join(FREEZE_WORDS)} alone, or a list of parts ({', '.join(parts)}). "
+                             f"Received: freeze={text!r}")
         if name not in parts:
             raise ValueError(f"`freeze` part {name!r} does not exist in {source.architecture['model']} (its parts: "
                              f"{', '.join(parts)}; or none, backbone). Received: freeze={text!r}")
@@ -227,6 +243,8 @@ def prepare(config: TrainConfig, given: Optional[Iterable[str]] = None) -> Optio
     given = set(given) if given is not None else {f.name for f in dataclasses.fields(TrainConfig)
                                                   if getattr(config, f.name) != getattr(defaults, f.name)}
     previous = recorded_run(config.run_dir) if isinstance(config.run_dir, str) and config.run_dir else None
+    if isinstance(config.freeze, str):  # " none", "stem, stage1": the words, without the spaces around them
+        config.freeze = ",".join(word.strip() for word in config.freeze.split(","))
     if config.init is None:
         if previous is not None and previous.get("init") is not None:
             raise ValueError(f"Run directory {config.run_dir!r} holds a run fine-tuned from init={previous['init']!r}: "
@@ -242,7 +260,7 @@ def prepare(config: TrainConfig, given: Optional[Iterable[str]] = None) -> Optio
         if previous["init"] != config.init or not isinstance(previous.get("init_source"), dict):
             raise ValueError(f"Run directory {config.run_dir!r} holds a run fine-tuned from init={previous['init']!r}; "
                              f"use another --run-dir. Received: init={config.init!r}")
-        source = Source(**previous["init_source"])  # resuming: SOURCE is not read again
+        source = recorded_source(config.run_dir, previous["init_source"])  # resuming: SOURCE is not read again
     else:
         source = describe(config.init)
     for name, value in source.architecture.items():
@@ -268,6 +286,24 @@ def prepare(config: TrainConfig, given: Optional[Iterable[str]] = None) -> Optio
 def record(source: Source) -> dict:
     """config.json's `init_source`."""
     return dataclasses.asdict(source)
+
+
+def recorded_source(run_dir: str, recorded: dict) -> Source:
+    """The `Source` a run's config.json recorded, checked field by field (an edited record is one line)."""
+    fields = {f.name: f for f in dataclasses.fields(Source)}
+    required = {name for name, f in fields.items() if f.default is dataclasses.MISSING}
+    kinds = {"spec": str, "kind": str, "file": str, "architecture": dict, "front": str, "normalization": str,
+             "image_size": int, "fixed_size": bool, "preprocessing": dict}
+    wrong = sorted(set(recorded) - set(fields)) + sorted(required - set(recorded)) + sorted(
+        name for name, kind in kinds.items() if name in recorded and not isinstance(recorded[name], kind))
+    if not wrong and not set(recorded["architecture"]) <= set(ARCHITECTURE):
+        wrong = ["architecture"]
+    if wrong:
+        where = os.path.join(run_dir, "config.json")
+        raise ValueError(f"{where} is damaged: its init_source has {wrong[0]!r} missing, unknown or of the wrong type "
+                         f"(it was edited?): restore it, or fine-tune into another --run-dir. Received: init_source="
+                         f"{short_repr(recorded, 120)}")
+    return Source(**recorded)
 
 
 # --------------------------------------------------------------------------- the network (Keras)

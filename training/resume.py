@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
+import re
 import shutil
 from typing import Optional
 
@@ -23,6 +24,23 @@ def recorded_run(run_dir: str) -> Optional[dict]:
     except FileNotFoundError:
         raise ValueError(f"Run directory {run_dir!r} holds a backup but no config.json, so it cannot be resumed "
                          "safely; move its backup/ aside to start over, or use another --run-dir.") from None
+
+
+def backup_epoch(run_dir: str) -> Optional[int]:
+    """The epoch of the newest backup in `run_dir` (read from backup/checkpoint, TensorFlow's text record
+    of its `ckpt-{epoch}` files, without TensorFlow), or None when it holds none: where a rerun resumes.
+
+    Example:
+        >>> backup_epoch("runs/digits")
+        15
+    """
+    try:
+        with open(os.path.join(run_dir, "backup", "checkpoint"), encoding="utf-8") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+    match = re.search(r'^model_checkpoint_path:\s*"[^"]*?ckpt-(\d+)"', text, re.M)
+    return int(match.group(1)) if match else None
 
 
 def check_resume(run_dir: str, effective: dict) -> bool:
