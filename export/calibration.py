@@ -58,9 +58,13 @@ def folder_images(directory: str, shape: tuple, preprocessing: image_ops.Preproc
             raise ValueError(f"--calibration: {path} is {os.path.getsize(path):,} bytes, more than the "
                              f"{MAX_FILE_BYTES:,} an image file may take here")
         try:
-            data = image_bytes.checked(tf.io.read_file(path), pixels)
-            image = tf.io.decode_image(data, channels=channels, expand_animations=False)
-        except (tf.errors.OpError, ValueError) as error:
+            data = tf.io.read_file(path)
+            declared_height, declared_width = (int(v) for v in image_bytes.declared_size(data).numpy())
+            if declared_height * declared_width > pixels:
+                raise ValueError(f"--calibration: {path} declares {declared_width} x {declared_height} pixels, more "
+                                 f"than the {pixels:,} an image may have here (serve_image_bytes' limit); not decoded")
+            image = tf.io.decode_image(image_bytes.checked(data, pixels), channels=channels, expand_animations=False)
+        except tf.errors.OpError as error:
             first = (str(getattr(error, "message", error)).strip().splitlines() or [""])[0][:200]
             raise ValueError(f"--calibration: {path} is not a readable image of at most {pixels:,} pixels "
                              f"({type(error).__name__}: {first})") from None

@@ -136,7 +136,7 @@ def _read_safetensors(path: str, what: str, data: bool) -> dict[str, Any]:
         raise ValueError(f"`{what}` is not a readable .safetensors file (its header nests too deeply). Received: "
                          f"{what}={path!r}") from None
     except (struct.error, ValueError, KeyError, TypeError, OSError) as error:
-        raise ValueError(f"`{what}` is not a readable .safetensors file ({short_repr(str(error), 200)}). Received: "
+        raise ValueError(f"`{what}` is not a readable .safetensors file ({str(error)[:200]}). Received: "
                          f"{what}={path!r}") from None
 
 
