@@ -104,7 +104,8 @@ def _huge_png(folder: str) -> None:
     data = b"".join(compressor.compress(row) for _ in range(20000)) + compressor.flush()
 
     def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+        crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
 
     with open(os.path.join(folder, "huge.png"), "wb") as handle:
         handle.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
@@ -119,16 +120,15 @@ def _big_folder(folder: str, count: int = 3000) -> None:
             handle.write(_png(16, 16, rows))
 
 
+CALIBRATION = ("from keras_resnet_v2.export import calibration as c; from keras_resnet_v2.plumbing import images as i; "
+               "r = c.folder_images({path!r}, (224, 224, 3), i.as_preprocessing('resize')); "
+               "print('images', (r[0] if isinstance(r, tuple) else r).shape)")
 CHILD = {
     "header_overflow": "import keras_resnet_v2 as k; k.from_timm({path!r})",
     "header_zero_axes": "import keras_resnet_v2 as k; k.from_timm({path!r})",
     "bomb": "import keras_resnet_v2 as k; k.ResNet20(weights={path!r})",
-    "huge_png": ("from keras_resnet_v2.export import calibration as c; from keras_resnet_v2.plumbing import images as i; "
-                 "r = c.folder_images({path!r}, (224, 224, 3), i.as_preprocessing('resize')); "
-                 "print('images', (r[0] if isinstance(r, tuple) else r).shape)"),
-    "big_folder": ("from keras_resnet_v2.export import calibration as c; from keras_resnet_v2.plumbing import images as i; "
-                   "r = c.folder_images({path!r}, (224, 224, 3), i.as_preprocessing('resize')); "
-                   "print('images', (r[0] if isinstance(r, tuple) else r).shape)"),
+    "huge_png": CALIBRATION,
+    "big_folder": CALIBRATION,
 }
 
 
@@ -148,7 +148,8 @@ def run_case(name: str, folder: str) -> dict:
     size = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files) \
         if os.path.isdir(path) else os.path.getsize(path)
     code = ("import resource, sys\ntry:\n    " + CHILD[name].format(path=path).replace("; ", "\n    ")
-            + "\nexcept Exception as error:\n    print('refused:', type(error).__name__, str(error).splitlines()[0][:160])"
+            + "\nexcept Exception as error:"
+            + "\n    print('refused:', type(error).__name__, str(error).splitlines()[0][:160])"
             + "\nprint('peak_kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=1800)
