@@ -1,6 +1,6 @@
 """timm's pre-activation ResNet checkpoints, read without Keras: their files, names and architecture.
 
-What `from_timm` (keras_resnet_v2/pretrained.py) and `resnet-v2-train --init` need before any
+What `from_timm` (keras_resnet_v2/timm_model.py) and `resnet-v2-train --init` need before any
 network is built: `.safetensors` files read here (the header alone with `safetensors_shapes`), `.pth`
 with PyTorch, timm names downloaded through `huggingface_hub`; `timm_architecture` infers the
 `ResNet(...)` arguments from the tensor names and shapes. NumPy only, so the command lines check a

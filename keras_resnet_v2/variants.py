@@ -7,7 +7,7 @@ A residual unit is `y = h(x) + F(x)` followed by `x_next = f(y)` (paper Eqn. 1-2
   added to `F`: each is one `Shortcut` whose `combine` builds `h(x) + F(x)`.
 
 `unit_plan` composes one of each into the steps of one unit, which both forms of a network run:
-the functional builder (`resnet.py`, a Keras layer per step) and `UnitStack` (`stack.py`, a loop
+the functional builder (`builder.py`, a Keras layer per step) and `UnitStack` (`stack.py`, a loop
 over stacked weights). Adding a shortcut is one `Shortcut` entry here (and its name in `names.py`
 for the command lines). Nothing here knows about depths.
 """

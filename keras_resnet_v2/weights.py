@@ -25,7 +25,7 @@ from keras_resnet_v2.plumbing.files import check_keras_archive
 from keras_resnet_v2.stack import UnitStack
 
 _FIELDS = ("moving_variance", "moving_mean", "kernel", "bias", "gamma", "beta")
-CLASSIFIER = "predictions"  # the dense head's layer name (resnet.py)
+CLASSIFIER = "predictions"  # the dense head's layer name (builder.py)
 
 Address = tuple[str, str]
 
