@@ -112,6 +112,7 @@ def _run_with_home(home, code: str) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_openvino_is_imported_without_its_telemetry(tmp_path):
     # `import openvino` alone writes HOME/intel (its telemetry's client id and stats): the test can fail.
     plain, ours = tmp_path / "plain", tmp_path / "ours"
