@@ -559,6 +559,8 @@ def test_a_damaged_keras_file_is_one_line_naming_it_in_export_verify_and_evaluat
         assert not (tmp_path / f"{kind}.onnx").exists()
 
 
+# Slow tier (16 s here): the fast tier keeps the stand-in's one-request checks (bad requests, signatures).
+@pytest.mark.slow
 def test_eight_threads_of_requests_are_answered_as_each_alone_in_bounded_memory(tmp_path):
     # Issue 37: 8 threads x 200 requests to each SavedModel signature and to one shared ONNX Runtime session;
     # serve_image_bytes' stream mixes valid, oversized and broken images. A separate process, for its memory.

@@ -29,6 +29,9 @@ def _env():
     return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 
 
+# Slow tier (28 s here): the fast tier keeps resume's pieces (test_training: redone history rows, the
+# padding setting on resume; test_checked_inputs: the stop message's epoch), the slow tier the kills.
+@pytest.mark.slow
 def test_sigkill_then_rerun_resumes_and_keeps_history(tmp_path):
     run_dir = tmp_path / "run"
     process = subprocess.Popen(_train_command(run_dir), env=_env(), stdout=subprocess.DEVNULL,
