@@ -72,6 +72,18 @@ INPUT_SCALE_HELP = ("multiply served pixels by S before a network with no scalin
                     "0.00392156862745098 for one trained on pixels / 255; default: none, with a warning)")
 
 
+def _ours(filename: str) -> bool:
+    """Whether `filename` is one of the package's modules: under keras_resnet_v2/ after `pip install .`, and
+    also under the checkout's export/ and training/ in an editable install (`package_dir`)."""
+    import importlib.util
+
+    folders = [location for name in ("keras_resnet_v2", "keras_resnet_v2.export", "keras_resnet_v2.training")
+               for spec in [importlib.util.find_spec(name)] if spec and spec.submodule_search_locations
+               for location in spec.submodule_search_locations]
+    path = os.path.abspath(filename)
+    return any(path.startswith(os.path.abspath(folder) + os.sep) for folder in folders)
+
+
 @contextlib.contextmanager
 def _our_warnings_in_one_line():
     """The package's own warnings (a bare network's input scale) as one `warning: ...` line on stderr."""
@@ -79,7 +91,7 @@ def _our_warnings_in_one_line():
         previous = warnings.showwarning
 
         def show(message, category, filename, lineno, file=None, line=None):
-            if "keras_resnet_v2" in filename:
+            if _ours(filename):
                 print(f"warning: {message}", file=sys.stderr)
             else:
                 previous(message, category, filename, lineno, file, line)
