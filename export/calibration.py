@@ -63,7 +63,9 @@ def folder_images(directory: str, shape: tuple, preprocessing: image_ops.Preproc
             if declared_height * declared_width > pixels:
                 raise ValueError(f"--calibration: {path} declares {declared_width} x {declared_height} pixels, more "
                                  f"than the {pixels:,} an image may have here (serve_image_bytes' limit); not decoded")
-            image = tf.io.decode_image(image_bytes.checked(data, pixels), channels=channels, expand_animations=False)
+            if data.numpy()[:4] == b"GIF8":  # size checked above: only serve_image_bytes' cut to the first frame
+                data = image_bytes.first_gif_frame(data)
+            image = tf.io.decode_image(data, channels=channels, expand_animations=False)
         except tf.errors.OpError as error:
             first = (str(getattr(error, "message", error)).strip().splitlines() or [""])[0][:200]
             raise ValueError(f"--calibration: {path} is not a readable image of at most {pixels:,} pixels "
