@@ -63,7 +63,7 @@ setup(
         "deploy": DEPLOY,
         "all": ALL,
         # The backend tests run the builders under JAX and PyTorch (torch 2.13.0: a CPU wheel here;
-        # elsewhere see the README for PyTorch's CPU index).
+        # elsewhere see docs/install.md for PyTorch's CPU index).
         "test": ALL + ["pytest>=8", "ruff", "jax[cpu]", "torch==2.13.0"],
         "and-cuda": ["tensorflow[and-cuda]>=2.18"],
     },

@@ -44,7 +44,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# Before Keras, as the README asks of a notebook: TensorFlow's oneDNN CPU kernels on unless the environment
+# Before Keras, as docs/notes.md asks of a notebook: TensorFlow's oneDNN CPU kernels on unless the environment
 # says otherwise (keras_resnet_v2.plumbing.onednn); run with TF_ENABLE_ONEDNN_OPTS=0 for TensorFlow's own.
 import keras_resnet_v2 as krv2  # noqa: E402
 

@@ -148,7 +148,7 @@ def serving_outputs(model: keras.Model):
     return outputs
 
 
-# What each export does with a NaN or Inf pixel in float32 `images` (its metadata says it; the README too).
+# What each export does with a NaN or Inf pixel in float32 `images` (its metadata says it; docs/export.md too).
 NON_FINITE_SAVEDMODEL = "refused: InvalidArgumentError '`images` must be finite' (serving_default)"
 NON_FINITE_ONNX = ("not refused: ONNX has no assert op, and ONNX Runtime answers NaN probabilities (class 0) for "
                    "an image with a NaN or Inf value; check np.isfinite(images).all() in the client. An in-graph "

@@ -494,7 +494,7 @@ def test_statistics_of_variable_size_images_and_the_imagenet_test_split(monkeypa
 
 
 def test_a_finite_training_pipeline_for_model_fit_without_steps():
-    # The README's plain model.fit example: repeat=False is one epoch of full batches, reshuffled.
+    # docs/training.md's plain model.fit example: repeat=False is one epoch of full batches, reshuffled.
     splits = data.load_digits(image_size=8)
     steps = recipes.steps_per_epoch(splits.info.train_examples, 64)
     finite = data.pipeline(splits.train, splits.info, 64, training=True, repeat=False)
