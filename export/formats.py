@@ -116,6 +116,7 @@ class Format:
         return f"The {self.title} {path}" if self.versioned else f"The {self.title} file {path}"
 
 
+#: The export formats, one `Format` each: flag, writer module, runtime packages, verification.
 FORMATS = (
     Format("savedmodel", "SavedModel", "", "savedmodel", "SavedModel for TF Serving (gRPC/REST) and TensorFlow: "
            "predict signatures for float pixels, uint8 pixels and encoded images, a classify signature, warmup "

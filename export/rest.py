@@ -11,8 +11,9 @@
   input); lists of unequal lengths are refused.
 
 Example:
-    >>> tensors, rows = predict_tensors(parse('{"instances": [{"b64": "iVBO..."}]}'), signature.inputs)
-    >>> predict_json({"classes": np.array([3])}, rows)
+    >>> tensors, rows = predict_tensors(  # doctest: +SKIP
+    ...     parse('{"instances": [{"b64": "iVBO..."}]}'), signature.inputs)
+    >>> predict_json({"classes": np.array([3])}, rows)  # doctest: +SKIP
     {'predictions': [3]}
 """
 

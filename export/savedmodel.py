@@ -239,8 +239,8 @@ def export_savedmodel(model: keras.Model, base_dir: str, version: Optional[int] 
     `batching_parameters.txt` are written into `base_dir` where absent.
 
     Example:
-        >>> export_savedmodel(keras_resnet_v2.ResNet20(), "/tmp/serving/resnet20", input_scale=1 / 255)
-        '/tmp/serving/resnet20/1'
+        >>> export_savedmodel(keras_resnet_v2.ResNet20(), "serving/resnet20", input_scale=1 / 255)  # doctest: +ELLIPSIS
+        '.../serving/resnet20/1'
     """
     base_dir = check_savedmodel_arguments(model, base_dir, version, labels, preprocessing)
     model = with_input_scale(model, input_scale)

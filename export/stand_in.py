@@ -17,8 +17,9 @@ signature's (`Cannot feed value of shape ...`) before running, where the server 
 the signature's own check refuses it (`images` must have shape ...).
 
 Example:
-    >>> server = StandIn("serving/resnet/1")
-    >>> server.rest("predict", '{"instances": [{"b64": "iVBORw0KGgo..."}], "signature_name": "serve_image_bytes"}')
+    >>> server = StandIn("serving/resnet/1")  # doctest: +SKIP
+    >>> server.rest(  # doctest: +SKIP
+    ...     "predict", '{"instances": [{"b64": "iVBORw0KGgo..."}], "signature_name": "serve_image_bytes"}')
     {'predictions': [{'classes': 3, 'probabilities': [...]}]}
 """
 
@@ -41,12 +42,13 @@ class StandIn:
     """One version loaded as TF Serving loads it (TF1 session, `serve` tag); see the module's docstring.
 
     Example:
-        >>> server = StandIn("serving/resnet/1")
-        >>> request = predict_pb2.PredictRequest(model_spec={"signature_name": "serve_uint8"})
-        >>> request.inputs["images"].CopyFrom(tf.make_tensor_proto(np.zeros((1, 32, 32, 3), "uint8")))
-        >>> tf.make_ndarray(server.predict(request).outputs["classes"])
+        >>> server = StandIn("serving/resnet/1")  # doctest: +SKIP
+        >>> request = predict_pb2.PredictRequest(model_spec={"signature_name": "serve_uint8"})  # doctest: +SKIP
+        >>> request.inputs["images"].CopyFrom(tf.make_tensor_proto(np.zeros((1, 32, 32, 3), "uint8")))  # doctest: +SKIP
+        >>> tf.make_ndarray(server.predict(request).outputs["classes"])  # doctest: +SKIP
         array([3])
-        >>> server.rest("classify", '{"signature_name": "classify", "examples": [{"image/encoded": {"b64": "..."}}]}')
+        >>> server.rest(  # doctest: +SKIP
+        ...     "classify", '{"signature_name": "classify", "examples": [{"image/encoded": {"b64": "..."}}]}')
         {'results': [[['cat', 0.91], ['dog', 0.05], ...]]}
     """
 

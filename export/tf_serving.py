@@ -141,7 +141,7 @@ BATCHING = {"max_batch_size": 32, "batch_timeout_micros": 1000, "max_enqueued_ba
 
 def models_config(name: str) -> str:
     """`models.config` for `--model_config_file`: one model, `name`, served from `/models/<name>` (where
-    docs/export.md's docker command mounts the base directory), its newest version."""
+    docs/serving.md's docker command mounts the base directory), its newest version."""
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 

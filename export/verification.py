@@ -69,8 +69,8 @@ def verify(model: keras.Model, savedmodel_dir: Optional[str] = None, onnx_path: 
     loss). Float32 exports also report their top-1 agreement on `evaluation` when given.
 
     Example:
-        >>> report = verify(model, savedmodel_dir="serving/1", onnx_path="m.onnx", litert="m.tflite")
-        >>> report["litert"]["max_rel_error"] < report["max_relative_error_allowed"]
+        >>> report = verify(model, savedmodel_dir="serving/1", onnx_path="m.onnx", litert="m.tflite")  # doctest: +SKIP
+        >>> report["litert"]["max_rel_error"] < report["max_relative_error_allowed"]  # doctest: +SKIP
         True
     """
     from keras_resnet_v2.export import formats

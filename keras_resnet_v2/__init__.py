@@ -5,8 +5,8 @@ Example:
     >>> import keras_resnet_v2
     >>> model = keras_resnet_v2.ResNet1001()   # CIFAR pre-activation ResNet-1001
     >>> model = keras_resnet_v2.ResNet(110, unit="original", shortcut="exclusive_gating")
-    >>> model = keras_resnet_v2.from_timm("resnetv2_50.a1h_in1k")  # timm's ImageNet weights
-    >>> features = keras_resnet_v2.pyramid_outputs(model)          # {"P2": ..., "P5": ...}
+    >>> model = keras_resnet_v2.from_timm("resnetv2_50.a1h_in1k")  # timm's ImageNet weights  # doctest: +SKIP
+    >>> features = keras_resnet_v2.pyramid_outputs(model)          # {"P2": ..., "P5": ...}  # doctest: +SKIP
 
 Uses `keras` and `keras.ops` only, so the builders run under the TensorFlow, JAX and
 PyTorch backends (`pip install keras_resnet_v2` installs only Keras, numpy and wrapt). Importing

@@ -142,7 +142,10 @@ class Config:
         """The `ResNet(...)` keyword arguments that build this network again (less `weights`).
 
         Example:
-            >>> ResNet(**model.resnet_config.arguments())  # the same network, new weights
+            >>> model = keras_resnet_v2.ResNet20()
+            >>> again = keras_resnet_v2.ResNet(**model.resnet_config.arguments())  # the same network, new weights
+            >>> again.count_params() == model.count_params()
+            True
         """
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _NOT_ARGUMENTS}
         values.update(classes=self.classes if self.include_top else None, stream_dtype=self.stream_argument)

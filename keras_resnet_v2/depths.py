@@ -61,7 +61,8 @@ FAMILY_SPECS: dict[str, Family] = {
     "imagenet": Family((64, 128, 256, 512), 7, 2, True, 1, (224, 224, 3), 1000),
 }
 
-# ImageNet: units per stage (He et al. 2015, Table 1; ResNet-200: this paper). A new depth is one line.
+#: ImageNet depths: block and units per stage (He et al. 2015, Table 1; ResNet-200: this paper).
+#: A new depth is one line.
 IMAGENET_DEPTHS: dict[int, tuple[str, tuple[int, ...]]] = {
     18: ("basic", (2, 2, 2, 2)),
     34: ("basic", (3, 4, 6, 3)),
@@ -145,7 +146,7 @@ def resolve_depth(depth, family=None, block=None) -> tuple[str, str, tuple[int, 
     )
 
 
-# timm architectures that are this paper's network, and the checkpoint tag a bare name downloads.
+#: timm architectures that are this paper's network, and the checkpoint tag a bare name downloads.
 TIMM_MODELS: dict[str, str] = {
     "resnetv2_18": "ra4_e3600_r224_in1k", "resnetv2_34": "ra4_e3600_r224_in1k",
     "resnetv2_50": "a1h_in1k", "resnetv2_101": "a1h_in1k", "resnetv2_152": "",  # untrained in timm

@@ -46,13 +46,13 @@ def pyramid_outputs(model: keras.Model, normalized: bool = True) -> dict[str, ke
             next (the module docstring says why); False: the raw stage outputs.
 
     Returns:
-        `{"P2": tensor, ..., "P5": tensor}` (ImageNet) or `{"P0": ..., "P2": ...}` (CIFAR), symbolic
-        tensors of `model`'s graph.
+        A dict of symbolic tensors of `model`'s graph by level: `P2` to `P5` (ImageNet) or `P0` to
+        `P2` (CIFAR).
 
     Example:
-        >>> model = keras_resnet_v2.ResNet50(include_top=False)
+        >>> model = keras_resnet_v2.ResNet50(include_top=False, input_shape=(224, 224, 3))
         >>> features = keras.Model(model.inputs, keras_resnet_v2.pyramid_outputs(model))
-        >>> {key: shape[1:] for key, shape in features.output_shape.items()}["P5"]
+        >>> tuple(keras_resnet_v2.pyramid_outputs(model)["P5"].shape[1:])
         (7, 7, 2048)
     """
     if not isinstance(normalized, bool):

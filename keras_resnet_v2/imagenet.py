@@ -5,10 +5,11 @@ class, in class-index order; tests/scripts/make_imagenet_classes.py wrote it), s
 
 Example:
     >>> import numpy as np, keras_resnet_v2
-    >>> model = keras_resnet_v2.from_timm("resnetv2_50.a1h_in1k")   # pixels 0..255 in
+    >>> model = keras_resnet_v2.from_timm("resnetv2_50.a1h_in1k")   # pixels 0..255 in  # doctest: +SKIP
     >>> images = np.random.uniform(0, 255, (1, 224, 224, 3)).astype("float32")
-    >>> rows = keras_resnet_v2.decode_predictions(model.predict(keras_resnet_v2.preprocess_input(images)), top=3)
-    >>> [name for _, name, _ in rows[0]]   # the three likeliest classes' names, best first
+    >>> probabilities = model.predict(keras_resnet_v2.preprocess_input(images))  # doctest: +SKIP
+    >>> rows = keras_resnet_v2.decode_predictions(probabilities, top=3)  # doctest: +SKIP
+    >>> [name for _, name, _ in rows[0]]   # the three likeliest classes' names, best first  # doctest: +SKIP
 """
 
 from __future__ import annotations

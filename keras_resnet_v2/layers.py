@@ -90,7 +90,7 @@ class Conv2D(keras.layers.Conv2D):
 
     Example:
         >>> layer = Conv2D(16, 1, data_format="channels_first")
-        >>> layer(keras.ops.ones((1, 16, 16, 16))).shape
+        >>> tuple(layer(keras.ops.ones((1, 16, 16, 16))).shape)
         (1, 16, 16, 16)
     """
 
@@ -204,7 +204,7 @@ class Rematerialized(keras.layers.Layer):
     Example:
         >>> inputs = keras.Input((4,))
         >>> block = keras.Model(inputs, keras.layers.Dense(2)(inputs))
-        >>> Rematerialized(block)(keras.ops.ones((1, 4))).shape
+        >>> tuple(Rematerialized(block)(keras.ops.ones((1, 4))).shape)
         (1, 2)
     """
 

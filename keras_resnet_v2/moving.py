@@ -18,7 +18,7 @@ def assign_moving_averages(updates: list) -> None:
     Example:
         >>> mean = keras.Variable([0.0, 10.0], trainable=False)
         >>> assign_moving_averages([(mean, keras.ops.array([1.0, 0.0]), 0.9)])
-        >>> keras.ops.convert_to_numpy(mean).round(3).tolist()
+        >>> [round(float(v), 3) for v in keras.ops.convert_to_numpy(mean)]
         [0.1, 9.0]
     """
     for variable, batch, momentum in updates:

@@ -16,17 +16,21 @@ from __future__ import annotations
 import re
 from typing import Optional, Sequence
 
-# Fig. 4 (a)-(e): where BN and ReLU sit in a residual unit.
+#: Fig. 4 (a)-(e): where BN and ReLU sit in a residual unit (the `unit=` choices).
 UNITS: tuple[str, ...] = ("original", "bn_after_addition", "relu_before_addition", "relu_only_preact", "full_preact")
-# Fig. 2 (a)-(f): what the shortcut does.
+#: Fig. 2 (a)-(f): what the shortcut does (the `shortcut=` choices).
 SHORTCUT_NAMES: tuple[str, ...] = ("identity", "constant_scaling", "exclusive_gating", "shortcut_only_gating",
                                    "conv1x1", "dropout")
+#: The `family=` choices: CIFAR networks (16/32/64 filters, 32x32 inputs) or ImageNet ones (a 7x7 stem).
 FAMILIES: tuple[str, ...] = ("cifar", "imagenet")
+#: The `block=` choices: two 3x3 convolutions, the 1x1-3x3-1x1 bottleneck, or one 3x3 (the paper's Table 3 note).
 BLOCKS: tuple[str, ...] = ("basic", "bottleneck", "single")
+#: The `stride_in=` choices: which convolution of a downsampling unit has stride 2.
 STRIDE_IN: tuple[str, ...] = ("first", "last")
+#: The `pooling=` choices with `include_top=False`, as in keras.applications.
 POOLINGS: tuple[Optional[str], ...] = (None, "avg", "max")
-# How a stride-2 convolution or pooling pads: as the authors' Torch code (k // 2 on every side) or
-# as Keras' padding="same" (the extra row and column on the bottom and right for even sizes).
+#: The `padding=` choices. How a stride-2 convolution or pooling pads: as the authors' Torch code
+#: (k // 2 on every side) or as Keras' padding="same" (the extra row and column on the bottom and right for even sizes).
 PADDINGS: tuple[str, ...] = ("symmetric", "same")
 # Where a batch keeps its channels (Keras' `image_data_format`): the same weights either way.
 DATA_FORMATS: tuple[str, ...] = ("channels_last", "channels_first")

@@ -59,7 +59,8 @@ def timm_preprocessing(model: keras.Model) -> Union[dict, None]:
     layer), else None: how `resnet-v2-export` and `resnet-v2-train evaluate` size its test images.
 
     Example:
-        >>> timm_preprocessing(from_timm("tests/data/timm_resnetv2_18_tiny.safetensors"))["crop_fraction"]
+        >>> model = from_timm("timm_resnetv2_18_tiny.safetensors")  # doctest: +SKIP
+        >>> timm_preprocessing(model)["crop_fraction"]  # doctest: +SKIP
         0.95
     """
     names = {layer.name for layer in model.layers[:3]}

@@ -65,9 +65,9 @@ class UnitStack(keras.layers.Layer):
 
     Example:
         >>> stack = UnitStack(units=4, filters=16)
-        >>> stack(keras.ops.ones((2, 8, 8, 16))).shape
+        >>> tuple(stack(keras.ops.ones((2, 8, 8, 16))).shape)
         (2, 8, 8, 16)
-        >>> stack.get_weight("1_conv_kernel").shape
+        >>> tuple(stack.get_weight("1_conv_kernel").shape)
         (4, 3, 3, 16, 16)
     """
 

@@ -32,8 +32,8 @@ _REFUSED: tuple[tuple[str, str], ...] = (
 # timm's preprocessing of these checkpoints (its pretrained config): pixels / 255, then these.
 TIMM_MEAN = (0.485, 0.456, 0.406)
 TIMM_STD = (0.229, 0.224, 0.225)
-# Their test-time sizing (timm's crop_pct 0.95, bicubic) for `serve_image_bytes` and evaluation
-# (keras_resnet_v2.plumbing.images): the shorter side to floor(224 / 0.95) = 235, then the centre 224 crop.
+#: timm's test-time sizing (timm's crop_pct 0.95, bicubic) for `serve_image_bytes` and evaluation
+#: (keras_resnet_v2.plumbing.images): the shorter side to floor(224 / 0.95) = 235, then the centre 224 crop.
 TIMM_SERVING = {"mode": "shorter_side_crop", "crop_fraction": 0.95, "interpolation": "bicubic"}
 # The name of the Standardize layer from_timm puts in front; exports and evaluation of a model that
 # has it default to TIMM_SERVING (`timm_preprocessing`), so a converted `.keras` file needs no flags.
@@ -151,7 +151,7 @@ def safetensors_shapes(path: str, what: str = "source") -> dict[str, SimpleNames
     data is not (what `timm_architecture` needs, in milliseconds for a 100 MB checkpoint).
 
     Example:
-        >>> timm_architecture(safetensors_shapes("model.safetensors"))["depth"]
+        >>> timm_architecture(safetensors_shapes("model.safetensors"))["depth"]  # doctest: +SKIP
         50
     """
     return _read_safetensors(path, what, data=False)

@@ -49,8 +49,9 @@ def from_timm(source: Union[str, os.PathLike, Mapping[str, Any]], *, standardize
         `model.eval()(x)` on the same images (tests/test_pretrained.py).
 
     Example:
-        >>> model = keras_resnet_v2.from_timm("resnetv2_50.a1h_in1k")  # needs huggingface_hub and a network
-        >>> model = keras_resnet_v2.from_timm("model.safetensors", include_top=False, pooling="avg")
+        >>> # needs huggingface_hub and a network:
+        >>> model = keras_resnet_v2.from_timm("resnetv2_50.a1h_in1k")  # doctest: +SKIP
+        >>> model = keras_resnet_v2.from_timm("model.safetensors", include_top=False, pooling="avg")  # doctest: +SKIP
     """
     if not isinstance(standardize, bool):
         raise ValueError(f"`standardize` must be True or False. Received: standardize={standardize!r}")

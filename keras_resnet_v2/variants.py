@@ -68,6 +68,7 @@ class UnitSpec:
         return "bn" in self.post
 
 
+#: The five residual units of Fig. 4, by `unit=` name: where BN and ReLU sit before, after and around the addition.
 UNIT_SPECS: dict[str, UnitSpec] = {
     # Fig. 4(a): x_{l+1} = ReLU(x_l + BN(conv(ReLU(BN(conv(x_l))))))   (He et al. 2015)
     "original": UnitSpec("4(a)", (), ("bn",), ("relu",), ("bn", "relu"), ()),
@@ -176,6 +177,7 @@ def _dropped_layers(s: ShortcutInputs, opts, kw):
     return _add(s, keras.layers.Dropout(opts["dropout_rate"], name=f"{s.name}_shortcut_dropout", **kw)(s.shortcut), kw)
 
 
+#: The shortcuts of Fig. 2, by `shortcut=` name: the sum each computes and its options' defaults.
 SHORTCUTS: dict[str, Shortcut] = {
     "identity": Shortcut("2(a)", _sum, _sum_layers),
     "constant_scaling": Shortcut("2(b)", _scaled, _scaled_layers, {"shortcut_scale": 0.5, "scale_residual": True}),

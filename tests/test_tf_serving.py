@@ -27,7 +27,7 @@ from keras_resnet_v2.export import stand_in, tf_serving
 from keras_resnet_v2.export.verification import VerificationError
 
 LABELS = ["cat", "dog", "eel", "fox"]
-EXPORT_DOCS = Path(__file__).resolve().parent.parent / "docs" / "export.md"  # the TF Serving commands users copy
+SERVING_DOCS = Path(__file__).resolve().parent.parent / "docs" / "serving.md"  # the TF Serving commands users copy
 
 
 def _model():
@@ -254,15 +254,15 @@ def test_a_damaged_warmup_file_fails_verification_in_one_line_naming_it(exported
 
 
 def _readme_block(heading: str) -> str:
-    text = EXPORT_DOCS.read_text()
+    text = SERVING_DOCS.read_text()
     section = text[text.index(heading):]
     return section[section.index("```bash") + 7:section.index("```", section.index("```bash") + 7)]
 
 
 def test_the_documented_curl_bodies_are_answered_by_the_stand_in(exported, server, tmp_path):
-    """docs/export.md's serving commands run as written (docker skipped, curl replaced by a function that
+    """docs/serving.md's serving commands run as written (docker skipped, curl replaced by a function that
     keeps its body and URL), and each body is decoded and answered by TF Serving's REST rules."""
-    block = _readme_block("#### TF Serving")
+    block = _readme_block("## Serve and query")
     image = tf_serving.warmup_images(1, 40, 50)[0]  # any size: the signatures resize it
     (tmp_path / "cat.jpg").write_bytes(tf.io.encode_jpeg(image).numpy())
     script = ("set -e\ndocker() { :; }\nn=0\ncurl() { n=$((n+1)); body=$2; case $body in @*) body=$(cat ${body#@});; "
@@ -284,8 +284,8 @@ def test_the_documented_curl_bodies_are_answered_by_the_stand_in(exported, serve
 
 
 def test_the_documented_grpc_client_runs_against_the_stand_in(exported, server, tmp_path, monkeypatch, capsys):
-    text = EXPORT_DOCS.read_text()
-    section = text[text.index("#### TF Serving"):]
+    text = SERVING_DOCS.read_text()
+    section = text[text.index("## Serve and query"):]
     start = section.index("```python") + 9
     client = section[start:section.index("```", start)]
     image = tf_serving.warmup_images(1, 32, 32)[0]
@@ -303,6 +303,6 @@ def test_the_documented_grpc_client_runs_against_the_stand_in(exported, server, 
 
     monkeypatch.setattr(prediction_service_pb2_grpc, "PredictionServiceStub", Stub)
     monkeypatch.chdir(tmp_path)
-    exec(compile(client, "docs/export.md", "exec"), {})
+    exec(compile(client, "docs/serving.md", "exec"), {})
     printed = capsys.readouterr().out.split()
     assert printed[0] in LABELS and len([w for w in printed if w in LABELS]) == len(LABELS)

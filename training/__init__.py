@@ -4,9 +4,11 @@ The pieces work on their own (and with `model.fit`); `resnet-v2-train` composes 
 
 Example (what `resnet-v2-train --dataset digits --model resnet20 --epochs 30` does):
     >>> from keras_resnet_v2.training import TrainConfig, run
-    >>> result = run(TrainConfig(dataset="digits", model="resnet20", epochs=30, batch_size=64,
+    >>> result = run(TrainConfig(dataset="digits", model="resnet20", epochs=30, batch_size=64,  # doctest: +SKIP
     ...                          run_dir="runs/digits"))
-    >>> run(TrainConfig(init="runs/digits", dataset="my_images/", freeze="backbone", run_dir="runs/mine"))  # fine-tune
+    >>> # fine-tune:
+    >>> run(TrainConfig(init="runs/digits", dataset="my_images/", freeze="backbone",  # doctest: +SKIP
+    ...                 run_dir="runs/mine"))
 
 Needs the `train` extra: `pip install "keras_resnet_v2[train]"` (TensorFlow, TFDS, scikit-learn,
 matplotlib, PyYAML, TensorBoard).

@@ -125,7 +125,9 @@ def check_settings(config: TrainConfig) -> recipes.Recipe:
     """Every check that needs no Keras, data or devices; returns the effective recipe.
 
     Model name and depth (`depths.resolve_depth`; unit, shortcut and options are the builder's to
-    check), lengths, sizes, run directory, precision, strategy, recipe and its overrides. Example:
+    check), lengths, sizes, run directory, precision, strategy, recipe and its overrides.
+
+    Example:
         >>> check_settings(TrainConfig(model="resnet20", epochs=0))
         Traceback (most recent call last):
         ValueError: `epochs` must be a positive integer. Received: epochs=0

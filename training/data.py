@@ -436,7 +436,7 @@ def pipeline(dataset: tf.data.Dataset, info: DatasetInfo, batch_size: int, *, tr
     Example:
         >>> splits = load("digits")
         >>> images, labels = next(iter(pipeline(splits.train, splits.info, 64, training=True)))
-        >>> model.fit(pipeline(splits.train, splits.info, 64, training=True, repeat=False), epochs=15)
+        >>> model.fit(pipeline(splits.train, splits.info, 64, training=True, repeat=False), epochs=15)  # doctest: +SKIP
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")

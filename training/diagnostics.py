@@ -8,9 +8,9 @@ TensorFlow only (like the rest of `training`): Keras 3 has no backend-agnostic r
 gradient, so the model package stays free of it.
 
 Example:
-    >>> model = keras_resnet_v2.ResNet(56)
-    >>> norms = unit_gradient_norms(model, images, labels)      # [("input", ...), ("stage1_unit1", ...), ...]
-    >>> plot_gradient_norms({"full_preact, init": norms}, "grad_norms.png")
+    >>> model = keras_resnet_v2.ResNet(56)  # doctest: +SKIP
+    >>> norms = unit_gradient_norms(model, images, labels)  # doctest: +SKIP
+    >>> plot_gradient_norms({"full_preact, init": norms}, "grad_norms.png")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -78,8 +78,8 @@ def unit_forward_ranges(model: keras.Model, images, training: bool = True) -> li
     copy.
 
     Example:
-        >>> ranges = unit_forward_ranges(keras_resnet_v2.ResNet(1001, dtype="mixed_float16"), images)
-        >>> first_non_finite(ranges)   # e.g. "stage3_unit57", or None
+        >>> ranges = unit_forward_ranges(keras_resnet_v2.ResNet(1001, dtype="mixed_float16"), images)  # doctest: +SKIP
+        >>> first_non_finite(ranges)   # e.g. "stage3_unit57", or None  # doctest: +SKIP
     """
     if any(isinstance(layer, (keras_resnet_v2.Rematerialized, keras_resnet_v2.UnitStack)) for layer in model.layers):
         model = keras_resnet_v2.to_plain(model, remat=False)
@@ -118,7 +118,7 @@ def train_steps(model: keras.Model, dataset: tf.data.Dataset, steps: int, learni
     on that step's batch before its update, unsmoothed.
 
     Example:
-        >>> losses = train_steps(model, data_lib.pipeline(...), steps=300)
+        >>> losses = train_steps(model, data_lib.pipeline(...), steps=300)  # doctest: +SKIP
     """
     from keras_resnet_v2.training import optimizers
 

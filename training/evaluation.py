@@ -63,7 +63,8 @@ def evaluate(model_path: str, dataset: str, data_dir: str | None = None, batch_s
     paper's 320 test; side = eval_size / crop_fraction with a `crop_fraction`).
 
     Example:
-        >>> evaluate("resnet50_timm.keras", "imagenet2012", data_dir="~/tensorflow_datasets")["top1_error_percent"]
+        >>> result = evaluate("resnet50_timm.keras", "imagenet2012", data_dir="~/tensorflow_datasets")  # doctest: +SKIP
+        >>> result["top1_error_percent"]  # doctest: +SKIP
     """
     from keras_resnet_v2 import export, pretrained
     from keras_resnet_v2.plumbing import images as image_ops

@@ -166,7 +166,7 @@ def describe(spec: str) -> Source:
     without Keras: one-line ValueErrors when it is missing, unreadable or not the paper's network.
 
     Example:
-        >>> describe("runs/digits").architecture["model"]
+        >>> describe("runs/digits").architecture["model"]  # doctest: +SKIP
         'resnet20'
     """
     if not isinstance(spec, str) or not spec:
@@ -203,7 +203,7 @@ def frozen_parts(text: str, source: Source) -> tuple[str, ...]:
     comma-separated list of stem, stage1..stageN (N: SOURCE's stages) and post (the final BN-ReLU).
 
     Example:
-        >>> frozen_parts("stem,stage1", describe("runs/digits"))
+        >>> frozen_parts("stem,stage1", describe("runs/digits"))  # doctest: +SKIP
         ('stem', 'stage1')
     """
     parts = ("stem", *(f"stage{k}" for k in range(1, source.stages + 1)), "post")

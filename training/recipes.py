@@ -63,6 +63,7 @@ class Recipe:
     note: str = ""
 
 
+#: The training recipes by name: `paper_cifar` and `paper_imagenet` (the paper's Appendix) and `finetune`.
 RECIPES: dict[str, Recipe] = {
     "paper_cifar": Recipe(batch_size=128, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4,
                           decay="kernels", warmup_steps=400, warmup_lr=0.01, total_steps=64_000,

@@ -14,7 +14,7 @@ before. Outside `stop_on_signals()` (a notebook, a library caller) nothing is re
 changes.
 
 Example:
-    >>> with stop_on_signals():
+    >>> with stop_on_signals():  # doctest: +SKIP
     ...     try:
     ...         train()               # calls raise_if_stopped() between steps
     ...     except KeyboardInterrupt:
