@@ -9,7 +9,8 @@ such as `training` or `export` lands in site-packages.
     pip install ".[export]"      # keras_resnet_v2.export, resnet-v2-export (TensorFlow, tf2onnx, ONNX Runtime)
     pip install ".[deploy]"      # + the LiteRT and OpenVINO runtimes for those export formats
     pip install ".[all]"         # train + export + deploy
-    pip install ".[test]"        # all + pytest, ruff, JAX and PyTorch (CPU) for the backend tests
+    pip install ".[docs]"        # all + Sphinx, MyST-NB, furo, ipykernel: the docs site (docs/conf.py)
+    pip install ".[test]"        # all + docs + pytest, ruff, JAX and PyTorch (CPU) for the backend tests
     pip install ".[and-cuda]"    # TensorFlow's CUDA wheels for GPUs
 """
 
@@ -38,6 +39,8 @@ EXPORT = [TENSORFLOW, "tf2onnx>=1.16", "onnxruntime>=1.17", "tensorflow-serving-
 # The runtimes of the LiteRT and OpenVINO formats (~240 MB): an extra of their own, so `export` stays lean.
 DEPLOY = EXPORT + ["ai-edge-litert>=2.0", "openvino>=2025.0"]
 ALL = sorted(set(TRAIN + DEPLOY))
+# The documentation site (docs/conf.py): Sphinx, MyST-NB (Markdown pages, notebooks run in a Jupyter kernel), a theme.
+DOCS = ["sphinx>=7", "myst-nb>=1.1", "furo", "ipykernel"]
 
 setup(
     name="keras_resnet_v2",
@@ -62,9 +65,11 @@ setup(
         "export": EXPORT,
         "deploy": DEPLOY,
         "all": ALL,
+        # The notebooks train, export and deploy: the docs build needs every extra.
+        "docs": ALL + DOCS,
         # The backend tests run the builders under JAX and PyTorch (torch 2.13.0: a CPU wheel here;
         # elsewhere see docs/install.md for PyTorch's CPU index).
-        "test": ALL + ["pytest>=8", "ruff", "jax[cpu]", "torch==2.13.0"],
+        "test": ALL + DOCS + ["pytest>=8", "ruff", "jax[cpu]", "torch==2.13.0"],
         "and-cuda": ["tensorflow[and-cuda]>=2.18"],
     },
     entry_points={"console_scripts": [

@@ -52,6 +52,7 @@ nb_execution_timeout = 900
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True
 nb_merge_streams = True
+nb_output_stderr = "remove"  # TensorFlow's start-up lines and warnings: in the kernel's log, not on the page
 
 # API reference: the signature's hints in the text; Google-style sections (napoleon).
 autodoc_typehints = "description"

@@ -138,7 +138,7 @@ assert result['report']['passed'] and export.verify(model, openvino=result['open
     assert os.path.isfile(tmp_path / "m.xml") and os.path.isfile(tmp_path / "m.bin")
     written = sorted(str(path.relative_to(home)) for path in home.rglob("*"))
     assert not any(name.startswith("intel") for name in written), written
-    # What Keras and matplotlib write there, and nothing else (docs/models.md says so).
+    # What Keras and matplotlib write there, and nothing else (docs/finetuning.md says so).
     assert {name.split(os.sep)[0] for name in written} <= {".keras", ".cache", ".config"}, written
 
 
