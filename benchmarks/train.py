@@ -4,15 +4,18 @@
     python benchmarks/train.py --model resnet164 --model resnet20 --batch-size 64,128 --peers ours,torch
     python benchmarks/train.py --model resnet164 --peers ours,torch --profile   # then time by op, side by side
     ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/train.py ...   # AVX2 on an AVX-512 CPU
+    python benchmarks/train.py --model resnet164 --peers ours,torch --precision float32,mixed_bfloat16
     python benchmarks/train.py --device gpu --precision mixed_float16 [--strategy mirrored]
 
 Each peer trains the same architecture on random data (SGD momentum 0.9, softmax
-cross-entropy, fp32) and is timed in steady state: `--steps` steps after `--warmup` steps, the
+cross-entropy) in each `--precision` (float32; Keras' `mixed_bfloat16` / `mixed_float16` policy against
+PyTorch's `torch.autocast` in that dtype) and is timed in steady state: `--steps` steps after `--warmup` steps, the
 median step time of one run, images/s = batch / that. Peers run alternately, `--repeats` rounds,
 and the table gives each peer's median over rounds and its ratio to PyTorch.
 
 Peers: `ours` (`keras_resnet_v2.ResNet(depth)` through `model.fit`, as a notebook user gets it: fused
 BatchNorm by default under TensorFlow), `ours_keras_bn` (`fused_batchnorm=False`: Keras' own BatchNorm),
+`ours_scan` (`scan=True`: units 2..n of each stage as one loop, the default from 100 units a stage),
 `torch` (the same network written plainly in PyTorch, channels-last: benchmarks/torch_resnet.py,
 parameter count checked), and for ResNet-50 `keras_applications` (`keras.applications.ResNet50V2`) and
 `keras_hub` (`keras_hub.models.ResNetBackbone`, pre-activation, with an average-pool + dense head).
@@ -56,8 +59,8 @@ from benchmarks.serve import cpu_info, vector_flags  # noqa: E402
 from benchmarks.timing import fit_step_seconds  # noqa: E402
 
 CONFIGS = {  # model -> (depth, input side, classes, batch, peers)
-    "resnet20": (20, 32, 10, 64, ("ours", "ours_keras_bn", "torch")),
-    "resnet164": (164, 32, 10, 64, ("ours", "ours_keras_bn", "torch")),
+    "resnet20": (20, 32, 10, 64, ("ours", "ours_keras_bn", "ours_scan", "torch")),
+    "resnet164": (164, 32, 10, 64, ("ours", "ours_keras_bn", "ours_scan", "torch")),
     "resnet50": (50, 224, 1000, 16, ("ours", "ours_keras_bn", "torch", "keras_applications", "keras_hub")),
     "resnet1001": (1001, 32, 10, 64, ("ours", "ours_keras_bn", "torch")),
 }
@@ -171,7 +174,9 @@ def keras_hub_resnet50(classes: int) -> keras.Model:
 
 def build(peer: str, depth: int, side: int, classes: int):
     if peer.startswith("ours"):  # `ours`: the default, fused BatchNorm under TensorFlow; `ours_keras_bn`: Keras'
-        return krv2.ResNet(depth, input_shape=(side, side, 3), classes=classes, fused_batchnorm=peer == "ours")
+        # BatchNorm; `ours_scan`: the stacked form (`scan=True`, the default from 100 units a stage)
+        return krv2.ResNet(depth, input_shape=(side, side, 3), classes=classes, fused_batchnorm=peer != "ours_keras_bn",
+                           scan=True if peer == "ours_scan" else None)
     if peer == "keras_applications":
         return keras.applications.ResNet50V2(weights=None, classes=classes)
     if peer == "keras_hub":
@@ -182,7 +187,8 @@ def build(peer: str, depth: int, side: int, classes: int):
 # ------------------------------------------------------------------ main
 
 
-def measure(name: str, batch: int, args) -> None:
+def measure(name: str, batch: int, args, precision: str) -> dict[str, float]:
+    """One table: every peer of `name` at `batch` in `precision`, side by side; returns each peer's median images/s."""
     depth, side, classes, _, default_peers = CONFIGS[name]
     peers = args.peers.split(",") if args.peers else list(default_peers)
     bad = [p for p in peers if p not in default_peers]
@@ -190,21 +196,25 @@ def measure(name: str, batch: int, args) -> None:
         raise SystemExit(f"--peers for {name} must be among {', '.join(default_peers)}. Received: {bad}")
     from keras_resnet_v2.training import runtime
 
-    runtime.set_precision(args.precision)  # before any Keras model is built
+    runtime.set_precision(precision)  # before any Keras model is built
     strategy = runtime.make_strategy(args.strategy)
     runtime.per_replica_batch(batch, strategy)  # a global batch that splits evenly
     runners, macs = {}, None
     for peer in peers:
         if peer == "torch":  # one device: the PyTorch peer is the single-GPU (or CPU) reference
             runners[peer], torch_params = torch_peer(depth, side, classes, batch,
-                                                     "cuda" if args.device == "gpu" else "cpu", args.precision)
+                                                     "cuda" if args.device == "gpu" else "cpu", precision)
             continue
         with strategy.scope():
-            model = build(peer, depth, side, classes)
+            try:
+                model = build(peer, depth, side, classes)
+            except ValueError as error:  # e.g. mixed_bfloat16 where TensorFlow has no bfloat16 convolution
+                print(f"\n{name}: batch {batch}, {precision}: {peer} refused: {error}; {isa_note()}", flush=True)
+                return {}
             if peer == "ours":
                 macs = forward_macs(model)
                 ours_params = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-            runners[peer] = keras_peer(model, side, classes, batch, args.precision)
+            runners[peer] = keras_peer(model, side, classes, batch, precision)
     if "torch" in runners and "ours" in runners and torch_params != ours_params:
         raise SystemExit(f"PyTorch peer has {torch_params:,} parameters, ours {ours_params:,}: not the same net")
     for run in runners.values():  # compile / first steps, not timed
@@ -218,7 +228,7 @@ def measure(name: str, batch: int, args) -> None:
     else:
         peak, how = (args.peak_gflops, "given") if args.peak_gflops else fp32_peak_gflops()
     flops = 6 * macs if macs else None
-    print(f"\n{name}: batch {batch}, {side}x{side}, {args.precision}, {runtime.strategy_name(strategy)} "
+    print(f"\n{name}: batch {batch}, {side}x{side}, {precision}, {runtime.strategy_name(strategy)} "
           f"({strategy.num_replicas_in_sync} replicas), {args.repeats} rounds x {args.steps} steps; "
           f"train GFLOP/image {flops / 1e9:.2f}; fp32 peak {peak:.0f} GFLOP/s ({how}); {isa_note()}")
     print("| peer | images/s (median) | step ms | rounds (images/s) | vs torch | GFLOP/s | % of peak |")
@@ -233,6 +243,23 @@ def measure(name: str, batch: int, args) -> None:
               f"{100 * gflops / peak:.0f}% |", flush=True)
     if args.profile:
         profile(runners, args.steps)
+    return {peer: statistics.median(rates[peer]) for peer in peers}
+
+
+def print_precisions(name: str, batch: int, results: dict[str, dict[str, float]]) -> None:
+    """Each precision's rates beside float32's: what mixed precision gains each peer, and ours against torch."""
+    print(f"\n{name}, batch {batch}: the precisions side by side (images/s; {isa_note()})")
+    print("| precision | " + " | ".join(f"{peer} | {peer} vs its float32" for peer in results[next(iter(results))])
+          + " | ours vs torch |")
+    print("|---|" + "---|---|" * len(results[next(iter(results))]) + "---|")
+    base = results.get("float32", {})
+    for precision, rates in results.items():
+        cells = []
+        for peer, rate in rates.items():
+            gain = f"{rate / base[peer]:.2f}x" if base.get(peer) else "-"
+            cells.append(f"{rate:.1f} | {gain}")
+        ratio = f"{rates['ours'] / rates['torch']:.2f}x" if rates.get("ours") and rates.get("torch") else "-"
+        print(f"| {precision} | " + " | ".join(cells) + f" | {ratio} |", flush=True)
 
 
 def profile(runners: dict, steps: int) -> None:
@@ -266,6 +293,17 @@ def profile(runners: dict, steps: int) -> None:
         print_table({peer: table}, rows=15)
 
 
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+def precisions(text: str) -> list[str]:
+    chosen = [p.strip() for p in text.split(",") if p.strip()]
+    bad = [p for p in chosen if p not in PRECISIONS]
+    if bad or not chosen:
+        raise argparse.ArgumentTypeError(f"each must be one of {', '.join(PRECISIONS)}. Received: {text!r}")
+    return chosen
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", action="append", choices=sorted(CONFIGS),
@@ -277,7 +315,8 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    parser.add_argument("--precision", choices=("float32", "mixed_float16", "mixed_bfloat16"), default="float32")
+    parser.add_argument("--precision", type=precisions, default=["float32"],
+                        help="comma-separated, an axis: float32,mixed_bfloat16 (default float32)")
     parser.add_argument("--strategy", choices=("default", "mirrored"), default="default")
     parser.add_argument("--peak-gflops", type=float)
     parser.add_argument("--profile", action="store_true",
@@ -292,8 +331,12 @@ def main(argv=None) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # set before TensorFlow initialises its devices
     for name in args.model or ["resnet164", "resnet50"]:
         for batch in args.batch_size or [CONFIGS[name][3]]:
-            keras.backend.clear_session()
-            measure(name, batch, args)
+            results = {}
+            for precision in args.precision:
+                keras.backend.clear_session()
+                results[precision] = measure(name, batch, args, precision)
+            if len(results) > 1:
+                print_precisions(name, batch, {p: r for p, r in results.items() if r})
 
 
 if __name__ == "__main__":

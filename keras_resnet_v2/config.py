@@ -317,6 +317,21 @@ def _dtype(dtype):
         ) from error
 
 
+def _check_bfloat16_kernels(policy) -> None:
+    """A bfloat16 policy under TensorFlow where its CPU kernels have no bfloat16 convolution (x86 without
+    AVX-512, e.g. AVX2 laptops; oneDNN aborts at the first step) is refused here, before a layer is built."""
+    if policy.compute_dtype != "bfloat16" or keras.backend.backend() != "tensorflow":
+        return
+    from keras_resnet_v2._kernels import bfloat16_convolutions_run
+
+    if not bfloat16_convolutions_run():
+        raise ValueError(
+            f"TensorFlow has no bfloat16 convolution on this CPU (its oneDNN kernels need AVX-512 for bfloat16; "
+            f"this CPU, or ONEDNN_MAX_CPU_ISA, gives them AVX2 only): train in float32 here (the default: "
+            f"keras.mixed_precision.set_global_policy('float32'), or resnet-v2-train --precision float32), or in "
+            f"mixed_bfloat16 on a GPU or a CPU with AVX-512. Received: dtype policy {policy.name!r}")
+
+
 def _head(a: dict, family: Family) -> int:
     """The checked head arguments; returns `classes` (the family's default when None)."""
     _check_bool("include_top", a["include_top"])
@@ -386,6 +401,7 @@ def check_arguments(a: dict[str, Any]) -> Config:
         _check_bool(arg, value)
     _check_stream_dtype(a["stream_dtype"])
     dtype = _dtype(a["dtype"])
+    _check_bfloat16_kernels(dtype)
     stream_dtype = _stream_dtype(a["stream_dtype"], dtype, sum(units))
     if a["remat"] and SHORTCUTS[a["shortcut"]].noise:
         raise ValueError(f"`remat=True` recomputes each unit in the backward pass, which would draw new "

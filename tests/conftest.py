@@ -40,6 +40,20 @@ def pytest_collection_modifyitems(config, items):
         items[:] = [item for item in items if wanted[item]]
 
 
+def bfloat16_kernels() -> bool:
+    """Whether TensorFlow trains bfloat16 convolutions on this machine: CPUs with AVX-512 (with or without
+    AVX512_BF16) and GPUs. On AVX2 alone the package refuses bfloat16 policies at build (tests/test_precision.py)."""
+    from keras_resnet_v2._kernels import bfloat16_convolutions_run
+
+    return bfloat16_convolutions_run()
+
+
+# Tests that train or build in bfloat16 under TensorFlow: skipped where it has no bfloat16 convolution (AVX2
+# CPUs), where tests/test_precision.py checks the one-line refusal instead.
+needs_bfloat16 = pytest.mark.skipif(not bfloat16_kernels(), reason="no bfloat16 convolution in TensorFlow on "
+                                    "this CPU (AVX2): mixed_bfloat16 is refused here, tests/test_precision.py")
+
+
 def tiered(values, slow) -> list:
     """Parameters for `pytest.mark.parametrize`: `values`, the ones in `slow` in the slow tier."""
     missing = set(slow) - set(values)

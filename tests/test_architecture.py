@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import keras_resnet_v2 as krv2
-from conftest import branch_order, producer, trainable_count
+from conftest import branch_order, needs_bfloat16, producer, trainable_count
 
 # Paper, Table 3 and Sec. 4: ResNet-110 1.7M, ResNet-164 1.7M, ResNet-1202 19.4M.
 # (ResNet-1001's 10.2M is checked in test_deep.py with the other ResNet-1001 tests.)
@@ -183,7 +183,7 @@ def test_conv_init_biases_and_batchnorm():
     assert np.all(np.asarray(bn.gamma) == 1) and np.all(np.asarray(bn.beta) == 0)
 
 
-@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("policy", ["mixed_float16", pytest.param("mixed_bfloat16", marks=needs_bfloat16)])
 def test_mixed_precision_argument_and_global_policy(policy, images):
     compute = policy.split("_")[1]
     model = krv2.ResNet20(dtype=policy)

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import message_lines
+from conftest import message_lines, needs_bfloat16
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "scripts", "distributed_steps.py")
@@ -35,7 +35,8 @@ def _replica_copies(arrays):
 # The fast tier: the notebook flow's mixed_float16 on the plain model; the stacked forms in the slow tier.
 @pytest.mark.parametrize("precision, form", [pytest.param("float32", "scan", marks=pytest.mark.slow),
                                              ("mixed_float16", "plain"),
-                                             pytest.param("mixed_bfloat16", "scan", marks=pytest.mark.slow)])
+                                             pytest.param("mixed_bfloat16", "scan", marks=[pytest.mark.slow,
+                                                                                        needs_bfloat16])])
 def test_mirrored_two_logical_cpus(tmp_path, precision, form):
     # "scan": a stacked model (issue 12), whose per-unit statistics are assigned after the loop.
     out = tmp_path / "vars.npz"

@@ -288,8 +288,8 @@ def test_a_digits_run_fine_tunes_on_a_three_class_folder_survives_a_kill_and_exp
     rows = cb.read_history(str(run_dir / "history.csv"))
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
     result = json.loads(resumed.stdout[resumed.stdout.index("{"):])
-    # Stated in docs/finetuning.md ("Fine-tune with resnet-v2-train --init"): a digits ResNet-8 fine-tuned for 6 epochs on 0/1/2 errs on at most 10%
-    # of the folder's test images (2 of 48 on the machine that wrote this).
+    # Stated in docs/finetuning.md ("Fine-tune with `resnet-v2-train --init`"): a digits ResNet-8 fine-tuned for 6
+    # epochs on 0/1/2 errs on at most 10% of the folder's test images (2 of 48 on the machine that wrote this).
     assert result["test_accuracy"] >= 0.90, result
     labels = (export_dir / "savedmodel" / "1" / "assets" / "labels.txt").read_text().split()
     assert labels == ["digit0", "digit1", "digit2"]

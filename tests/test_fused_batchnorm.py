@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 import keras_resnet_v2 as krv2
+from conftest import needs_bfloat16
 from keras_resnet_v2.training import runtime
 
 
@@ -58,7 +59,7 @@ def test_fused_training_matches_keras_batchnorm(remat, images):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("precision", ["mixed_float16", pytest.param("mixed_bfloat16", marks=needs_bfloat16)])
 def test_fused_training_under_mixed_precision(precision, images):
     try:
         runtime.set_precision(precision)

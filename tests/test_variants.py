@@ -76,10 +76,10 @@ def test_a_new_shortcut_is_one_entry(monkeypatch, tmp_path, images):
 
 def test_the_model_keeps_its_config_through_files_and_clones(tmp_path):
     model = krv2.ResNet(20, unit="original", shortcut="exclusive_gating", gate_bias=-2.0, stride_in="last",
-                        dtype="mixed_bfloat16", name="kept", **TINY)
+                        dtype="mixed_float16", name="kept", **TINY)
     config = model.resnet_config
     assert config.name == "kept" and config.unit == "original" and config.stride_in == "last"
-    assert config.shortcut_options == {"gate_bias": -2.0} and config.dtype.name == "mixed_bfloat16"
+    assert config.shortcut_options == {"gate_bias": -2.0} and config.dtype.name == "mixed_float16"
     model.save(tmp_path / "kept.keras")
     assert keras.models.load_model(tmp_path / "kept.keras").resnet_config == config
     # keras.models.clone_model builds the class anew from the graph and keeps no attribute: the Config is
@@ -152,6 +152,6 @@ def test_resnets_signature_and_configs_fields_are_one_list():
     assert parameters - fields == {"input_tensor", "variant_options"}
     assert fields - parameters == {"units_per_stage", "shortcut_options"}
     cfg = resolve_config(110, unit="original", shortcut="exclusive_gating", gate_bias=-3.0, stride_in="last",
-                         widths=(8, 16, 32), dtype="mixed_bfloat16", include_top=False, pooling="max")
+                         widths=(8, 16, 32), dtype="mixed_float16", include_top=False, pooling="max")
     again = resolve_config(**cfg.arguments())
     assert again.to_dict() == cfg.to_dict() and again.shortcut_options == {"gate_bias": -3.0}
