@@ -58,3 +58,25 @@ def test_the_site_builds_with_warnings_as_errors_and_runs_every_notebook(tmp_pat
     api = (html / "api" / "keras_resnet_v2.html").read_text()
     assert 'id="keras_resnet_v2.ResNet"' in api and 'id="keras_resnet_v2.UNIT_SPECS"' in api
     assert (html / "index.html").exists() and (html / "troubleshooting.html").exists()
+
+
+def _prose(markdown: str) -> str:
+    """A Markdown page's running text: no code blocks, tables, headings or link targets."""
+    text = re.sub(r"```.*?```", "", markdown, flags=re.S)
+    paragraphs = []
+    for block in re.split(r"\n\s*\n", text):
+        lines = [line for line in block.splitlines() if line.strip() and not line.lstrip().startswith(("|", "#"))]
+        paragraphs.append(" ".join(lines))
+    return re.sub(r"\]\([^)]*\)", "]", "\n".join(paragraphs))
+
+
+def test_the_readme_is_a_front_door():
+    # Issue 49: at most 2,000 words and no sentence over 40; the Quick start block stays what CI reads.
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.split()) <= 2000
+    sentences = [s for paragraph in _prose(readme).splitlines()
+                 for s in re.split(r"(?<=[.!?])\s+(?=[A-Z`(\[*])", paragraph) if s.strip()]
+    assert len(sentences) > 30  # the splitter found the prose
+    long = [s for s in sentences if len(s.split()) > 40]
+    assert long == []
+    assert "sphinx-build -W --keep-going -b html docs docs/_build/html" in readme  # the docs' one command

@@ -105,6 +105,9 @@ def test_every_keras_file_of_a_run_loads_after_importing_only_the_model_package(
     np.testing.assert_allclose(outputs["model.keras"], outputs["checkpoints/last.keras"], rtol=1e-6)
 
 
+# Slow tier (18 s here): the fast tier keeps the run's files loading after the model package alone, and every
+# CI run's Quick start exports and verifies a run.
+@pytest.mark.slow
 def test_export_and_evaluate_take_the_files_of_a_run(trained_run, user_folder, tmp_path):
     # The run directory (its model.keras, labels and preprocessing) to both formats, verified.
     exported = subprocess.run([_script("resnet-v2-export"), str(trained_run), "--savedmodel", str(tmp_path / "serving"),

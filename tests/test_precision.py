@@ -26,6 +26,8 @@ def _float32_policy():
     keras.mixed_precision.set_global_policy("float32")
 
 
+# Slow tier (a fresh interpreter with oneDNN capped, 7 s): the fast tier keeps the check in this process below.
+@pytest.mark.slow
 def test_with_avx2_kernels_bfloat16_is_refused_in_one_line_at_build_and_on_the_command_line(tmp_path):
     script = textwrap.dedent(f"""
         import keras, keras_resnet_v2

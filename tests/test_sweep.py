@@ -46,6 +46,8 @@ def test_bad_row_settings_fail_before_any_run(tmp_path, capsys):
     assert "depth" in capsys.readouterr().err and not run_dir.exists()
 
 
+# Slow tier (14 s here): the fast tier keeps the sweep's plan, its dry runs and its checks before any run.
+@pytest.mark.slow
 def test_sweep_runs_rows_and_seeds_writes_results_and_resumes(tmp_path, capsys):
     run_dir = tmp_path / "t3"
     args = ["sweep", "--table", "3", "--dataset", "digits", "--model", "resnet8", "--steps", "4",

@@ -210,6 +210,8 @@ def _batching_parameters_class():
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
 
 
+# Slow tier (12 s here): the fast tier keeps the warmup records, classify, REST and gRPC against the stand-in.
+@pytest.mark.slow
 def test_the_config_files_parse_as_the_server_parses_them_and_an_edited_copy_is_kept(exported, tmp_path):
     _, base, _ = exported
     config = text_format.Parse((base / "models.config").read_text(), model_server_config_pb2.ModelServerConfig())
