@@ -28,6 +28,19 @@ IDENTITY_FIELDS = ("dataset", "model", "block", "unit", "shortcut", "variant_opt
 
 @dataclass
 class TrainConfig:
+    """The settings of one training run: each field is the `resnet-v2-train` flag of the same name
+    (`--batch-size` is `batch_size`), with the same default and meaning (`resnet-v2-train --help`).
+
+    `run(TrainConfig(...))` does what the command line does; `check_settings` checks every field that
+    needs no data or devices. `variant_options` holds the shortcut options (`{"gate_bias": -6.0}`),
+    `recipe_overrides` the recipe fields set by flags (`{"lr": 0.05}`).
+
+    Example:
+        >>> config = TrainConfig(dataset="digits", model="resnet20", epochs=15, run_dir="runs/digits")
+        >>> config.precision, config.recipe
+        ('float32', 'paper_cifar')
+    """
+
     dataset: str = "digits"
     model: str = "resnet20"
     unit: str = "full_preact"

@@ -1,12 +1,13 @@
 """A Sphinx extension for the API reference.
 
-- Every public name of the packages in `api_coverage_packages` (their `__all__`) must be documented, or the
-  build warns (an error under `-W`), naming the missing ones.
+- Every public name of the packages in `api_coverage_packages` (their `__all__`) must be documented, and every
+  public class and function must have a docstring, or the build warns (an error under `-W`), naming them.
 - A public constant (`keras_resnet_v2.UNIT_SPECS`) is documented by the `#:` comment above it in the module
   that defines it, not by its type's docstring (a dict's).
 """
 
 import importlib
+import inspect
 import pkgutil
 
 from sphinx.pycode import ModuleAnalyzer
@@ -27,11 +28,29 @@ def missing_names(app, env) -> list[str]:
     return missing
 
 
+def undocumented_names(app) -> list[str]:
+    """Public classes and functions without a docstring of their own (a dataclass's is its signature)."""
+    names = []
+    for package in app.config.api_coverage_packages:
+        module = importlib.import_module(package)
+        for name in module.__all__:
+            value = getattr(module, name)
+            if not (inspect.isclass(value) or inspect.isfunction(value)):
+                continue
+            doc = inspect.getdoc(value) or ""
+            if not doc.strip() or (inspect.isclass(value) and doc.startswith(f"{value.__name__}(")):
+                names.append(f"{package}.{name}")
+    return names
+
+
 def check(app, env):
     missing = missing_names(app, env)
     if missing:
         logger.warning("the API reference lacks %d public name(s): %s", len(missing), ", ".join(missing),
                        type="api_coverage")
+    undocumented = undocumented_names(app)
+    if undocumented:
+        logger.warning("public names without a docstring: %s", ", ".join(undocumented), type="api_coverage")
 
 
 def attribute_comment(package: str, name: str) -> list[str]:
