@@ -527,3 +527,21 @@ def test_a_run_saved_before_the_padding_setting_resumes_only_with_padding_same(t
     with pytest.raises(ValueError, match="different configuration.*padding: 'same' -> 'symmetric'"):
         check_resume(str(tmp_path), effective)
     assert check_resume(str(tmp_path), {**effective, "padding": "same"}) is True
+
+
+def test_curves_are_drawn_without_touching_the_callers_matplotlib(tmp_path):
+    # A notebook's inline backend survived `run()` only once the curves stopped switching pyplot to Agg: the
+    # docs build found the fine-tuning and deploying notebooks' plots missing from their pages.
+    import matplotlib
+
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,step,loss,accuracy,val_accuracy\n1,22,2.1,0.3,0.4\n2,44,1.2,0.6,0.7\n")
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # a backend of the caller's that is not Agg
+    try:
+        cb.plot_curves(str(history), str(tmp_path / "curves.png"), title="digits")
+        assert matplotlib.get_backend() == "svg"
+        assert "matplotlib.pyplot" not in sys.modules or not sys.modules["matplotlib.pyplot"].get_fignums()
+    finally:
+        matplotlib.use(before)
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -104,31 +104,29 @@ def _is_number(v) -> bool:
         return False
 
 
-def pyplot():
-    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
-    import matplotlib
+def subplots(*args, figsize=None, **kwargs):
+    """`(figure, axes)` drawn off screen, for a file: a `matplotlib.figure.Figure`, not pyplot, so the
+    caller's backend and figures are left alone (switching pyplot to Agg made a notebook's `plt.show()`
+    show nothing after a `run()`)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kwargs)
 
 
 def save_figure(fig, png_path: str) -> None:
-    """Lays out `fig`, writes it to `png_path` atomically and closes it."""
+    """Lays out `fig` and writes it to `png_path` atomically."""
     fig.tight_layout()
     atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    pyplot().close(fig)
 
 
 def plot_curves(history_path: str, png_path: str, title: str = "") -> None:
     """Training loss and test error (%) against iterations, as in the paper's Fig. 1."""
-    plt = pyplot()
     rows = read_history(history_path)
     if not rows:
         return
     steps = [r["step"] for r in rows]
-    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax_loss, ax_err) = subplots(1, 2, figsize=(10, 3.8))
     ax_loss.plot(steps, [r.get("loss", math.nan) for r in rows], label="training loss")
     ax_loss.set_xlabel("iterations")
     ax_loss.set_ylabel("training loss")

@@ -139,9 +139,9 @@ def train_steps(model: keras.Model, dataset: tf.data.Dataset, steps: int, learni
 
 def plot_training_loss(curves: dict[str, list[float]], png_path: str, title: str = "") -> None:
     """Training loss against iterations, one line per entry of `curves` (raw, and a 20-step moving mean)."""
-    from keras_resnet_v2.training.callbacks import pyplot, save_figure
+    from keras_resnet_v2.training.callbacks import save_figure, subplots
 
-    fig, ax = pyplot().subplots(figsize=(8, 4.5))
+    fig, ax = subplots(figsize=(8, 4.5))
     for label, losses in curves.items():
         line, = ax.plot(range(1, len(losses) + 1), losses, alpha=0.3)
         window = min(20, len(losses))
@@ -154,9 +154,9 @@ def plot_training_loss(curves: dict[str, list[float]], png_path: str, title: str
 
 def plot_gradient_norms(curves: dict[str, list[tuple[str, float]]], png_path: str, title: str = "") -> None:
     """Norms against unit index (log scale), one line per entry of `curves`."""
-    from keras_resnet_v2.training.callbacks import pyplot, save_figure
+    from keras_resnet_v2.training.callbacks import save_figure, subplots
 
-    fig, ax = pyplot().subplots(figsize=(8, 4.5))
+    fig, ax = subplots(figsize=(8, 4.5))
     for label, norms in curves.items():
         units = [value for name, value in norms if name != "input"]
         ax.plot(range(1, len(units) + 1), units, label=label)

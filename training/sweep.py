@@ -220,7 +220,7 @@ def write_results(results: list[dict], run_dir: str) -> None:
 
 def plot_sweep(results: list[dict], png_path: str) -> None:
     """Training loss and test error against iterations, every run, one colour per row."""
-    fig, (ax_loss, ax_err) = cb.pyplot().subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax_loss, ax_err) = cb.subplots(1, 2, figsize=(12, 4.5))
     colours = {}
     for r in results:
         rows = cb.read_history(os.path.join(r["run_dir"], "history.csv"))
