@@ -45,7 +45,10 @@ def test_the_site_builds_with_warnings_as_errors_and_runs_every_notebook(tmp_pat
     html = tmp_path / "html"
     command = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-b", "html", "-d", str(tmp_path / "doctrees"),
                "-D", "nb_execution_mode=force", str(ROOT / "docs"), str(html)]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    # Not from the repository's root: `python -m` puts the working folder first on sys.path, and there
+    # keras_resnet_v2/ is the source tree, where `training` and `export` are not its subpackages (CI installs the
+    # package, not in editable mode). The README's `sphinx-build` runs from the root and imports the installed one.
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=1800)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-6000:]
     times = dict(re.findall(r"examples/(\w+)\.ipynb: Executed notebook in ([\d.]+) seconds", output))
