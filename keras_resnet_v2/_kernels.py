@@ -189,7 +189,6 @@ def while_scan(step, x, xs, length: int):
     return x, pack(first, [o.stack() for o in outputs])
 
 
-@functools.lru_cache(maxsize=1)
 @functools.cache
 def bfloat16_convolutions_run() -> bool:
     """Whether TensorFlow trains a bfloat16 convolution here (forward and both gradients, in a graph as
