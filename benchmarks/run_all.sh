@@ -10,6 +10,8 @@ python benchmarks/train.py --model resnet164 --model resnet50
 python benchmarks/train.py --model resnet164 --model resnet20 --batch-size 64,128 --peers ours,torch --profile
 # the AVX2 kernels on an AVX-512 CPU (a no-op on an AVX2 one); TF_ENABLE_ONEDNN_OPTS=0 shows TensorFlow's own kernels
 ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/train.py --model resnet164 --model resnet20 --batch-size 64,128 --peers ours,torch
+python benchmarks/train.py --model resnet164 --model resnet20 --model resnet50 --peers ours,torch --precision float32,mixed_bfloat16 --repeats 2
+python benchmarks/kernel_threads.py   # each kernel at 1 and 2 threads, TensorFlow against PyTorch
 python benchmarks/pipeline.py
 python benchmarks/resnet1001.py
 python benchmarks/export_time.py --depth 164 --depth 1001
