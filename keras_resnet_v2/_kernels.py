@@ -189,14 +189,24 @@ def while_scan(step, x, xs, length: int):
     return x, pack(first, [o.stack() for o in outputs])
 
 
+def _runs_here(probe, errors: tuple) -> bool:
+    """True on a GPU; on the CPU, whether `probe()` runs without one of `errors`."""
+    if tf.config.list_logical_devices("GPU"):
+        return True
+    try:
+        with tf.device("/CPU:0"):
+            probe()
+    except errors:
+        return False
+    return True
+
+
 @functools.cache
 def bfloat16_convolutions_run() -> bool:
     """Whether TensorFlow trains a bfloat16 convolution here (forward and both gradients, in a graph as
     `model.fit` runs it): on a GPU, through Eigen, or through oneDNN where its kernels have bfloat16 (x86 CPUs
     with AVX-512; on AVX2 alone, or `ONEDNN_MAX_CPU_ISA=AVX2`, oneDNN cannot create the primitive and the
     first step aborts with a 20-line error). A 4x4 probe, about 0.1 s, once per process."""
-    if tf.config.list_logical_devices("GPU"):
-        return True
 
     @tf.function
     def step(x, kernel):
@@ -205,23 +215,14 @@ def bfloat16_convolutions_run() -> bool:
             loss = tf.reduce_sum(tf.cast(tf.nn.conv2d(x, kernel, 1, "SAME"), tf.float32))
         return tape.gradient(loss, [x, kernel])
 
-    try:
-        with tf.device("/CPU:0"):
-            step(tf.ones((1, 4, 4, 8), tf.bfloat16), tf.ones((3, 3, 8, 8), tf.bfloat16))
-    except (tf.errors.AbortedError, tf.errors.UnimplementedError, tf.errors.InvalidArgumentError,
-            tf.errors.NotFoundError, tf.errors.InternalError):
-        return False
-    return True
+    return _runs_here(lambda: step(tf.ones((1, 4, 4, 8), tf.bfloat16), tf.ones((3, 3, 8, 8), tf.bfloat16)),
+                      (tf.errors.AbortedError, tf.errors.UnimplementedError, tf.errors.InvalidArgumentError,
+                       tf.errors.NotFoundError, tf.errors.InternalError))
 
 
 def nchw_convolutions_run() -> bool:
     """Whether TensorFlow runs a channels_first (NCHW) convolution here: on a GPU, or on the CPU through
     oneDNN (TensorFlow's x86 default); its own CPU kernels refuse NCHW (TF_ENABLE_ONEDNN_OPTS=0)."""
-    if tf.config.list_logical_devices("GPU"):
-        return True
-    try:
-        with tf.device("/CPU:0"):
-            tf.nn.conv2d(tf.zeros((1, 1, 2, 2)), tf.zeros((1, 1, 1, 1)), 1, "VALID", data_format="NCHW")
-    except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError):
-        return False
-    return True
+    return _runs_here(
+        lambda: tf.nn.conv2d(tf.zeros((1, 1, 2, 2)), tf.zeros((1, 1, 1, 1)), 1, "VALID", data_format="NCHW"),
+        (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError))
