@@ -30,6 +30,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.serve import cpu_flags  # noqa: E402
+from benchmarks.serve import measure as call_seconds  # noqa: E402
 
 # (side, channels in = out, kernel): ResNet-164's bottleneck convolutions at each stage (Sec. 4 / Table 2).
 SHAPES = ((32, 64, 1), (32, 16, 3), (16, 128, 1), (16, 32, 3), (8, 256, 1), (8, 64, 3))
@@ -41,12 +42,7 @@ def time_calls(call, rounds: int) -> float:
     """Median seconds of `rounds` calls of `call` after three warm-up calls."""
     for _ in range(3):
         call()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(call_seconds(lambda _: call(), None, rounds))
 
 
 def measure(call, rounds: int, chain: int) -> tuple[float, float]:
