@@ -11,7 +11,8 @@ Each peer trains the same architecture on random data (SGD momentum 0.9, softmax
 cross-entropy) in each `--precision` (float32; Keras' `mixed_bfloat16` / `mixed_float16` policy against
 PyTorch's `torch.autocast` in that dtype) and is timed in steady state: `--steps` steps after `--warmup` steps, the
 median step time of one run, images/s = batch / that. Peers run alternately, `--repeats` rounds,
-and the table gives each peer's median over rounds and its ratio to PyTorch.
+and the table gives each peer's median over rounds and its ratio to PyTorch, and the cores it kept busy
+(the process's CPU seconds per wall second over a round, median: 2.00 is both cores of a 2-core CPU).
 
 Peers: `ours` (`keras_resnet_v2.ResNet(depth)` through `model.fit`, as a notebook user gets it: fused
 BatchNorm by default under TensorFlow), `ours_keras_bn` (`fused_batchnorm=False`: Keras' own BatchNorm),
@@ -220,9 +221,12 @@ def measure(name: str, batch: int, args, precision: str) -> dict[str, float]:
     for run in runners.values():  # compile / first steps, not timed
         run(args.warmup)
     rates: dict[str, list[float]] = {peer: [] for peer in peers}
+    cores: dict[str, list[float]] = {peer: [] for peer in peers}  # the process's CPU seconds per wall second
     for _ in range(args.repeats):
         for peer, run in runners.items():
+            cpu, wall = sum(os.times()[:2]), time.perf_counter()
             rates[peer].append(batch / statistics.median(run(args.steps)))
+            cores[peer].append((sum(os.times()[:2]) - cpu) / (time.perf_counter() - wall))
     if args.device == "gpu":
         peak, how = args.peak_gflops or float("nan"), "give --peak-gflops for the GPU's peak"
     else:
@@ -231,8 +235,8 @@ def measure(name: str, batch: int, args, precision: str) -> dict[str, float]:
     print(f"\n{name}: batch {batch}, {side}x{side}, {precision}, {runtime.strategy_name(strategy)} "
           f"({strategy.num_replicas_in_sync} replicas), {args.repeats} rounds x {args.steps} steps; "
           f"train GFLOP/image {flops / 1e9:.2f}; fp32 peak {peak:.0f} GFLOP/s ({how}); {isa_note()}")
-    print("| peer | images/s (median) | step ms | rounds (images/s) | vs torch | GFLOP/s | % of peak |")
-    print("|---|---|---|---|---|---|---|")
+    print("| peer | images/s (median) | step ms | rounds (images/s) | vs torch | GFLOP/s | % of peak | cores busy |")
+    print("|---|---|---|---|---|---|---|---|")
     base = statistics.median(rates["torch"]) if "torch" in rates else None
     for peer in peers:
         rate = statistics.median(rates[peer])
@@ -240,7 +244,7 @@ def measure(name: str, batch: int, args, precision: str) -> dict[str, float]:
         ratio = f"{rate / base:.2f}" if base else "-"
         spread = ", ".join(f"{r:.1f}" for r in rates[peer])
         print(f"| {peer} | {rate:.1f} | {1e3 * batch / rate:.0f} | {spread} | {ratio} | {gflops:.0f} | "
-              f"{100 * gflops / peak:.0f}% |", flush=True)
+              f"{100 * gflops / peak:.0f}% | {statistics.median(cores[peer]):.2f} |", flush=True)
     if args.profile:
         profile(runners, args.steps)
     return {peer: statistics.median(rates[peer]) for peer in peers}
